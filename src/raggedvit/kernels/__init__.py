@@ -1,0 +1,1 @@
+"""Triton kernels (lowest layer: imports nothing from raggedvit)."""

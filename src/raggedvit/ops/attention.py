@@ -1,0 +1,234 @@
+"""``ragged_attention``: the public varlen attention op (validation, launch, ``torch.library`` registration).
+
+Three layers, as in flash-attn:
+
+* :func:`ragged_attention` - the public function: checks its inputs (before any launch) and launches the
+  Triton kernel through a :class:`~raggedvit.ops.launch.DirectLauncher`, so the host cost per call is a
+  few microseconds; under ``torch.compile`` it calls the registered op instead.
+* ``torch.ops.raggedvit.ragged_attention`` - a ``torch.library`` custom op with a fake (meta)
+  implementation, so ``torch.compile(fullgraph=True)`` traces through callers.
+* the kernel in :mod:`raggedvit.kernels.attention`.
+
+Forward only (inference). See :func:`ragged_attention` for shapes, dtypes and limits.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+
+from ..kernels.attention import ragged_attention_fwd
+from .launch import DirectLauncher
+
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+MIN_HEAD_DIM, MAX_HEAD_DIM = 16, 128
+_LOG2E = 1.4426950408889634
+
+launcher = DirectLauncher(ragged_attention_fwd, "ragged_attention")
+
+
+def _config(dtype: torch.dtype, head_dim: int) -> tuple[int, int, int, int, int]:
+    """(BLOCK_D, BLOCK_M, BLOCK_N, num_warps, num_stages) for a dtype and head dim. Never depends on lengths."""
+    block_d = max(16, triton_next_pow2(head_dim))
+    if dtype == torch.float32:
+        return block_d, 32, 32, 4, 2
+    return block_d, 64, 64, 4, 2
+
+
+def triton_next_pow2(n: int) -> int:
+    return 1 << (n - 1).bit_length()
+
+
+def _fail(kind: type[Exception], msg: str) -> None:
+    raise kind(f"ragged_attention: {msg}")
+
+
+def _check_inputs(q, k, v, cu_seqlens, max_seqlen, scale, out) -> None:
+    """Every check the launch relies on. Raises ``TypeError``/``ValueError`` naming the argument."""
+    for name, t in (("q", q), ("k", k), ("v", v), ("cu_seqlens", cu_seqlens)):
+        if not isinstance(t, torch.Tensor):
+            _fail(TypeError, f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if type(max_seqlen) is not int:  # bool and numpy/tensor scalars are rejected on purpose
+        _fail(TypeError, f"max_seqlen must be a Python int (a host-side bound), got {type(max_seqlen).__name__}")
+    if max_seqlen < 1:
+        _fail(ValueError, f"max_seqlen must be >= 1, got {max_seqlen}")
+    if scale is not None and not isinstance(scale, (int, float)):
+        _fail(TypeError, f"scale must be a float or None, got {type(scale).__name__}")
+    if q.dtype not in SUPPORTED_DTYPES:
+        _fail(TypeError, f"q has dtype {q.dtype}; supported: float16, bfloat16, float32")
+    if k.dtype != q.dtype or v.dtype != q.dtype:
+        _fail(TypeError, f"q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if cu_seqlens.dtype != torch.int32:
+        _fail(TypeError, f"cu_seqlens must be int32, got {cu_seqlens.dtype} (convert once per batch with .int())")
+    if q.dim() != 3 or k.dim() != 3 or v.dim() != 3:
+        _fail(ValueError, f"q, k, v must be (total_tokens, heads, head_dim), got {tuple(q.shape)}, "
+              f"{tuple(k.shape)}, {tuple(v.shape)}")
+    if q.shape != k.shape or q.shape != v.shape:
+        _fail(ValueError, f"q, k, v shapes differ: {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    head_dim = q.shape[2]
+    if not (MIN_HEAD_DIM <= head_dim <= MAX_HEAD_DIM and head_dim % 8 == 0):
+        _fail(ValueError, f"head_dim {head_dim} unsupported: need a multiple of 8 in [{MIN_HEAD_DIM}, {MAX_HEAD_DIM}]")
+    if q.shape[1] < 1:
+        _fail(ValueError, "q has 0 heads")
+    if q.stride(2) != 1 or k.stride(2) != 1 or v.stride(2) != 1:
+        _fail(ValueError, "q, k, v need stride 1 in the last (head_dim) dimension")
+    if cu_seqlens.dim() != 1:
+        _fail(ValueError, f"cu_seqlens must be 1-D (batch + 1,), got shape {tuple(cu_seqlens.shape)}")
+    if cu_seqlens.shape[0] < 2:
+        _fail(ValueError, "cu_seqlens needs at least 2 entries (an empty batch has nothing to attend)")
+    if cu_seqlens.stride(0) != 1:
+        _fail(ValueError, "cu_seqlens must be contiguous")
+    dev = q.get_device()
+    if k.get_device() != dev or v.get_device() != dev or cu_seqlens.get_device() != dev:
+        _fail(ValueError, f"q, k, v, cu_seqlens must be on one device, got {q.device}, {k.device}, {v.device}, "
+              f"{cu_seqlens.device}")
+    if dev < 0 and not launcher.interpreted:
+        _fail(ValueError, "CPU tensors need the Triton interpreter (TRITON_INTERPRET=1 before import); "
+              "on CPU use raggedvit.ragged_attention_reference")
+    if out is not None:
+        if not isinstance(out, torch.Tensor):
+            _fail(TypeError, f"out must be a torch.Tensor or None, got {type(out).__name__}")
+        if out.shape != q.shape or out.dtype != q.dtype or out.get_device() != dev or out.stride(2) != 1:
+            _fail(ValueError, f"out must match q's shape {tuple(q.shape)}, dtype and device with last stride 1, "
+                  f"got {tuple(out.shape)} {out.dtype} on {out.device}")
+
+
+def check_cu_seqlens(cu_seqlens: torch.Tensor, total_rows: int, max_seqlen: int | None = None) -> None:
+    """Validate the *contents* of ``cu_seqlens`` (syncs with the device: debugging only).
+
+    Checks ``cu_seqlens[0] == 0``, non-decreasing offsets, ``cu_seqlens[-1] <= total_rows`` and, when given,
+    that no sequence is longer than ``max_seqlen`` (longer ones are still exact, but the grid is sized for
+    the bound, so they run slower).
+    """
+    cu = cu_seqlens.detach().to("cpu", torch.int64)
+    if cu[0].item() != 0:
+        raise ValueError(f"cu_seqlens[0] must be 0, got {cu[0].item()}")
+    lens = cu[1:] - cu[:-1]
+    if (lens < 0).any():
+        raise ValueError(f"cu_seqlens must be non-decreasing, got {cu.tolist()}")
+    if cu[-1].item() > total_rows:
+        raise ValueError(f"cu_seqlens[-1] = {cu[-1].item()} exceeds the {total_rows} rows of q")
+    if max_seqlen is not None and lens.numel() and lens.max().item() > max_seqlen:
+        raise ValueError(f"a sequence has {lens.max().item()} tokens, more than max_seqlen = {max_seqlen}")
+
+
+def _launch(q, k, v, out, cu_seqlens, max_seqlen: int, scale: float) -> None:
+    total, heads, head_dim = q.shape
+    block_d, block_m, block_n, num_warps, num_stages = _config(q.dtype, head_dim)
+    batch = cu_seqlens.shape[0] - 1
+    grid = (min(triton.cdiv(max_seqlen, block_m), 65535), batch + 1, heads)
+    sq, sk, sv, so = q.stride(), k.stride(), v.stride(), out.stride()
+    # What Triton specializes on: 16-byte pointer alignment and stride divisibility by 16 (and == 1).
+    key = (
+        q.dtype, head_dim, q.get_device(),
+        q.data_ptr() % 16, k.data_ptr() % 16, v.data_ptr() % 16, out.data_ptr() % 16, cu_seqlens.data_ptr() % 16,
+        sq[0] % 16, sq[1] % 16, sk[0] % 16, sk[1] % 16, sv[0] % 16, sv[1] % 16, so[0] % 16, so[1] % 16,
+        sq[0] == 1, sq[1] == 1, sk[0] == 1, sk[1] == 1, sv[0] == 1, sv[1] == 1, so[0] == 1, so[1] == 1,
+    )
+    args = (q, k, v, out, cu_seqlens, sq[0], sq[1], sk[0], sk[1], sv[0], sv[1], so[0], so[1],
+            scale * _LOG2E, total, head_dim, block_d, block_m, block_n, q.dtype == torch.float32,
+            launcher.interpreted and q.dtype == torch.bfloat16)
+    launcher(key, q.get_device(), grid, args, num_warps=num_warps, num_stages=num_stages)
+
+
+def _forward(q, k, v, cu_seqlens, max_seqlen: int, scale: float | None, out=None) -> torch.Tensor:
+    if out is None:
+        out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    if q.shape[0] == 0:
+        return out
+    _launch(q, k, v, out, cu_seqlens, max_seqlen, q.shape[2] ** -0.5 if scale is None else float(scale))
+    return out
+
+
+@torch.library.custom_op("raggedvit::ragged_attention", mutates_args=())
+def _ragged_attention_op(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int, scale: float
+) -> torch.Tensor:
+    _check_inputs(q, k, v, cu_seqlens, max_seqlen, scale, None)
+    return _forward(q, k, v, cu_seqlens, max_seqlen, scale)
+
+
+@_ragged_attention_op.register_fake
+def _(q, k, v, cu_seqlens, max_seqlen, scale):
+    return torch.empty(q.shape, dtype=q.dtype, device=q.device)
+
+
+def ragged_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    max_seqlen: int,
+    *,
+    scale: float | None = None,
+    out: torch.Tensor | None = None,
+    check_lengths: bool = False,
+) -> torch.Tensor:
+    """Bidirectional (non-causal) softmax attention over packed variable-length sequences.
+
+    Sequence ``b`` owns rows ``cu_seqlens[b]:cu_seqlens[b + 1]`` of ``q``, ``k`` and ``v``; each query
+    attends to every key of its own sequence and to nothing else. The same packing as
+    ``flash_attn_varlen_func`` with ``cu_seqlens_q == cu_seqlens_k`` and ``causal=False``.
+
+    Args:
+        q, k, v: ``(total_tokens, heads, head_dim)``, float16, bfloat16 or float32, on one CUDA device
+            (CPU only under ``TRITON_INTERPRET=1``). Last stride 1; the other strides are free, so
+            ``qkv.unbind(1)`` of a fused ``(total_tokens, 3, heads, head_dim)`` tensor works without copies.
+            head_dim: a multiple of 8 in [16, 128] (32, 64, 72, 80, 96, 128, ...).
+        cu_seqlens: int32 ``(batch + 1,)`` on the same device, ``cu_seqlens[0] == 0``, non-decreasing,
+            ``cu_seqlens[-1] <= total_tokens``. Zero-length sequences are allowed (repeat an offset).
+        max_seqlen: Python int >= 1, an upper bound on the sequence lengths, known on the host (e.g. 197,
+            or the bound a pruning schedule implies). It sizes the grid only: a longer sequence is still
+            computed exactly, just with less parallelism. Never read back from the device by this library.
+        scale: softmax scale; default ``head_dim ** -0.5``.
+        out: optional preallocated output (same shape, dtype and device as ``q``, last stride 1).
+        check_lengths: validate the contents of ``cu_seqlens`` first (syncs with the device; debugging only).
+
+    Returns:
+        ``(total_tokens, heads, head_dim)`` in ``q.dtype``. Rows at and past ``cu_seqlens[-1]`` are zero.
+
+    Accumulation is fp32; fp32 inputs use IEEE fp32 dot products (no TF32). The call does not
+    synchronize with the device, allocates only the output, and can be captured in a CUDA graph (run one
+    eager call per dtype/head dim first so the kernel is compiled outside capture; see
+    :func:`raggedvit.warmup`). Forward only: there is no backward.
+
+    Raises:
+        TypeError, ValueError: on bad arguments, naming the argument, before anything is launched.
+    """
+    if torch.compiler.is_compiling():
+        if out is not None or check_lengths:
+            _fail(ValueError, "out= and check_lengths= are not supported under torch.compile")
+        return torch.ops.raggedvit.ragged_attention(q, k, v, cu_seqlens, max_seqlen, scale)
+    _check_inputs(q, k, v, cu_seqlens, max_seqlen, scale, out)
+    if check_lengths:
+        check_cu_seqlens(cu_seqlens, q.shape[0], max_seqlen)
+    return _forward(q, k, v, cu_seqlens, max_seqlen, scale, out)
+
+
+def warmup(
+    dtypes=(torch.float16, torch.bfloat16, torch.float32),
+    head_dims=(64,),
+    device: torch.device | str | None = None,
+    heads: int = 1,
+    fused_qkv: bool = True,
+) -> int:
+    """Compile the kernel variants for ``dtypes`` x ``head_dims`` before CUDA-graph capture.
+
+    Runs one tiny call per variant on ``device`` (default: the current CUDA device), for both a
+    contiguous layout and, with ``fused_qkv``, views of a fused ``(T, 3, heads, head_dim)`` tensor.
+    Returns the number of launch keys held for direct launches.
+    """
+    device = torch.device(device) if device is not None else torch.device("cuda", torch.cuda.current_device())
+    cu = torch.tensor([0, 3, 5], dtype=torch.int32, device=device)
+    for dtype in dtypes:
+        for d in head_dims:
+            x = torch.randn(5, 3, heads, d, dtype=dtype, device=device)
+            layouts = [(x[:, 0].contiguous(), x[:, 1].contiguous(), x[:, 2].contiguous())]
+            if fused_qkv:
+                layouts.append(x.unbind(1))
+            for q, k, v in layouts:
+                ragged_attention(q, k, v, cu, 3)
+    return len(launcher.cached_keys())
+
+
+__all__ = ["ragged_attention", "check_cu_seqlens", "warmup", "SUPPORTED_DTYPES", "launcher"]

@@ -1,0 +1,57 @@
+"""Pure-PyTorch reference for ragged attention (any device, no Triton).
+
+Gathers the packed sequences into a ``(batch, max_seqlen, heads, head_dim)`` view with index arithmetic
+(no host sync: ``max_seqlen`` is the host-side bound), runs masked softmax attention in fp32 (fp64 for
+fp64 inputs) and scatters the rows back. Rows past ``cu_seqlens[-1]`` are zero, as in the Triton kernel.
+Sequences longer than ``max_seqlen`` are not supported here (the Triton kernel handles them); pass a
+true bound.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def ragged_attention_reference(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    max_seqlen: int,
+    *,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """Reference bidirectional attention over packed sequences, in plain PyTorch.
+
+    Args:
+        q, k, v: ``(total_rows, heads, head_dim)``.
+        cu_seqlens: ``(batch + 1,)`` integer offsets, ``cu_seqlens[0] == 0``, non-decreasing.
+        max_seqlen: host-side upper bound on every sequence length (>= 1).
+        scale: softmax scale, default ``head_dim ** -0.5``.
+
+    Returns:
+        ``(total_rows, heads, head_dim)`` in ``q.dtype``; rows past ``cu_seqlens[-1]`` are zero.
+    """
+    total, heads, head_dim = q.shape
+    batch = cu_seqlens.shape[0] - 1
+    scale = head_dim**-0.5 if scale is None else scale
+    compute = torch.float64 if q.dtype == torch.float64 else torch.float32
+    cu = cu_seqlens.long()
+    lens = cu[1:] - cu[:-1]
+    pos = torch.arange(max_seqlen, device=q.device)
+    valid = pos[None, :] < lens[:, None]  # (batch, L)
+    rows = (cu[:-1, None] + pos[None, :]).clamp(max=max(total - 1, 0))  # (batch, L)
+    if total == 0 or batch == 0:
+        return torch.zeros_like(q)
+    qb, kb, vb = (t.to(compute)[rows] for t in (q, k, v))  # (batch, L, H, D)
+    scores = torch.einsum("blhd,bmhd->bhlm", qb, kb) * scale
+    scores = scores.masked_fill(~valid[:, None, None, :], -math.inf)
+    probs = torch.softmax(scores, dim=-1).nan_to_num(0.0)  # fully masked rows (length 0) give NaN
+    ob = torch.einsum("bhlm,bmhd->blhd", probs, vb)
+    # Scatter valid rows back; invalid ones go to a dummy row that is dropped.
+    dest = torch.where(valid, rows, torch.full_like(rows, total)).reshape(-1)
+    out = torch.zeros(total + 1, heads, head_dim, dtype=compute, device=q.device)
+    out.index_copy_(0, dest, ob.reshape(-1, heads, head_dim))
+    return out[:total].to(q.dtype)
