@@ -33,13 +33,21 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             p = sub.add_parser(path[0], help=help_, description=help_)
         p.set_defaults(_module=module)
-        importlib.import_module(module).add_arguments(p)
+        try:
+            importlib.import_module(module).add_arguments(p)
+        except ModuleNotFoundError as e:  # a command whose module is not in this checkout
+            if e.name != module:
+                raise
+            p.set_defaults(_missing=True)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``raggedvit`` console script."""
     args = build_parser().parse_args(argv)
+    if getattr(args, "_missing", False):
+        print(f"raggedvit: this command's module {args._module} is not installed", file=sys.stderr)
+        return 2
     return int(importlib.import_module(args._module).main(args) or 0)
 
 
