@@ -18,25 +18,39 @@ import torch
 import triton
 
 from ..kernels.attention import ragged_attention_fwd
-from .launch import DirectLauncher
+from .launch import DirectLauncher, current_device, hooks_installed, raw_stream
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MIN_HEAD_DIM, MAX_HEAD_DIM = 16, 128
 _LOG2E = 1.4426950408889634
 
 launcher = DirectLauncher(ragged_attention_fwd, "ragged_attention")
+_INT32 = torch.int32
+_is_compiling = torch.compiler.is_compiling
 
 
 def _config(dtype: torch.dtype, head_dim: int) -> tuple[int, int, int, int, int]:
     """(BLOCK_D, BLOCK_M, BLOCK_N, num_warps, num_stages) for a dtype and head dim. Never depends on lengths."""
-    block_d = max(16, triton_next_pow2(head_dim))
+    block_d = max(16, triton.next_power_of_2(head_dim))
     if dtype == torch.float32:
         return block_d, 32, 32, 4, 2
     return block_d, 64, 64, 4, 2
 
 
-def triton_next_pow2(n: int) -> int:
-    return 1 << (n - 1).bit_length()
+def _variants() -> dict[torch.dtype, dict[int, tuple]]:
+    """dtype -> head_dim -> (BLOCK_M, launch options, default qk scale, constexpr arguments)."""
+    table: dict[torch.dtype, dict[int, tuple]] = {}
+    for dtype in SUPPORTED_DTYPES:
+        table[dtype] = {}
+        for d in range(MIN_HEAD_DIM, MAX_HEAD_DIM + 1, 8):
+            block_d, block_m, block_n, num_warps, num_stages = _config(dtype, d)
+            tail = (d, block_d, block_m, block_n, dtype == torch.float32,
+                    launcher.interpreted and dtype == torch.bfloat16)
+            table[dtype][d] = (block_m, {"num_warps": num_warps, "num_stages": num_stages}, d**-0.5 * _LOG2E, tail)
+    return table
+
+
+VARIANTS = _variants()
 
 
 def _fail(kind: type[Exception], msg: str) -> None:
@@ -112,37 +126,45 @@ def check_cu_seqlens(cu_seqlens: torch.Tensor, total_rows: int, max_seqlen: int 
         raise ValueError(f"a sequence has {lens.max().item()} tokens, more than max_seqlen = {max_seqlen}")
 
 
-def _launch(q, k, v, out, cu_seqlens, max_seqlen: int, scale: float) -> None:
-    total, heads, head_dim = q.shape
-    block_d, block_m, block_n, num_warps, num_stages = _config(q.dtype, head_dim)
-    batch = cu_seqlens.shape[0] - 1
-    grid = (min(triton.cdiv(max_seqlen, block_m), 65535), batch + 1, heads)
-    sq, sk, sv, so = q.stride(), k.stride(), v.stride(), out.stride()
-    # What Triton specializes on: 16-byte pointer alignment and stride divisibility by 16 (and == 1).
-    key = (
-        q.dtype, head_dim, q.get_device(),
-        q.data_ptr() % 16, k.data_ptr() % 16, v.data_ptr() % 16, out.data_ptr() % 16, cu_seqlens.data_ptr() % 16,
-        sq[0] % 16, sq[1] % 16, sk[0] % 16, sk[1] % 16, sv[0] % 16, sv[1] % 16, so[0] % 16, so[1] % 16,
-        sq[0] == 1, sq[1] == 1, sk[0] == 1, sk[1] == 1, sv[0] == 1, sv[1] == 1, so[0] == 1, so[1] == 1,
-    )
-    args = (q, k, v, out, cu_seqlens, sq[0], sq[1], sk[0], sk[1], sv[0], sv[1], so[0], so[1],
-            scale * _LOG2E, total, head_dim, block_d, block_m, block_n, q.dtype == torch.float32,
-            launcher.interpreted and q.dtype == torch.bfloat16)
-    launcher(key, q.get_device(), grid, args, num_warps=num_warps, num_stages=num_stages)
+def _launch(q, k, v, out, cu_seqlens, max_seqlen: int, scale: float | None, variant: tuple,
+            sq: tuple, sk: tuple, sv: tuple, so: tuple, dev: int) -> None:
+    """Launch on validated inputs: direct when the launch key is cached, else through Triton's JIT."""
+    block_m, options, default_scale, tail = variant
+    qk_scale = default_scale if scale is None else float(scale) * _LOG2E
+    qp, kp, vp, op, cp = q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), cu_seqlens.data_ptr()
+    shape = q.shape
+    gx, gy, gz = min((max_seqlen + block_m - 1) // block_m, 65535), cu_seqlens.shape[0], shape[1]
+    rest = (sq[0], sq[1], sk[0], sk[1], sv[0], sv[1], so[0], so[1], qk_scale, shape[0], *tail)
+    # Triton specializes on strides (divisibility by 16, == 1) and 16-byte pointer alignment. Strides do not
+    # depend on the token count, so keying on their values keeps the key set small.
+    if ((qp | kp | vp | op | cp) & 15) == 0:
+        key = (q.dtype, shape[2], dev, sq, sk, sv, so)
+        entry = launcher.cache.get(key)
+        if entry is not None and dev == current_device() and not hooks_installed():
+            call, prefix = entry  # pointers as ints: the launcher then skips cuPointerGetAttribute
+            call(gx, gy, gz, raw_stream(dev), *prefix, qp, kp, vp, op, cp, *rest)
+            launcher.stats["direct"] += 1
+            return
+    else:
+        key = None  # misaligned views: a rare specialization, always through the JIT path
+    launcher.launch_jit(key, dev, (gx, gy, gz), (q, k, v, out, cu_seqlens, *rest), **options)
 
 
 def _forward(q, k, v, cu_seqlens, max_seqlen: int, scale: float | None, out=None) -> torch.Tensor:
+    """Allocate (unless ``out``) and launch; inputs already validated."""
     if out is None:
-        out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+        out = torch.empty_like(q, memory_format=torch.contiguous_format)
     if q.shape[0] == 0:
         return out
-    _launch(q, k, v, out, cu_seqlens, max_seqlen, q.shape[2] ** -0.5 if scale is None else float(scale))
+    _launch(q, k, v, out, cu_seqlens, max_seqlen, scale, VARIANTS[q.dtype][q.shape[2]], q.stride(), k.stride(),
+            v.stride(), out.stride(), q.get_device())
     return out
 
 
 @torch.library.custom_op("raggedvit::ragged_attention", mutates_args=())
 def _ragged_attention_op(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int, scale: float
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int,
+    scale: float | None,
 ) -> torch.Tensor:
     _check_inputs(q, k, v, cu_seqlens, max_seqlen, scale, None)
     return _forward(q, k, v, cu_seqlens, max_seqlen, scale)
@@ -195,11 +217,34 @@ def ragged_attention(
     Raises:
         TypeError, ValueError: on bad arguments, naming the argument, before anything is launched.
     """
-    if torch.compiler.is_compiling():
+    if _is_compiling():
         if out is not None or check_lengths:
             _fail(ValueError, "out= and check_lengths= are not supported under torch.compile")
         return torch.ops.raggedvit.ragged_attention(q, k, v, cu_seqlens, max_seqlen, scale)
-    _check_inputs(q, k, v, cu_seqlens, max_seqlen, scale, out)
+    # Common case first: every check of _check_inputs in one short-circuit chain, attributes read once.
+    variant = None
+    try:
+        dt, shape, cs = q.dtype, q.shape, cu_seqlens.shape
+        sq, sk, sv = q.stride(), k.stride(), v.stride()
+        dev = q.get_device()
+        table = VARIANTS.get(dt)
+        if (
+            table is not None and out is None and not check_lengths and type(max_seqlen) is int and max_seqlen >= 1
+            and k.dtype is dt and v.dtype is dt and cu_seqlens.dtype is _INT32
+            and len(shape) == 3 and shape == k.shape and shape == v.shape and shape[0] > 0 and shape[1] > 0
+            and sq[2] == 1 and sk[2] == 1 and sv[2] == 1 and (scale is None or type(scale) is float)
+            and k.get_device() == dev and v.get_device() == dev and cu_seqlens.get_device() == dev and dev >= 0
+            and len(cs) == 1 and cs[0] >= 2 and cu_seqlens.stride(0) == 1
+        ):
+            variant = table.get(shape[2])
+    except (AttributeError, TypeError, IndexError, RuntimeError):  # not tensors etc.: _check_inputs says what
+        variant = None
+    if variant is not None:
+        out = torch.empty_like(q, memory_format=torch.contiguous_format)
+        _launch(q, k, v, out, cu_seqlens, max_seqlen, scale, variant, sq, sk, sv, (shape[1] * shape[2], shape[2], 1),
+                dev)
+        return out
+    _check_inputs(q, k, v, cu_seqlens, max_seqlen, scale, out)  # raises a precise error, or accepts (out=, CPU...)
     if check_lengths:
         check_cu_seqlens(cu_seqlens, q.shape[0], max_seqlen)
     return _forward(q, k, v, cu_seqlens, max_seqlen, scale, out)
@@ -228,7 +273,7 @@ def warmup(
                 layouts.append(x.unbind(1))
             for q, k, v in layouts:
                 ragged_attention(q, k, v, cu, 3)
-    return len(launcher.cached_keys())
+    return len(launcher.cache)
 
 
 __all__ = ["ragged_attention", "check_cu_seqlens", "warmup", "SUPPORTED_DTYPES", "launcher"]

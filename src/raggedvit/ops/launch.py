@@ -3,16 +3,21 @@
 Triton's ``JITFunction.run`` binds arguments, computes a specialization key and looks the kernel up in its
 cache on every call: 10-12 us of host time, more than the maths of a pruned-ViT attention call. A
 :class:`DirectLauncher` goes through that path once per *launch key* (a small tuple the caller computes
-from what Triton specializes on: dtype, head dim, pointer alignment, stride divisibility, device), keeps
-the compiled kernel, and afterwards calls the compiled kernel's C launcher directly on the current raw
-CUDA stream (the one CUDA-graph capture records on). On any miss (new key, another current device,
-Triton's launch hooks installed by a profiler, the Triton interpreter) it takes the normal JIT path, and
-:attr:`DirectLauncher.stats` counts which path ran, so nothing falls back silently.
+from what Triton specializes on: dtype, constexprs, strides, pointer alignment, device), keeps the compiled
+kernel, and afterwards calls its launcher directly on the current raw CUDA stream (the one CUDA-graph
+capture records on), passing pointers as ints (the launcher then skips a ``cuPointerGetAttribute`` per
+tensor). On any miss (new key, another current device, Triton launch hooks installed by a profiler, the
+Triton interpreter) the caller takes the normal JIT path; :attr:`DirectLauncher.stats` counts which path
+ran, so nothing falls back silently.
 
-Calling convention of the cached launcher (Triton >= 3.3, checked against 3.6 and 3.8)::
+Two direct conventions are used, chosen by inspecting the compiled kernel's launcher object:
 
-    compiled.run(grid_x, grid_y, grid_z, stream, compiled.function, compiled.packed_metadata,
-                 launch_metadata, enter_hook, exit_hook, *all_kernel_arguments_including_constexprs)
+* ``raw``: Triton 3.4-3.6's ``CudaLauncher`` (a ``launch`` C function taking
+  ``(gx, gy, gz, stream, function, cooperative, pdl, global_scratch, profile_scratch, metadata,
+  launch_metadata, enter_hook, exit_hook, *args)``; verified on an H100 with Triton 3.6), used only when
+  the kernel needs no scratch memory. Skips a Python frame and two closures per call.
+* ``run``: ``compiled.run(gx, gy, gz, stream, function, metadata, launch_metadata, enter_hook, exit_hook,
+  *args)``, the convention ``JITFunction.run`` itself uses since Triton 3.3 (3.6, 3.8 ...).
 """
 
 from __future__ import annotations
@@ -24,22 +29,46 @@ import torch
 import triton
 from triton.runtime.jit import JITFunction
 
-try:  # Triton >= 3.3 keeps launch hooks in knobs; older versions on CompiledKernel.
+try:  # Triton >= 3.3 keeps launch hooks in knobs (3.6+: HookChain objects, empty by default).
     from triton import knobs as _knobs
 
-    def _hooks_installed() -> bool:
+    def hooks_installed() -> bool:
+        """True if a profiler or user installed Triton launch hooks (then launches go through the JIT path)."""
         rt = _knobs.runtime
-        return rt.launch_enter_hook is not None or rt.launch_exit_hook is not None
+        for hook in (rt.launch_enter_hook, rt.launch_exit_hook):
+            if hook is not None and getattr(hook, "calls", True):
+                return True
+        return False
 
 except ImportError:  # pragma: no cover - old Triton
     from triton.compiler import CompiledKernel as _CK
 
-    def _hooks_installed() -> bool:
+    def hooks_installed() -> bool:
+        """True if Triton launch hooks are installed (then launches go through the JIT path)."""
         return _CK.launch_enter_hook is not None or _CK.launch_exit_hook is not None
 
 
-_raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None)
-_current_device = getattr(torch._C, "_cuda_getDevice", None)
+raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+current_device = getattr(torch._C, "_cuda_getDevice", None)
+
+
+def _direct_entry(compiled: Any) -> tuple[Any, tuple, str]:
+    """(callable, leading args after the stream, convention name) for launching ``compiled`` directly."""
+    run = compiled.run
+    raw_ok = (
+        hasattr(run, "launch")
+        and not hasattr(run, "arg_annotations")  # 3.7+ passes annotations + an args tuple: use ``run``
+        and not getattr(run, "gsan_enabled", False)
+        and getattr(run, "global_scratch_size", 1) == 0
+        and getattr(run, "profile_scratch_size", 1) == 0
+        and hasattr(run, "launch_cooperative_grid")
+        and hasattr(run, "launch_pdl")
+    )
+    if raw_ok:
+        prefix = (compiled.function, run.launch_cooperative_grid, run.launch_pdl, None, None,
+                  compiled.packed_metadata, None, None, None)
+        return run.launch, prefix, "raw"
+    return run, (compiled.function, compiled.packed_metadata, None, None, None), "run"
 
 
 class DirectLauncher:
@@ -47,48 +76,45 @@ class DirectLauncher:
 
     Args:
         fn: the ``@triton.jit`` function.
-        name: a label used in :attr:`stats` and error messages.
+        name: a label for error messages.
+
+    Hot path (done by the caller, to avoid a Python frame)::
+
+        entry = launcher.cache.get(key)
+        if entry is not None and launcher.usable(device_index):
+            call, prefix = entry
+            call(gx, gy, gz, raw_stream(device_index), *prefix, *args)
     """
 
     def __init__(self, fn: Any, name: str):
         self.fn = fn
         self.name = name
         self.interpreted = not isinstance(fn, JITFunction)  # TRITON_INTERPRET=1 gives an InterpretedFunction
-        self._cache: dict[tuple, tuple] = {}
+        self.cache: dict[tuple, tuple] = {}
+        self.conventions: dict[tuple, str] = {}
         self.stats: Counter[str] = Counter()
 
-    def __call__(self, key: tuple, device_index: int, grid: tuple[int, int, int], args: tuple, **options: Any) -> None:
-        """Launch with ``args`` (every kernel parameter in order, constexprs included) on the current stream.
+    @staticmethod
+    def usable(device_index: int) -> bool:
+        """Whether a cached kernel may be launched directly for tensors on ``device_index`` right now."""
+        return device_index == current_device() and not hooks_installed()
 
-        ``key`` must change whenever Triton would compile a different specialization for ``args``
-        (callers include dtype, constexprs, 16-byte pointer alignment and stride divisibility by 16).
-        ``device_index`` is the index of the CUDA device that owns the tensors (-1 for CPU tensors,
-        which only the interpreter runs).
+    def launch_jit(self, key: tuple | None, device_index: int, grid: tuple, args: tuple, **options: Any) -> None:
+        """Launch through ``JITFunction.run`` and, when ``key`` is not None, cache the compiled kernel.
+
+        ``args``: every kernel parameter in order, constexprs included (pointers may be tensors or ints).
         """
-        entry = self._cache.get(key)
-        if entry is not None and device_index == _current_device() and not _hooks_installed():
-            run, function, packed_metadata = entry
-            run(grid[0], grid[1], grid[2], _raw_stream(device_index), function, packed_metadata, None, None, None,
-                *args)
-            self.stats["direct"] += 1
-            return
-        self._launch_jit(key, device_index, grid, args, options)
-
-    def _launch_jit(self, key: tuple, device_index: int, grid: tuple, args: tuple, options: dict) -> None:
         self.stats["jit"] += 1
         if self.interpreted or device_index < 0:
             self.fn[grid](*args, **options)
             return
         with torch.cuda.device(device_index):
             compiled = self.fn[grid](*args, **options)
-        if key not in self._cache:
+        if key is not None and key not in self.cache:
+            call, prefix, convention = _direct_entry(compiled)
+            self.cache[key] = (call, prefix)
+            self.conventions[key] = convention
             self.stats["compiled_keys"] += 1
-        # ``compiled.run`` initialises the module handles lazily; the JIT launch above already did.
-        self._cache[key] = (compiled.run, compiled.function, compiled.packed_metadata)
-
-    def cached_keys(self) -> list[tuple]:
-        """Launch keys whose compiled kernel is held for direct launches."""
-        return list(self._cache)
 
 
 def triton_version() -> str:

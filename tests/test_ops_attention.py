@@ -1,0 +1,267 @@
+"""Tests for raggedvit.ops.attention (the Triton kernel via the public op) and ops.reference.
+
+On CPU the kernel runs under the Triton interpreter; the same tests run on the GPU.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import raggedvit
+from raggedvit.ops.attention import launcher
+from raggedvit.ops.reference import ragged_attention_reference
+
+from conftest import DEVICE, ON_GPU, requires_gpu
+from helpers import assert_close_report, attention_loop_reference, make_cu_seqlens
+
+DTYPES = [torch.float16, torch.bfloat16, torch.float32]
+
+
+def _sdpa_error(q, k, v, lengths, ref) -> float:
+    """Max error of torch's own SDPA in q's dtype (per sequence, same device) against the fp64 reference."""
+    worst, start = 0.0, 0
+    for n in lengths:
+        if n:
+            qs, ks, vs = (t[start:start + n].transpose(0, 1)[None] for t in (q, k, v))
+            o = F.scaled_dot_product_attention(qs, ks, vs)[0].transpose(0, 1)
+            worst = max(worst, (o.double().cpu() - ref[start:start + n]).abs().max().item())
+        start += n
+    return worst
+
+
+def _round(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """fp32 -> dtype as the kernel does it. The Triton interpreter truncates fp32 -> bf16 (it does not round
+    to nearest), so under the interpreter the yardstick truncates too."""
+    if launcher.interpreted and dtype == torch.bfloat16:
+        return (x.float().contiguous().view(torch.int32) & -65536).view(torch.float32).to(dtype)
+    return x.to(dtype)
+
+
+def _flash_rounding_error(q, k, v, lengths, ref) -> float:
+    """Error of flash-attention rounding: unnormalised probabilities rounded to q's dtype before P @ V,
+    the normaliser summed in fp32.
+
+    That is what GPU flash kernels (FA2, torch's included) do; torch's CPU SDPA keeps P in fp32, so on CPU
+    this, not SDPA alone, is the fair yardstick for a 16-bit kernel.
+    """
+    worst, start = 0.0, 0
+    for n in lengths:
+        if n:
+            qs, ks, vs = (t[start:start + n].transpose(0, 1).float().cpu() for t in (q, k, v))
+            s_ = qs @ ks.transpose(1, 2) * qs.shape[-1] ** -0.5
+            p = torch.exp(s_ - s_.amax(-1, keepdim=True))
+            o = _round((_round(p, q.dtype).float() @ vs) / p.sum(-1, keepdim=True), q.dtype).transpose(0, 1)
+            worst = max(worst, (o.double() - ref[start:start + n]).abs().max().item())
+        start += n
+    return worst
+
+
+def _packed(lengths, heads, head_dim, dtype, fused=True, extra_rows=0):
+    total = sum(lengths) + extra_rows
+    if fused:  # strided views of one fused (T, 3, H, D) qkv tensor, as timm's qkv Linear produces
+        qkv = torch.randn(total, 3, heads, head_dim, device=DEVICE).to(dtype)
+        q, k, v = qkv.unbind(1)
+    else:
+        q, k, v = (torch.randn(total, heads, head_dim, device=DEVICE).to(dtype) for _ in range(3))
+    return q, k, v, make_cu_seqlens(lengths, DEVICE)
+
+
+def _check(q, k, v, cu, lengths, max_seqlen, **kw):
+    out = torch.full_like(q, float("nan"), memory_format=torch.contiguous_format)  # poison
+    got = raggedvit.ragged_attention(q, k, v, cu, max_seqlen, out=out, **kw)
+    assert got.data_ptr() == out.data_ptr()
+    ref = attention_loop_reference(q, k, v, lengths, scale=kw.get("scale"))
+    if q.dtype == torch.float32:
+        rel = ((got.double().cpu() - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+        assert torch.isfinite(got).all()
+        assert rel <= 1e-4, f"fp32 relative error {rel:.3g}"
+    else:
+        torch_err = _sdpa_error(q, k, v, lengths, ref)
+        if "scale" not in kw:
+            torch_err = max(torch_err, _flash_rounding_error(q, k, v, lengths, ref))
+        tol = 2 * max(torch_err, torch.finfo(q.dtype).eps / 2)
+        assert_close_report(got, ref, tol, f"{q.dtype} vs fp64")
+    return got
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("head_dim", [32, 64, 72, 80, 128])
+def test_matches_fp64_reference_ragged(dtype, head_dim):
+    lengths = [0, 1, 2, 63, 64, 65, 197, 5]
+    q, k, v, cu = _packed(lengths, 2, head_dim, dtype)
+    _check(q, k, v, cu, lengths, max(lengths))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_577_tokens_and_equal_lengths(dtype):
+    lengths = [577, 577]
+    q, k, v, cu = _packed(lengths, 2, 64, dtype, fused=False)
+    _check(q, k, v, cu, lengths, 577)
+
+
+def test_longer_than_1024_and_tiny_mix():
+    lengths = [1, 1100, 0, 3]
+    q, k, v, cu = _packed(lengths, 1, 32, torch.float32)
+    _check(q, k, v, cu, lengths, 1100)
+
+
+def test_max_seqlen_is_only_a_grid_hint():
+    """A bound smaller than the true lengths still gives exact results (grid-stride loop over query tiles)."""
+    lengths = [197, 150, 3]
+    q, k, v, cu = _packed(lengths, 3, 64, torch.float16)
+    _check(q, k, v, cu, lengths, 1)
+
+
+def test_rows_past_last_offset_are_zero_and_scale_is_used():
+    lengths = [7, 0, 40]
+    q, k, v, cu = _packed(lengths, 2, 64, torch.float32, extra_rows=37)
+    got = _check(q, k, v, cu, lengths, 40, scale=0.3)
+    assert (got[sum(lengths):] == 0).all()
+
+
+def test_cls_only_batch():
+    lengths = [1] * 9  # everything but CLS pruned
+    q, k, v, cu = _packed(lengths, 3, 64, torch.bfloat16)
+    got = _check(q, k, v, cu, lengths, 1)
+    torch.testing.assert_close(got, v, rtol=0, atol=0)  # softmax over one key is exactly 1
+
+
+def test_reference_matches_loop_reference():
+    lengths = [3, 0, 1, 20]
+    q, k, v, cu = _packed(lengths, 2, 32, torch.float64, extra_rows=2)
+    got = ragged_attention_reference(q, k, v, cu, 20)
+    assert_close_report(got, attention_loop_reference(q, k, v, lengths), 1e-12, "reference")
+
+
+def test_allocates_contiguous_output_without_out():
+    lengths = [5, 9]
+    q, k, v, cu = _packed(lengths, 2, 64, torch.float32)
+    got = raggedvit.ragged_attention(q, k, v, cu, 9)
+    assert got.is_contiguous() and got.shape == q.shape and got.dtype == q.dtype
+
+
+# ----------------------------------------------------------------------------------------------- bad input
+def _good():
+    q, k, v, cu = _packed([3, 4], 2, 64, torch.float16)
+    return dict(q=q, k=k, v=v, cu_seqlens=cu, max_seqlen=4)
+
+
+BAD = [
+    ("int64 cu_seqlens", lambda a: a.update(cu_seqlens=a["cu_seqlens"].long()), TypeError, "cu_seqlens must be int32"),
+    ("float64 q", lambda a: a.update(q=a["q"].double()), TypeError, "dtype"),
+    ("mixed dtypes", lambda a: a.update(k=a["k"].float()), TypeError, "share a dtype"),
+    ("2-D q", lambda a: a.update(q=a["q"][:, 0]), ValueError, "(total_tokens, heads, head_dim)"),
+    ("heads differ", lambda a: a.update(k=a["k"][:, :1]), ValueError, "shapes differ"),
+    ("head dim 72 vs 64", lambda a: a.update(v=torch.zeros(7, 2, 72, dtype=torch.float16, device=DEVICE)),
+     ValueError, "shapes differ"),
+    ("head dim 12", lambda a: a.update(**{n: torch.zeros(7, 2, 12, dtype=torch.float16, device=DEVICE)
+                                          for n in "qkv"}), ValueError, "head_dim 12"),
+    ("head dim 256", lambda a: a.update(**{n: torch.zeros(7, 2, 256, dtype=torch.float16, device=DEVICE)
+                                           for n in "qkv"}), ValueError, "head_dim 256"),
+    ("last stride", lambda a: a.update(q=a["q"].transpose(1, 2).contiguous().transpose(1, 2)), ValueError, "stride"),
+    ("cu rank", lambda a: a.update(cu_seqlens=a["cu_seqlens"][None]), ValueError, "1-D"),
+    ("empty batch", lambda a: a.update(cu_seqlens=a["cu_seqlens"][:1]), ValueError, "at least 2"),
+    ("max_seqlen 0", lambda a: a.update(max_seqlen=0), ValueError, "max_seqlen must be >= 1"),
+    ("max_seqlen float", lambda a: a.update(max_seqlen=4.0), TypeError, "Python int"),
+    ("max_seqlen tensor", lambda a: a.update(max_seqlen=torch.tensor(4)), TypeError, "Python int"),
+    ("max_seqlen bool", lambda a: a.update(max_seqlen=True), TypeError, "Python int"),
+    ("q not a tensor", lambda a: a.update(q=[1, 2]), TypeError, "q must be a torch.Tensor"),
+]
+if ON_GPU:  # a CPU-only machine has no second device to mix in
+    BAD.append(("devices differ", lambda a: a.update(cu_seqlens=a["cu_seqlens"].cpu()), ValueError, "one device"))
+
+
+@pytest.mark.parametrize("name,mutate,exc,msg", BAD, ids=[b[0] for b in BAD])
+def test_bad_input_raises_before_launch(name, mutate, exc, msg):
+    args = _good()
+    mutate(args)
+    before = dict(launcher.stats)
+    with pytest.raises(exc, match=msg.replace("(", r"\(").replace(")", r"\)")):
+        raggedvit.ragged_attention(**args)
+    assert dict(launcher.stats) == before, "nothing may be launched for bad input"
+
+
+def test_bad_out_and_scale():
+    args = _good()
+    with pytest.raises(ValueError, match="out must match"):
+        raggedvit.ragged_attention(**args, out=torch.empty(3, 2, 64, dtype=torch.float16, device=DEVICE))
+    with pytest.raises(TypeError, match="scale"):
+        raggedvit.ragged_attention(**args, scale="big")
+
+
+@pytest.mark.parametrize("cu,msg", [([1, 3, 7], "cu_seqlens\\[0\\] must be 0"), ([0, 5, 3], "non-decreasing"),
+                                    ([0, 3, 9], "exceeds"), ([0, 1, 7], "more than max_seqlen")])
+def test_check_lengths_debug_mode(cu, msg):
+    args = _good()
+    args["cu_seqlens"] = torch.tensor(cu, dtype=torch.int32, device=DEVICE)
+    with pytest.raises(ValueError, match=msg):
+        raggedvit.ragged_attention(**args, check_lengths=True)
+
+
+def test_torch_compile_fullgraph_traces_the_op():
+    lengths = [4, 9]
+    q, k, v, cu = _packed(lengths, 2, 64, torch.float32)
+
+    def f(q, k, v, cu):
+        return raggedvit.ragged_attention(q * 2, k, v, cu, 9) + 1
+
+    compiled = torch.compile(f, fullgraph=True, backend="inductor" if ON_GPU else "aot_eager")
+    got = compiled(q, k, v, cu)
+    want = raggedvit.ragged_attention(q * 2, k, v, cu, 9) + 1
+    torch.testing.assert_close(got, want)
+
+
+# ----------------------------------------------------------------------------------------------- GPU only
+@requires_gpu
+def test_one_compile_across_length_sweep_and_direct_launches():
+    raggedvit.warmup(dtypes=(torch.float16,), head_dims=(64,), heads=6)
+    keys = len(launcher.cache)
+    jit_before, direct_before = launcher.stats["jit"], launcher.stats["direct"]
+    g = torch.Generator().manual_seed(0)
+    for batch in (1, 3, 8, 64):
+        for _ in range(5):
+            lengths = torch.randint(0, 198, (batch,), generator=g).tolist()
+            q, k, v, cu = _packed(lengths, 6, 64, torch.float16)
+            raggedvit.ragged_attention(q, k, v, cu, 197)
+    assert len(launcher.cache) == keys, "a length or batch change caused a new compile"
+    assert launcher.stats["jit"] == jit_before
+    assert launcher.stats["direct"] == direct_before + 20
+
+
+@requires_gpu
+def test_no_host_sync():
+    lengths = [197, 3, 100]
+    q, k, v, cu = _packed(lengths, 6, 64, torch.float16)
+    raggedvit.ragged_attention(q, k, v, cu, 197)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        raggedvit.ragged_attention(q, k, v, cu, 197)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+@requires_gpu
+def test_cuda_graph_replay_with_new_lengths():
+    """A captured call stays correct when cu_seqlens and the data change between replays."""
+    heads, d, cap, batch = 6, 64, 8 * 197, 8
+    raggedvit.warmup(dtypes=(torch.float16,), head_dims=(d,), heads=heads)
+    qkv = torch.randn(cap, 3, heads, d, device=DEVICE, dtype=torch.float16)
+    cu = make_cu_seqlens([197] * batch, DEVICE)
+    q, k, v = qkv.unbind(1)
+    out = torch.empty(cap, heads, d, device=DEVICE, dtype=torch.float16)
+    raggedvit.ragged_attention(q, k, v, cu, 197, out=out)  # same launch key as the capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        raggedvit.ragged_attention(q, k, v, cu, 197, out=out)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(5):
+        lengths = torch.randint(0, 198, (batch,), generator=g).tolist()
+        cu.copy_(make_cu_seqlens(lengths, DEVICE))
+        qkv.copy_(torch.randn_like(qkv))
+        graph.replay()
+        torch.cuda.synchronize()
+        want = raggedvit.ragged_attention(q, k, v, cu, 197)
+        torch.testing.assert_close(out, want, rtol=0, atol=0)
+        assert (out[sum(lengths):] == 0).all()
