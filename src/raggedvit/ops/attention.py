@@ -18,7 +18,7 @@ import torch
 import triton
 
 from ..kernels.attention import ragged_attention_fwd
-from .launch import DirectLauncher, current_device, hooks_installed, raw_stream
+from .launch import DirectLauncher, raw_stream
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MIN_HEAD_DIM, MAX_HEAD_DIM = 16, 128
@@ -140,10 +140,10 @@ def _launch(q, k, v, out, cu_seqlens, max_seqlen: int, scale: float | None, vari
     if ((qp | kp | vp | op | cp) & 15) == 0:
         key = (q.dtype, shape[2], dev, sq, sk, sv, so)
         entry = launcher.cache.get(key)
-        if entry is not None and dev == current_device() and not hooks_installed():
+        if entry is not None and launcher.usable(dev):
             call, prefix = entry  # pointers as ints: the launcher then skips cuPointerGetAttribute
             call(gx, gy, gz, raw_stream(dev), *prefix, qp, kp, vp, op, cp, *rest)
-            launcher.stats["direct"] += 1
+            launcher.direct_launches += 1
             return
     else:
         key = None  # misaligned views: a rare specialization, always through the JIT path
@@ -153,7 +153,7 @@ def _launch(q, k, v, out, cu_seqlens, max_seqlen: int, scale: float | None, vari
 def _forward(q, k, v, cu_seqlens, max_seqlen: int, scale: float | None, out=None) -> torch.Tensor:
     """Allocate (unless ``out``) and launch; inputs already validated."""
     if out is None:
-        out = torch.empty_like(q, memory_format=torch.contiguous_format)
+        out = torch.empty_like(q)
     if q.shape[0] == 0:
         return out
     _launch(q, k, v, out, cu_seqlens, max_seqlen, scale, VARIANTS[q.dtype][q.shape[2]], q.stride(), k.stride(),
@@ -240,9 +240,8 @@ def ragged_attention(
     except (AttributeError, TypeError, IndexError, RuntimeError):  # not tensors etc.: _check_inputs says what
         variant = None
     if variant is not None:
-        out = torch.empty_like(q, memory_format=torch.contiguous_format)
-        _launch(q, k, v, out, cu_seqlens, max_seqlen, scale, variant, sq, sk, sv, (shape[1] * shape[2], shape[2], 1),
-                dev)
+        out = torch.empty_like(q)  # dense strides in q's dimension order (contiguous for fused-qkv views)
+        _launch(q, k, v, out, cu_seqlens, max_seqlen, scale, variant, sq, sk, sv, out.stride(), dev)
         return out
     _check_inputs(q, k, v, cu_seqlens, max_seqlen, scale, out)  # raises a precise error, or accepts (out=, CPU...)
     if check_lengths:

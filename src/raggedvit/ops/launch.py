@@ -84,6 +84,7 @@ class DirectLauncher:
         if entry is not None and launcher.usable(device_index):
             call, prefix = entry
             call(gx, gy, gz, raw_stream(device_index), *prefix, *args)
+            launcher.direct_launches += 1
     """
 
     def __init__(self, fn: Any, name: str):
@@ -92,19 +93,25 @@ class DirectLauncher:
         self.interpreted = not isinstance(fn, JITFunction)  # TRITON_INTERPRET=1 gives an InterpretedFunction
         self.cache: dict[tuple, tuple] = {}
         self.conventions: dict[tuple, str] = {}
-        self.stats: Counter[str] = Counter()
+        self.direct_launches = 0
+        self._counts: Counter[str] = Counter()
+        self._single_device = False  # set at the first compile: then the current-device check is skipped
 
-    @staticmethod
-    def usable(device_index: int) -> bool:
+    @property
+    def stats(self) -> dict[str, int]:
+        """Launch counts: ``direct`` (cached kernel), ``jit`` (Triton's JIT path), ``compiled_keys``."""
+        return {"direct": self.direct_launches, **self._counts}
+
+    def usable(self, device_index: int) -> bool:
         """Whether a cached kernel may be launched directly for tensors on ``device_index`` right now."""
-        return device_index == current_device() and not hooks_installed()
+        return (self._single_device or device_index == current_device()) and not hooks_installed()
 
     def launch_jit(self, key: tuple | None, device_index: int, grid: tuple, args: tuple, **options: Any) -> None:
         """Launch through ``JITFunction.run`` and, when ``key`` is not None, cache the compiled kernel.
 
         ``args``: every kernel parameter in order, constexprs included (pointers may be tensors or ints).
         """
-        self.stats["jit"] += 1
+        self._counts["jit"] += 1
         if self.interpreted or device_index < 0:
             self.fn[grid](*args, **options)
             return
@@ -114,7 +121,8 @@ class DirectLauncher:
             call, prefix, convention = _direct_entry(compiled)
             self.cache[key] = (call, prefix)
             self.conventions[key] = convention
-            self.stats["compiled_keys"] += 1
+            self._counts["compiled_keys"] += 1
+            self._single_device = torch.cuda.device_count() == 1
 
 
 def triton_version() -> str:
