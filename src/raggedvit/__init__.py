@@ -5,8 +5,9 @@ public attention functions) -> ``pruning`` (pure tensor functions on packed ragg
 (timm integration) -> ``bench`` and ``cli``.
 """
 
+from .models import prune
 from .ops import check_cu_seqlens, ragged_attention, ragged_attention_reference, warmup
 
 __version__ = "0.1.0"
 
-__all__ = ["ragged_attention", "ragged_attention_reference", "check_cu_seqlens", "warmup", "__version__"]
+__all__ = ["prune", "ragged_attention", "ragged_attention_reference", "check_cu_seqlens", "warmup", "__version__"]
