@@ -32,6 +32,9 @@ def test_matches_fp64_on_live_rows_and_zeroes_the_rest(dtype, gelu, bias):
     y_torch = F.linear(x, w, b)
     y_torch = F.gelu(y_torch) if gelu else y_torch
     torch_err = (y_torch.double()[:live] - want[:live]).abs().max()
+    if launcher.interpreted and dtype == torch.bfloat16:  # the interpreter truncates fp32 -> bf16
+        truncated = (want[:live].float().view(torch.int32) & -65536).view(torch.float32)
+        torch_err = max(torch_err, (truncated.double() - want[:live]).abs().max())
     tol = 1e-5 if dtype == torch.float32 else 2 * max(float(torch_err), torch.finfo(dtype).eps)
     assert_close_report(got, want, tol, f"{dtype} gelu={gelu}")
     assert (got[live:] == 0).all()

@@ -28,6 +28,7 @@ def ragged_attention_fwd(
     V,
     O,
     CU_SEQLENS,
+    total_rows,  # rows of O; rows from cu_seqlens[batch] on are zero-filled
     stride_qt,
     stride_qh,
     stride_kt,
@@ -37,7 +38,6 @@ def ragged_attention_fwd(
     stride_ot,
     stride_oh,
     qk_scale,  # softmax scale * log2(e): the kernel works in base 2
-    total_rows,  # rows of O; rows from cu_seqlens[batch] on are zero-filled
     HEAD_DIM: tl.constexpr,
     BLOCK_D: tl.constexpr,
     BLOCK_M: tl.constexpr,

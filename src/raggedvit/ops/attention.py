@@ -128,26 +128,28 @@ def check_cu_seqlens(cu_seqlens: torch.Tensor, total_rows: int, max_seqlen: int 
 
 def _launch(q, k, v, out, cu_seqlens, max_seqlen: int, scale: float | None, variant: tuple,
             sq: tuple, sk: tuple, sv: tuple, so: tuple, dev: int) -> None:
-    """Launch on validated inputs: direct when the launch key is cached, else through Triton's JIT."""
+    """Launch on validated inputs: direct when the launch key is cached, else through Triton's JIT.
+
+    Kernel arguments are ordered per-call first (pointers, row count), then what is constant per launch key
+    (strides, scale, constexprs), so a direct launch reuses one cached tuple for the latter.
+    """
     block_m, options, default_scale, tail = variant
-    qk_scale = default_scale if scale is None else float(scale) * _LOG2E
     qp, kp, vp, op, cp = q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), cu_seqlens.data_ptr()
     shape = q.shape
     gx, gy, gz = min((max_seqlen + block_m - 1) // block_m, 65535), cu_seqlens.shape[0], shape[1]
-    rest = (sq[0], sq[1], sk[0], sk[1], sv[0], sv[1], so[0], so[1], qk_scale, shape[0], *tail)
     # Triton specializes on strides (divisibility by 16, == 1) and 16-byte pointer alignment. Strides do not
     # depend on the token count, so keying on their values keeps the key set small.
-    if ((qp | kp | vp | op | cp) & 15) == 0:
-        key = (q.dtype, shape[2], dev, sq, sk, sv, so)
-        entry = launcher.cache.get(key)
-        if entry is not None and launcher.usable(dev):
-            call, prefix = entry  # pointers as ints: the launcher then skips cuPointerGetAttribute
-            call(gx, gy, gz, raw_stream(dev), *prefix, qp, kp, vp, op, cp, *rest)
-            launcher.direct_launches += 1
-            return
-    else:
-        key = None  # misaligned views: a rare specialization, always through the JIT path
-    launcher.launch_jit(key, dev, (gx, gy, gz), (q, k, v, out, cu_seqlens, *rest), **options)
+    key = (q.dtype, shape[2], dev, sq, sk, sv, so) if ((qp | kp | vp | op | cp) & 15) == 0 else None
+    entry = launcher.cache.get(key) if key is not None and scale is None else None
+    if entry is not None and launcher.usable(dev):
+        call, prefix, constant = entry  # pointers as ints: the launcher then skips cuPointerGetAttribute
+        call(gx, gy, gz, raw_stream(dev), *prefix, qp, kp, vp, op, cp, shape[0], *constant)
+        launcher.direct_launches += 1
+        return
+    qk_scale = default_scale if scale is None else float(scale) * _LOG2E
+    constant = (sq[0], sq[1], sk[0], sk[1], sv[0], sv[1], so[0], so[1], qk_scale, *tail)
+    launcher.launch_jit(key if scale is None else None, dev, (gx, gy, gz),
+                        (q, k, v, out, cu_seqlens, shape[0], *constant), n_per_call=6, **options)
 
 
 def _forward(q, k, v, cu_seqlens, max_seqlen: int, scale: float | None, out=None) -> torch.Tensor:

@@ -82,9 +82,12 @@ class DirectLauncher:
 
         entry = launcher.cache.get(key)
         if entry is not None and launcher.usable(device_index):
-            call, prefix = entry
-            call(gx, gy, gz, raw_stream(device_index), *prefix, *args)
+            call, prefix, constant = entry
+            call(gx, gy, gz, raw_stream(device_index), *prefix, *per_call_args, *constant)
             launcher.direct_launches += 1
+
+    ``constant`` is the tail of the argument list that the key determines (strides, scalars, constexprs),
+    cached at the first launch; ``per_call_args`` are the leading ``n_per_call`` arguments (pointers...).
     """
 
     def __init__(self, fn: Any, name: str):
@@ -106,10 +109,13 @@ class DirectLauncher:
         """Whether a cached kernel may be launched directly for tensors on ``device_index`` right now."""
         return (self._single_device or device_index == current_device()) and not hooks_installed()
 
-    def launch_jit(self, key: tuple | None, device_index: int, grid: tuple, args: tuple, **options: Any) -> None:
+
+    def launch_jit(self, key: tuple | None, device_index: int, grid: tuple, args: tuple, *, n_per_call: int,
+                   **options: Any) -> None:
         """Launch through ``JITFunction.run`` and, when ``key`` is not None, cache the compiled kernel.
 
-        ``args``: every kernel parameter in order, constexprs included (pointers may be tensors or ints).
+        ``args``: every kernel parameter in order, constexprs included (pointers as tensors); the first
+        ``n_per_call`` change from call to call, the rest must be fully determined by ``key``.
         """
         self._counts["jit"] += 1
         if self.interpreted or device_index < 0:
@@ -119,7 +125,7 @@ class DirectLauncher:
             compiled = self.fn[grid](*args, **options)
         if key is not None and key not in self.cache:
             call, prefix, convention = _direct_entry(compiled)
-            self.cache[key] = (call, prefix)
+            self.cache[key] = (call, prefix, tuple(args[n_per_call:]))
             self.conventions[key] = convention
             self._counts["compiled_keys"] += 1
             self._single_device = torch.cuda.device_count() == 1

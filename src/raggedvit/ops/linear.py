@@ -84,17 +84,17 @@ def ragged_linear(
     grid = (triton_cdiv(M, bm) * triton_cdiv(N, bn), 1, 1)
     b = weight if bias is None else bias
     rest = (M, N, K, x.stride(0), weight.stride(0), out.stride(0), bias is not None, gelu, x.dtype == torch.float32,
-            launcher.interpreted and x.dtype == torch.bfloat16, bm, bn, bk, 8)
+            launcher.interpreted and x.dtype == torch.bfloat16, bm, bn, bk, 8)  # M is per call, the rest per key
     ptrs = (x.data_ptr(), weight.data_ptr(), b.data_ptr(), out.data_ptr(), live_rows.data_ptr())
     key = (x.dtype, dev, N, K, x.stride(0), out.stride(0), bias is not None, gelu) if all(
         p % 16 == 0 for p in ptrs[:4]) and ptrs[4] % 4 == 0 else None
     entry = launcher.cache.get(key) if key is not None else None
     if entry is not None and launcher.usable(dev):
-        call, prefix = entry
-        call(grid[0], 1, 1, raw_stream(dev), *prefix, *ptrs, *rest)
+        call, prefix, constant = entry
+        call(grid[0], 1, 1, raw_stream(dev), *prefix, *ptrs, M, *constant)
         launcher.direct_launches += 1
     else:
-        launcher.launch_jit(key, dev, grid, (x, weight, b, out, live_rows, *rest), num_warps=num_warps,
+        launcher.launch_jit(key, dev, grid, (x, weight, b, out, live_rows, *rest), n_per_call=6, num_warps=num_warps,
                             num_stages=num_stages)
     return out
 
