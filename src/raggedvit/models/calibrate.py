@@ -1,0 +1,64 @@
+"""Threshold-L2 calibration: per-stage absolute thresholds that keep a target fraction of tokens.
+
+Stage by stage (spec section 4.2): run the model with the thresholds found so far (later stages keep
+everything), pool the L2 scores of the patch tokens still present at stage ``s`` over the calibration
+images, and set ``T_s`` to their ``(1 - keep_rate)`` quantile. Offline tool: reads values back to the host.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from ..pruning.threshold_l2 import quantile_threshold
+from .pruned import prune
+
+__all__ = ["calibrate_thresholds"]
+
+
+def _batches(images, batch_size: int, device: torch.device) -> Iterable[torch.Tensor]:
+    chunks = images.split(batch_size) if isinstance(images, torch.Tensor) else images
+    for batch in chunks:
+        if isinstance(batch, (tuple, list)):  # (images, labels) from a DataLoader
+            batch = batch[0]
+        yield batch.to(device)
+
+
+@torch.no_grad()
+def calibrate_thresholds(model: nn.Module, images, *, keep_rate: float | tuple[float, ...] = 0.7,
+                         stages: tuple[int, ...] = (3, 6, 9), batch_size: int = 64, k_min: int = 1,
+                         k_max: int | None = None) -> tuple[float, ...]:
+    """Absolute Threshold-L2 thresholds, one per stage, for ``prune(model, "threshold_l2", thresholds=...)``.
+
+    Args:
+        model: the timm model (not a pruned view).
+        images: ``(N, 3, H, W)`` calibration images (split into ``batch_size`` chunks) or an iterable of
+            image batches or ``(images, labels)`` pairs (e.g. a DataLoader); iterated once per stage and moved
+            to the model's device.
+        keep_rate: per-stage keep fraction of the tokens present at that stage (a float or one per stage).
+        stages, k_min, k_max: as for ``prune``.
+
+    Returns:
+        ``tuple`` of host floats, one per stage.
+    """
+    rates = (keep_rate,) * len(stages) if isinstance(keep_rate, (int, float)) else tuple(keep_rate)
+    if len(rates) != len(stages):
+        raise ValueError(f"calibrate_thresholds: {len(stages)} stages but {len(rates)} keep rates")
+    device = next(model.parameters()).device
+    found: list[float] = []
+    for s in range(len(stages)):
+        thresholds = tuple(found) + (0.0,) * (len(stages) - s)  # norms are >= 0: later stages keep all
+        pruned = prune(model, "threshold_l2", layout="padded", stages=stages, thresholds=thresholds,
+                       k_min=k_min, k_max=k_max).eval()
+        pooled: list[torch.Tensor] = []
+
+        def probe(stage, scores, cand, s=s, pooled=pooled):
+            if stage == s:
+                pooled.append(scores[cand].float().cpu())
+
+        for batch in _batches(images, batch_size, device):
+            pruned.forward_features(batch, probe=probe)
+        found.append(quantile_threshold(torch.cat(pooled), rates[s]))
+    return tuple(found)

@@ -1,0 +1,183 @@
+"""The pruned DeiT forward shared by both layouts: timm submodules on token rows, stages, compaction.
+
+Token rows live in one ``(capacity, C)`` buffer described by a :class:`~raggedvit.pruning.RaggedMeta`:
+*packed* (``cu_seqlens``, varlen attention backend, static capacities, no host sync: CUDA-graph ready) or
+*padded* (a ``(B, L)`` grid, SDPA with a key-padding mask, adaptive stages pad to the batch maximum, which
+reads one device value per stage: this is the baseline). Token-wise layers (LayerNorm, qkv, proj, MLP)
+always run on the buffer rows; timm's own submodules are called by name, never copied.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..pruning import ats, dynamicvit, evit, threshold_l2
+from ..pruning.cls_attention import cls_attention
+from ..pruning.ragged import RaggedMeta, compact, dense_view, uniform_meta
+from ..pruning.selection import candidates
+from .config import PruningConfig, StagePlan
+
+Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, RaggedMeta, float], torch.Tensor]
+Probe = Callable[[int, torch.Tensor, torch.Tensor], None]
+
+
+@dataclass(frozen=True, eq=False)
+class PruneStats:
+    """What the last forward of a pruned model kept (device tensors, stored without a sync).
+
+    Attributes:
+        stage_blocks: block index of every pruning stage (host ints).
+        kept: per stage, ``(B,)`` int64 tokens per image after the stage, prefix tokens (CLS, DIST) and an
+            EViT fused token included.
+        stage_max_seqlen: per stage, the host bound on tokens per image after it (buffer sizing).
+        kept_patch_mask: ``(B, num_patches)`` bool, original patches still present in the last block (an
+            EViT fused token is not a patch).
+        token_index: ``(capacity,)`` int32 original token index of every row of the final buffer (prefix
+            tokens included: CLS = 0; -1 = fused token or unused row).
+        final_meta: layout of the final buffer (``cu_seqlens`` for packed).
+    """
+
+    stage_blocks: tuple[int, ...]
+    kept: tuple[torch.Tensor, ...]
+    stage_max_seqlen: tuple[int, ...]
+    kept_patch_mask: torch.Tensor
+    token_index: torch.Tensor
+    final_meta: RaggedMeta
+
+
+def attend_packed(backend) -> Attend:
+    """Packed attention through a :mod:`raggedvit.ops.backends` backend."""
+    def attend(q, k, v, meta: RaggedMeta, scale: float) -> torch.Tensor:
+        return backend(q, k, v, meta.cu_seqlens, meta.max_seqlen, scale=scale)
+    return attend
+
+
+def attend_padded(q, k, v, meta: RaggedMeta, scale: float) -> torch.Tensor:
+    """Padded attention: SDPA on the ``(B, L)`` grid, boolean key-padding mask unless no row is padded."""
+    B, L = meta.batch, meta.max_seqlen
+    H, D = q.shape[1], q.shape[2]
+    qb, kb, vb = (t.reshape(B, L, H, D).transpose(1, 2) for t in (q, k, v))
+    mask = None if meta.uniform else meta.dense_valid[:, None, None, :]
+    out = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask, scale=scale)
+    return out.transpose(1, 2).reshape(B * L, H, D)
+
+
+def _attention_half(blk, x: torch.Tensor, meta: RaggedMeta, attend: Attend):
+    """``y = x + drop_path1(ls1(attn(norm1(x))))`` on rows; also returns q, k, v ``(R, H, D)``."""
+    attn = blk.attn
+    h = blk.norm1(x)
+    R = x.shape[0]
+    H, D = attn.num_heads, attn.head_dim
+    q, k, v = attn.qkv(h).view(R, 3, H, D).unbind(1)
+    q, k = attn.q_norm(q), attn.k_norm(k)
+    scale = float(getattr(attn, "scale", D ** -0.5))
+    o = attend(q, k, v, meta, scale).reshape(R, H * D)
+    o = attn.norm(o) if hasattr(attn, "norm") else o
+    gate = getattr(attn, "gate", None)
+    if gate is not None:
+        o = o * gate(h).sigmoid()
+    o = attn.proj_drop(attn.proj(o))
+    return x + blk.drop_path1(blk.ls1(o)), q, k, v, scale
+
+
+def _select_pre(plan: StagePlan, cfg: PruningConfig, x, meta, predictors, P: int, probe):
+    valid = meta.dense_valid
+    cand = candidates(valid, P)
+    fixed = cfg.variant == "fixed"
+    if cfg.method == "dynamicvit":
+        logp = predictors[plan.index](x, meta.seg_ids, meta.dense_rows, cand)
+        score = dense_view(dynamicvit.keep_scores(logp), meta)
+        if probe is not None:
+            probe(plan.index, score, cand)
+        if fixed:
+            return dynamicvit.select_topk(score, valid, P, plan.keep)
+        return dynamicvit.select_threshold(score, valid, P, threshold=cfg.keep_threshold, k_min=cfg.k_min,
+                                           k_max=cfg.k_max)
+    score = dense_view(threshold_l2.l2_scores(x), meta)
+    if probe is not None:
+        probe(plan.index, score, cand)
+    if fixed:
+        return threshold_l2.select_topk(score, valid, P, plan.keep)
+    t = None if cfg.thresholds is None else cfg.thresholds[plan.index]
+    return threshold_l2.select_threshold(score, valid, P, threshold=t, alpha=cfg.alpha if t is None else None,
+                                         k_min=cfg.k_min, k_max=cfg.k_max)
+
+
+def _select_mid(plan: StagePlan, cfg: PruningConfig, y, q, k, v, scale, meta, P: int, probe):
+    valid = meta.dense_valid
+    cand = candidates(valid, P)
+    probs = cls_attention(q[meta.dense_rows[:, 0]], dense_view(k, meta), valid, scale=scale)
+    fixed = cfg.variant == "fixed"
+    if cfg.method == "evit":
+        score = evit.cls_scores(probs)
+        if probe is not None:
+            probe(plan.index, score, cand)
+        y_dense = dense_view(y, meta) if cfg.fuse else None
+        if fixed:
+            return evit.select_topk(score, valid, P, plan.keep, fuse=cfg.fuse, y_dense=y_dense)
+        return evit.select_mass(score, valid, P, mass=cfg.mass, fuse=cfg.fuse, y_dense=y_dense, k_min=cfg.k_min,
+                                k_max=cfg.k_max)
+    v_norm = dense_view(threshold_l2.l2_scores(v.reshape(v.shape[0], -1)), meta)
+    sig = ats.significance(probs, v_norm, cand)
+    if probe is not None:
+        probe(plan.index, sig, cand)
+    if fixed:
+        return ats.select_topk(sig, valid, P, plan.keep)
+    return ats.select_sampling(sig, valid, P, num_samples=cfg.num_samples)
+
+
+def _apply(plan: StagePlan, sel, x, tok, meta: RaggedMeta):
+    width = None
+    if meta.padded and not sel.exact:
+        width = int(sel.count.max())  # padded baseline: pad to the batch maximum (one device read)
+    elif not meta.padded and sel.width != plan.width_out:
+        raise RuntimeError(f"stage {plan.index}: selection width {sel.width} != planned {plan.width_out}")
+    fill = None if sel.extra is None else torch.full((meta.batch,), -1, dtype=tok.dtype, device=tok.device)
+    new, (x, tok) = compact(meta, sel, [(x, sel.extra), (tok, fill)], padded_width=width)
+    return x, tok, new
+
+
+def run(model, images: torch.Tensor, cfg: PruningConfig, plans: tuple[StagePlan, ...], predictors, *,
+        packed: bool, attend: Attend, probe: Probe | None = None) -> tuple[torch.Tensor, PruneStats]:
+    """Pruned forward up to the final norm. Returns ``(prefix, stats)``, ``prefix: (B, P, C)`` final-normed
+    prefix tokens (what timm's ``forward_head`` reads). ``probe(stage, scores (B, L), candidates (B, L))`` sees
+    each stage's scores (calibration; ``None`` in normal use)."""
+    P = model.num_prefix_tokens
+    x = model.norm_pre(model.patch_drop(model._pos_embed(model.patch_embed(images))))
+    B, N0, C = x.shape
+    x = x.reshape(B * N0, C)
+    meta = uniform_meta(B, N0, x.device, packed=packed)
+    tok = torch.arange(N0, dtype=torch.int32, device=x.device).repeat(B)
+    by_block = {p.block: p for p in plans}
+    kept = []
+    for i, blk in enumerate(model.blocks):
+        plan = by_block.get(i)
+        if plan is not None and not plan.mid:
+            if plan.noop:
+                kept.append(meta.lengths)
+            else:
+                sel = _select_pre(plan, cfg, x, meta, predictors, P, probe)
+                x, tok, meta = _apply(plan, sel, x, tok, meta)
+                kept.append(sel.count)
+        y, q, k, v, scale = _attention_half(blk, x, meta, attend)
+        if plan is not None and plan.mid:
+            if plan.noop:
+                kept.append(meta.lengths)
+            else:
+                sel = _select_mid(plan, cfg, y, q, k, v, scale, meta, P, probe)
+                y, tok, meta = _apply(plan, sel, y, tok, meta)
+                kept.append(sel.count)
+        x = y + blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(y))))
+    prefix = model.norm(x[meta.dense_rows[:, :P]])
+    num_patches = N0 - P
+    t = dense_view(tok, meta).long()
+    live = meta.dense_valid & (t >= P)
+    mask = torch.zeros(B, num_patches + 1, dtype=torch.bool, device=x.device)
+    mask.scatter_(1, torch.where(live, t - P, torch.full_like(t, num_patches)), live)
+    stats = PruneStats(tuple(p.block for p in plans), tuple(kept), tuple(p.width_out for p in plans),
+                       mask[:, :num_patches], tok, meta)
+    return prefix, stats

@@ -1,0 +1,109 @@
+"""DynamicViT (Rao et al., NeurIPS 2021): learned keep predictors before blocks 3, 6, 9 (PRE).
+
+:class:`Predictor` matches the official ``PredictorLG`` (state-dict names ``in_conv.{0,1}``,
+``out_conv.{0,2,4}``; its LayerNorm uses the default eps 1e-5). Keep rules on a dense ``(B, L)`` view:
+
+* fixed (published): the ``K_s = int(num_patches * rho ** (s + 1))`` best patch tokens by keep score,
+  in descending-score order (:func:`keep_counts`, :func:`select_topk`);
+* adaptive: every patch token with ``p_keep > threshold`` (default 0.5), at least ``k_min`` and at most
+  ``k_max``, in descending-score order (:func:`select_threshold`).
+
+Predictors need training (there is no official DeiT-Tiny checkpoint); random-init ones prune arbitrarily.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .ragged import Selection
+from .selection import assemble, candidates, sort_desc
+
+__all__ = ["Predictor", "make_predictors", "keep_counts", "keep_scores", "select_topk", "select_threshold"]
+
+
+class Predictor(nn.Module):
+    """Per-token keep/drop log-probabilities from a token and its image's mean feature (``PredictorLG``).
+
+    ``z = GELU(W1 LN(x))``; ``h = [z[:C/2], mean over the image's patch tokens of z[C/2:]]``;
+    ``log_softmax(MLP(h))`` with output channel 0 = keep, 1 = drop.
+    """
+
+    def __init__(self, embed_dim: int) -> None:
+        super().__init__()
+        if embed_dim % 4:
+            raise ValueError(f"Predictor: embed_dim must be a multiple of 4, got {embed_dim}")
+        self.in_conv = nn.Sequential(nn.LayerNorm(embed_dim), nn.Linear(embed_dim, embed_dim), nn.GELU())
+        self.out_conv = nn.Sequential(
+            nn.Linear(embed_dim, embed_dim // 2), nn.GELU(),
+            nn.Linear(embed_dim // 2, embed_dim // 4), nn.GELU(),
+            nn.Linear(embed_dim // 4, 2), nn.LogSoftmax(dim=-1),
+        )
+
+    def forward(self, x: torch.Tensor, seg_ids: torch.Tensor, dense_rows: torch.Tensor,
+                cand: torch.Tensor) -> torch.Tensor:
+        """Log-probabilities ``(R, 2)`` for every row of ``x: (R, C)`` (token-wise layers run on rows).
+
+        Args:
+            x: ``(R, C)`` token rows (packed or a flattened padded grid).
+            seg_ids: ``(R,)`` int64 image of each row (``B`` for unused rows).
+            dense_rows: ``(B, L)`` int64 row of each position (see :class:`~.ragged.RaggedMeta`).
+            cand: ``(B, L)`` bool, the patch tokens that form each image's global mean.
+        """
+        z = self.in_conv(x)
+        half = z.shape[-1] // 2
+        zg = z[:, half:][dense_rows] * cand[:, :, None].to(z.dtype)  # (B, L, C/2)
+        denom = cand.sum(1, keepdim=True).clamp(min=1).to(z.dtype)
+        g = zg.sum(1) / denom  # (B, C/2): plain mean over current patch tokens
+        g = torch.cat([g, g.new_zeros(1, half)], dim=0)[seg_ids]  # (R, C/2); unused rows read zeros
+        return self.out_conv(torch.cat([z[:, :half], g], dim=-1))
+
+
+def make_predictors(embed_dim: int, num_stages: int = 3) -> nn.ModuleList:
+    """``num_stages`` randomly initialised predictors (official key layout ``score_predictor.{i}``)."""
+    return nn.ModuleList(Predictor(embed_dim) for _ in range(num_stages))
+
+
+def keep_counts(num_patches: int, keep_rate: float, num_stages: int = 3) -> tuple[int, ...]:
+    """Patch tokens kept after each stage, ``int(num_patches * keep_rate ** (s + 1))`` in Python float64.
+
+    >>> keep_counts(196, 0.7)
+    (137, 96, 67)
+    """
+    return tuple(int(num_patches * keep_rate ** (s + 1)) for s in range(num_stages))
+
+
+def keep_scores(log_probs: torch.Tensor) -> torch.Tensor:
+    """Keep score ``log p_keep`` (channel 0) of predictor outputs ``(..., 2)``."""
+    return log_probs[..., 0]
+
+
+def select_topk(score: torch.Tensor, valid: torch.Tensor, num_prefix: int, k: int) -> Selection:
+    """Fixed count: prefix tokens, then the ``k`` best patch tokens by ``score: (B, L)``, best first.
+
+    Every image must hold at least ``k`` patch tokens (true for uniform fixed-count schedules).
+    """
+    order = sort_desc(score, candidates(valid, num_prefix))
+    num_keep = torch.full((score.shape[0],), k, dtype=torch.long, device=score.device)
+    return assemble(order, num_keep, num_prefix, k, exact=True)
+
+
+def select_threshold(score: torch.Tensor, valid: torch.Tensor, num_prefix: int, *, threshold: float = 0.5,
+                     k_min: int = 1, k_max: int | None = None) -> Selection:
+    """Adaptive count: patch tokens with ``p_keep = exp(score) > threshold``, best first.
+
+    At least ``min(k_min, available)`` and at most ``k_max`` patch tokens per image. The output width is
+    the host bound ``num_prefix + min(L - num_prefix, k_max)``.
+    """
+    cand = candidates(valid, num_prefix)
+    order = sort_desc(score, cand)
+    available = cand.sum(1)
+    passing = ((score.float() > math.log(threshold)) & cand).sum(1)
+    num_keep = torch.minimum(torch.maximum(passing, torch.full_like(passing, k_min)), available)
+    bound = score.shape[1] - num_prefix
+    if k_max is not None:
+        num_keep = num_keep.clamp(max=k_max)
+        bound = min(bound, k_max)
+    return assemble(order, num_keep, num_prefix, bound, exact=False)
