@@ -1,0 +1,141 @@
+"""Tests for raggedvit bench e2e: FLOP counting, calibration, lengths mode, oracle, and the CLI on CPU."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+import timm
+import torch
+
+import raggedvit
+from raggedvit.bench import calibrate as cal
+from raggedvit.bench import e2e
+from raggedvit.bench.flops import ViTDims, mean_gflops, tokens_per_block, vit_dims, vit_flops
+from raggedvit.bench.oracle import OracleViT, oracle_widths
+
+
+def _tiny(size=96, depth=4):
+    return timm.create_model("deit_tiny_patch16_224", pretrained=False, img_size=size, depth=depth).eval()
+
+
+def test_flops_hand_count():
+    d = ViTDims(embed_dim=4, depth=2, mlp_hidden=8, patch_dim=5, num_patches=3, num_prefix=1, num_classes=2)
+    # PRE stage before block 1 keeping 2 tokens (CLS + 1) for image 0 and 3 for image 1.
+    attn, mlp = tokens_per_block(2, [4, 4], [(1, False, [2, 3])])
+    assert attn == [[4, 4], [2, 3]] and mlp == attn
+    f = vit_flops(d, attn, mlp)
+
+    def block(n):  # qkv 2*n*C*3C + proj 2*n*C*C + attention 4*n^2*C + MLP 2*n*C*H*2
+        return 2 * n * 4 * 12 + 2 * n * 4 * 4 + 4 * n * n * 4 + 2 * n * 4 * 8 * 2
+    base = 2 * 3 * 5 * 4 + 2 * 4 * 2
+    assert f == [base + block(4) + block(2), base + block(4) + block(3)]
+    # MID stage: attention on the old count, MLP on the new one
+    attn, mlp = tokens_per_block(2, [4], [(0, True, [2])])
+    assert attn == [[4], [2]] and mlp == [[2], [2]]
+
+
+def test_flops_deit_small_published():
+    model = timm.create_model("deit_small_patch16_224", pretrained=False)
+    g = mean_gflops(vit_dims(model), [], 1)
+    assert 9.1 < g < 9.3  # 4.6 GMACs
+    evit = mean_gflops(vit_dims(model), [(3, True, [139, 139]), (6, True, [98, 98]), (9, True, [69, 69])], 2)
+    assert 5.5 < evit < 6.5
+
+
+@pytest.mark.parametrize("method,variant,target", [("threshold_l2", "adaptive", 0.6), ("evit", "adaptive", 0.7),
+                                                    ("ats", "adaptive", 0.7), ("evit", "fixed", 0.7)])
+def test_calibration_hits_target(method, variant, target):
+    model = _tiny()
+    images = torch.randn(4, 3, 96, 96)
+    opts = {"stages": (1, 2, 3)}
+    with torch.no_grad():
+        options, info = cal.calibrate(model, method, variant, images, keep_rate=target, options=opts, steps=6)
+    assert info["target_keep_rate"] == target
+    assert abs(info["achieved_keep_rate"] - target) < 0.08, info
+    got = cal.measure_keep(model, method, options, images)
+    assert got["keep_rate"] == pytest.approx(info["achieved_keep_rate"])
+    assert len(got["kept"]) == 3 and len(got["kept"][0]) == 4
+
+
+def test_lengths_mode_keeps_drawn_counts():
+    model = _tiny()
+    counts = cal.draw_lengths("uniform:0.3:1.0", 3, model.patch_embed.num_patches, 3, seed=1)
+    assert counts.shape == (3, 3) and (counts >= 1).all() and (counts[1:] <= counts[:-1]).all()
+    preds = cal.lengths_predictors(model.embed_dim, 3)
+    cal.set_lengths(preds, counts)
+    x = torch.randn(3, 3, 96, 96)
+    with torch.no_grad():
+        for layout in ("packed", "padded"):
+            p = raggedvit.prune(model, "dynamicvit", variant="adaptive", stages=(1, 2, 3), predictors=preds,
+                                layout=layout, attention="reference").eval()
+            p(x)
+            for k, c in zip(p.last_stats.kept, counts):
+                assert k.tolist() == (c + 1).tolist()
+
+
+@pytest.mark.parametrize("spec", ["uniform:0.5", "gauss:1:2", "uniform:0.9:0.1", "const:2"])
+def test_parse_dist_errors(spec):
+    with pytest.raises(ValueError, match="lengths distribution"):
+        cal.parse_dist(spec)
+
+
+def test_oracle_at_full_width_is_timm_and_cuts():
+    model = _tiny()
+    x = torch.randn(2, 3, 96, 96)
+    with torch.no_grad():
+        full = OracleViT(model, (1, 2), True, (37, 37))(x)
+        torch.testing.assert_close(full, model(x), atol=1e-5, rtol=0)
+        cut = OracleViT(model, (1, 2), False, (20, 10))(x)
+    assert cut.shape == full.shape and not torch.allclose(cut, full)
+    assert oracle_widths([[10, 12], [3, 3]], 1) == (11, 3)
+
+
+def _args(tmp_path, *extra):
+    parser = argparse.ArgumentParser()
+    e2e.add_arguments(parser)
+    return parser.parse_args(["--out", str(tmp_path), "--device", "cpu", *extra])
+
+
+def test_cli_cpu_writes_valid_json(tmp_path, capsys):
+    args = _args(tmp_path, "--models", "deit_tiny", "--img-sizes", "64", "--batches", "2", "--methods", "evit",
+                 "--variants", "adaptive", "--pipelines", "dense,padded_sdpa,raggedvit_eager,raggedvit_graph,oracle",
+                 "--budget", "0.01", "--calib-images", "2", "--lengths-dist", "uniform:0.3:0.9")
+    assert e2e.main(args) == 0
+    files = sorted(tmp_path.glob("e2e-cpu-*.json"))
+    assert len(files) == 1 and files[0].with_suffix(".md").exists()
+    data = json.loads(files[0].read_text())
+    assert data["kind"] == "e2e"
+    env_keys = {"gpu", "driver", "cuda", "torch", "triton", "timm", "python", "date", "command", "device"}
+    assert env_keys <= set(data["env"])
+    required = {"model", "img_size", "method", "variant", "batch", "pipeline", "images_per_s", "latency_us", "gflops",
+                "kept_mean", "kept_min", "kept_max", "max_logit_diff", "status"}
+    rows = data["rows"]
+    assert {r["method"] for r in rows} == {"evit", "lengths"}
+    for r in rows:
+        assert r["pipeline"] in e2e.PIPELINES
+        if r["pipeline"] in ("raggedvit_graph", "oracle"):
+            assert r["status"].startswith("unavailable: CUDA graphs need a CUDA device")
+            continue
+        assert r["status"] == "ok", r
+        assert required - {"max_logit_diff"} <= set(r)
+        assert r["images_per_s"] > 0 and r["gflops"] > 0 and r["kept_min"] <= r["kept_mean"] <= r["kept_max"]
+        if r["pipeline"] == "raggedvit_eager":
+            assert r["attention"] == "reference" and r["max_logit_diff"] < 1e-3 and r["top1_agree"] == 1.0
+            assert len(r["kept_stages"]) == 3
+        if r["method"] != "lengths":
+            assert r["calibration"]["param"] == "mass"
+    assert "raggedvit_graph" in capsys.readouterr().out
+
+
+def test_quick_grid_shapes():
+    parser = argparse.ArgumentParser()
+    e2e.add_arguments(parser)
+    g = e2e._grid(parser.parse_args(["--quick"]), torch.device("cuda"))
+    assert g["models"] == ["deit_small"] and g["batches"] == [1, 8, 64, 256] and g["extra"][1] == 384
+    assert set(g["pipelines"]) == set(e2e.PIPELINES)
+    g = e2e._grid(parser.parse_args(["--quick"]), torch.device("cpu"))
+    assert g["models"] == ["deit_tiny"] and set(g["pipelines"]) == set(e2e.CPU_PIPELINES)
+    with pytest.raises(SystemExit):
+        e2e._grid(parser.parse_args(["--pipelines", "bogus"]), torch.device("cpu"))
