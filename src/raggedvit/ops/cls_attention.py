@@ -1,0 +1,78 @@
+"""``cls_attention_mean``: head-mean CLS attention row per sequence, one Triton launch (reference in torch).
+
+EViT scores tokens by the head-mean softmax attention of the CLS query; ATS by the head-sum times the value
+norm. Fused attention kernels do not return probabilities; this op recomputes the one row each image needs
+(``O(N * C)`` per image) in a single launch, for packed (``cu_seqlens``) or padded (``b * L``) rows alike.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..kernels.cls_attention import cls_attention_fwd
+from .launch import DirectLauncher, raw_stream
+
+launcher = DirectLauncher(cls_attention_fwd, "cls_attention_mean")
+_LOG2E = 1.4426950408889634
+
+
+def cls_attention_mean_reference(q, k, starts, ends, out_width: int, *, scale: float) -> torch.Tensor:
+    """Pure-torch :func:`cls_attention_mean` (any device; loops over nothing, gathers a dense view)."""
+    batch = starts.shape[0]
+    pos = torch.arange(out_width, device=q.device)
+    lens = (ends.long() - starts.long())
+    valid = pos[None, :] < lens[:, None]
+    rows = (starts.long()[:, None] + pos[None, :]).clamp(0, max(q.shape[0] - 1, 0))
+    qc = q[starts.long().clamp(0, max(q.shape[0] - 1, 0))].float()  # (B, H, D)
+    logits = torch.einsum("bhd,blhd->blh", qc, k[rows].float()) * scale
+    logits = logits.masked_fill(~valid[:, :, None], float("-inf"))
+    probs = torch.softmax(logits, dim=1).nan_to_num(0.0)
+    return probs.mean(dim=2).reshape(batch, out_width)
+
+
+def cls_attention_mean(q: torch.Tensor, k: torch.Tensor, starts: torch.Tensor, ends: torch.Tensor,
+                       out_width: int, *, scale: float, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Head-mean softmax attention of each sequence's first query over that sequence's keys.
+
+    Args:
+        q, k: ``(rows, heads, head_dim)``, last stride 1 (views of a fused qkv tensor are fine).
+        starts, ends: int32 ``(B,)`` row ranges ``[starts[b], ends[b])`` of each sequence on the device
+            (packed: ``cu_seqlens[:-1]`` and ``cu_seqlens[1:]``); the first row is the CLS query.
+        out_width: host int, columns of the output (>= every length, e.g. the stage's ``max_seqlen``).
+        scale: softmax scale.
+        out: optional float32 ``(B, out_width)`` output.
+
+    Returns:
+        float32 ``(B, out_width)``: ``out[b, j] = mean_h softmax_j(scale * q[s, h] . k[s + j, h])``
+        (``s = starts[b]``), 0 for ``j >= ends[b] - starts[b]``. No host sync. CPU tensors (without the
+        Triton interpreter) are computed by :func:`cls_attention_mean_reference`.
+    """
+    if q.dim() != 3 or k.shape != q.shape or q.stride(2) != 1 or k.stride(2) != 1:
+        raise ValueError(f"cls_attention_mean: q, k must be matching (rows, heads, head_dim) with last stride 1, "
+                         f"got {tuple(q.shape)} and {tuple(k.shape)}")
+    if starts.dtype != torch.int32 or ends.dtype != torch.int32 or starts.shape != ends.shape or starts.dim() != 1:
+        raise TypeError("cls_attention_mean: starts and ends must be int32 (B,) tensors")
+    batch, (_, heads, head_dim) = starts.shape[0], q.shape
+    if out is None:
+        out = torch.empty(batch, out_width, dtype=torch.float32, device=q.device)
+    if batch == 0 or out_width == 0:
+        return out
+    dev = q.get_device()
+    if dev < 0 and not launcher.interpreted:
+        return out.copy_(cls_attention_mean_reference(q, k, starts, ends, out_width, scale=scale))
+    block_h = max(1, 1 << (heads - 1).bit_length())
+    block_d = max(16, 1 << (head_dim - 1).bit_length())
+    block_n = max(1, min(64, 4096 // (block_h * block_d)))
+    constant = (q.stride(0), q.stride(1), k.stride(0), k.stride(1), out.stride(0), float(scale) * _LOG2E, heads,
+                head_dim, block_h, block_d, block_n)
+    ptrs = (q.data_ptr(), k.data_ptr(), starts.data_ptr(), ends.data_ptr(), out.data_ptr())
+    key = (q.dtype, dev, constant) if not (ptrs[0] | ptrs[1] | ptrs[4]) & 15 and not (ptrs[2] | ptrs[3]) & 3 else None
+    entry = launcher.cache.get(key) if key is not None else None
+    if entry is not None and launcher.usable(dev):
+        call, prefix, cached = entry
+        call(batch, 1, 1, raw_stream(dev), *prefix, *ptrs, out_width, *cached)
+        launcher.direct_launches += 1
+    else:
+        launcher.launch_jit(key, dev, (batch, 1, 1), (q, k, starts, ends, out, out_width, *constant), n_per_call=6,
+                            num_warps=4)
+    return out

@@ -1,0 +1,60 @@
+"""Tests for raggedvit.ops.cls_attention (Triton kernel under the interpreter on CPU)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from raggedvit.ops.cls_attention import cls_attention_mean, cls_attention_mean_reference
+
+from conftest import DEVICE
+from helpers import assert_close_report, make_cu_seqlens
+
+
+def _loop_reference(q, k, lengths, width, scale):
+    out = torch.zeros(len(lengths), width, dtype=torch.float64)
+    start = 0
+    for b, n in enumerate(lengths):
+        if n:
+            s = torch.einsum("hd,nhd->nh", q[start].double().cpu(), k[start:start + n].double().cpu()) * scale
+            out[b, :n] = torch.softmax(s, dim=0).mean(1)
+        start += n
+    return out
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("heads,head_dim", [(3, 64), (6, 64), (12, 64), (2, 72)])
+def test_matches_fp64_loop(dtype, heads, head_dim):
+    lengths = [1, 0, 70, 197, 5]
+    qkv = torch.randn(sum(lengths) + 3, 3, heads, head_dim, device=DEVICE).to(dtype) * 2
+    q, k, _ = qkv.unbind(1)
+    cu = make_cu_seqlens(lengths, DEVICE)
+    out = torch.full((len(lengths), 200), float("nan"), device=DEVICE)
+    got = cls_attention_mean(q, k, cu[:-1], cu[1:], 200, scale=head_dim**-0.5, out=out)
+    want = _loop_reference(q, k, lengths, 200, head_dim**-0.5)
+    assert_close_report(got, want, 1e-5, f"{dtype}")
+    assert_close_report(cls_attention_mean_reference(q, k, cu[:-1], cu[1:], 200, scale=head_dim**-0.5), want, 1e-5,
+                        "reference")
+    torch.testing.assert_close(got.sum(1).cpu(), torch.tensor([1.0 if n else 0.0 for n in lengths]), rtol=0,
+                               atol=1e-5)
+
+
+def test_padded_rows_via_starts_and_ends():
+    width, lengths = 8, [3, 8, 1]
+    q, k = (torch.randn(len(lengths) * width, 2, 32, device=DEVICE) for _ in range(2))
+    starts = torch.arange(0, len(lengths) * width, width, dtype=torch.int32, device=DEVICE)
+    ends = starts + torch.tensor(lengths, dtype=torch.int32, device=DEVICE)
+    got = cls_attention_mean(q, k, starts, ends, width, scale=0.5)
+    want = torch.zeros(len(lengths), width, dtype=torch.float64)
+    for b, n in enumerate(lengths):
+        want[b] = _loop_reference(q[b * width:], k[b * width:], [n], width, 0.5)[0]
+    assert_close_report(got, want, 1e-5, "padded")
+
+
+def test_bad_input():
+    q = torch.randn(4, 2, 32, device=DEVICE)
+    with pytest.raises(TypeError, match="int32"):
+        cls_attention_mean(q, q, torch.zeros(1, dtype=torch.long), torch.ones(1, dtype=torch.long), 4, scale=1.0)
+    with pytest.raises(ValueError, match="matching"):
+        cls_attention_mean(q, q[:, :1], torch.zeros(1, dtype=torch.int32), torch.ones(1, dtype=torch.int32), 4,
+                           scale=1.0)
