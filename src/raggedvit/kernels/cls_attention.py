@@ -53,7 +53,7 @@ def cls_attention_fwd(
         m_new = tl.maximum(m, tl.max(s, 0))
         s_sum = s_sum * tl.exp2(m - m_new) + tl.sum(tl.exp2(s - m_new[None, :]), 0)
         m = m_new
-    inv = tl.where(offs_h < HEADS, 1.0 / (s_sum * HEADS), 0.0)  # 1 / (normaliser * heads): head mean
+    inv = tl.where(offs_h < HEADS, 1.0 / tl.maximum(s_sum * HEADS, 1e-30), 0.0)  # 1/(normaliser*heads): mean
     for j0 in range(0, out_width, BLOCK_N):  # pass 2: probabilities, averaged over heads; zeros past n
         rows = j0 + offs_n
         live = rows < n
