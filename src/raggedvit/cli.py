@@ -14,6 +14,7 @@ import sys
 COMMANDS = [
     (("bench", "attention"), "raggedvit.bench.attention", "time one attention call for every backend"),
     (("bench", "e2e"), "raggedvit.bench.e2e", "images/s of whole pruned DeiT forwards for every pipeline"),
+    (("bench", "exactness"), "raggedvit.bench.exactness", "packed vs padded logits and keep decisions on real photos"),
     (("demo",), "raggedvit.apps.demo", "run DeiT + every pruning method on bundled real photos"),
     (("eval",), "raggedvit.apps.evaluate", "top-1, agreement, kept tokens and speed over an image folder"),
     (("report",), "raggedvit.bench.report", "plots and a markdown table from a benchmark JSON"),
