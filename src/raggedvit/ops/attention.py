@@ -18,7 +18,7 @@ import torch
 import triton
 
 from ..kernels.attention import ragged_attention_fwd
-from .launch import DirectLauncher, raw_stream
+from .launch import DirectLauncher, current_device, hooks_installed, raw_stream
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MIN_HEAD_DIM, MAX_HEAD_DIM = 16, 128
@@ -243,7 +243,18 @@ def ragged_attention(
         variant = None
     if variant is not None:
         out = torch.empty_like(q)  # dense strides in q's dimension order (contiguous for fused-qkv views)
-        _launch(q, k, v, out, cu_seqlens, max_seqlen, scale, variant, sq, sk, sv, out.stride(), dev)
+        so = out.stride()
+        # The direct launch, inlined (the common case); _launch does the same plus the JIT path.
+        qp, kp, vp, op, cp = q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), cu_seqlens.data_ptr()
+        if scale is None and not (qp | kp | vp | op | cp) & 15:
+            entry = launcher.cache.get((dt, shape[2], dev, sq, sk, sv, so))
+            if entry is not None and (launcher._single_device or dev == current_device()) and not hooks_installed():
+                call, prefix, constant = entry
+                call(min((max_seqlen + variant[0] - 1) // variant[0], 65535), cs[0], shape[1], raw_stream(dev),
+                     *prefix, qp, kp, vp, op, cp, shape[0], *constant)
+                launcher.direct_launches += 1
+                return out
+        _launch(q, k, v, out, cu_seqlens, max_seqlen, scale, variant, sq, sk, sv, so, dev)
         return out
     _check_inputs(q, k, v, cu_seqlens, max_seqlen, scale, out)  # raises a precise error, or accepts (out=, CPU...)
     if check_lengths:

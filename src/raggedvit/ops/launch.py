@@ -32,13 +32,15 @@ from triton.runtime.jit import JITFunction
 try:  # Triton >= 3.3 keeps launch hooks in knobs (3.6+: HookChain objects, empty by default).
     from triton import knobs as _knobs
 
+    _RT = _knobs.runtime
+    _ENTER, _EXIT = _RT.launch_enter_hook, _RT.launch_exit_hook
+
     def hooks_installed() -> bool:
         """True if a profiler or user installed Triton launch hooks (then launches go through the JIT path)."""
-        rt = _knobs.runtime
-        for hook in (rt.launch_enter_hook, rt.launch_exit_hook):
-            if hook is not None and getattr(hook, "calls", True):
-                return True
-        return False
+        enter, exit_ = _RT.launch_enter_hook, _RT.launch_exit_hook
+        if enter is _ENTER and exit_ is _EXIT:  # the default objects: empty chains (or None) unless added to
+            return bool(getattr(enter, "calls", enter)) or bool(getattr(exit_, "calls", exit_))
+        return any(h is not None and getattr(h, "calls", True) for h in (enter, exit_))
 
 except ImportError:  # pragma: no cover - old Triton
     from triton.compiler import CompiledKernel as _CK
