@@ -257,3 +257,94 @@ def test_stats_shapes_and_types():
     assert all(60 <= n <= 70 for n in st.kept_patch_mask.sum(1).tolist())
     with pytest.raises(dataclasses.FrozenInstanceError):
         st.kept = ()
+
+
+class OpCounter(TorchDispatchMode):
+    """Counts the aten ops that launch work (views, reshapes and other aliasing ops are not counted)."""
+
+    VIEWS = ("view", "_unsafe_view", "alias", "t", "unsqueeze", "slice", "expand", "permute", "select",
+             "squeeze", "transpose", "unbind", "split", "lift_fresh", "detach")
+
+    def __init__(self):
+        super().__init__()
+        self.ops: dict[str, int] = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        if not func.is_view and name not in self.VIEWS:
+            self.ops[name] = self.ops.get(name, 0) + 1
+        return func(*args, **(kwargs or {}))
+
+    @property
+    def total(self) -> int:
+        return sum(self.ops.values())
+
+
+def count_ops(pruned, images) -> int:
+    """Ops of one steady-state forward (a first call fills the constant caches)."""
+    with torch.no_grad():
+        pruned(images)
+        counter = OpCounter()
+        with counter:
+            pruned(images)
+    return counter.total
+
+
+# Ops per pruning stage (packed, reference attention), beyond the unpruned forward. The fused CLS attention
+# row (EViT, ATS; one Triton launch on the GPU) counts as one op. DynamicViT includes its predictor MLP.
+OP_BUDGETS = [("threshold_l2", {"variant": "fixed"}, 10), ("evit", {}, 15), ("ats", {"variant": "fixed"}, 14),
+              ("dynamicvit", {}, 26), ("threshold_l2", {}, 32), ("evit", {"variant": "adaptive"}, 44),
+              ("dynamicvit", {"variant": "adaptive"}, 48), ("ats", {}, 58)]
+
+
+@pytest.mark.parametrize("method,opts,budget", OP_BUDGETS)
+def test_ops_per_stage(method, opts, budget, monkeypatch):
+    from torch.utils._python_dispatch import _disable_current_modes
+
+    from raggedvit.models import forward
+
+    real = forward.cls_attention_mean
+
+    def one_op(*args, **kwargs):  # the Triton interpreter dispatches many torch ops per launch
+        with _disable_current_modes():
+            out = real(*args, **kwargs)
+        torch.empty(0)  # counted as the single launch
+        return out
+
+    monkeypatch.setattr(forward, "cls_attention_mean", one_op)
+    model, preds = make_model(img_size=SMALL)
+    images = make_images(2, SMALL)
+    base = count_ops(raggedvit.prune(model, "none", attention="reference").eval(), images)
+    extra = {"predictors": preds} if method == "dynamicvit" else {}
+    pruned = raggedvit.prune(model, method, attention="reference", **extra, **opts).eval()
+    per_stage = (count_ops(pruned, images) - base) / len(pruned.plan)
+    assert per_stage <= budget, f"{method} {opts}: {per_stage:.1f} ops per stage (budget {budget})"
+
+
+def test_per_stage_k_max_and_any_predictor_module():
+    model, preds = make_model(img_size=SMALL)
+    images = make_images(2, SMALL)
+    pruned = raggedvit.prune(model, "threshold_l2", k_max=(30, None, 8), alpha=0.5, attention="reference").eval()
+    assert [p.width_out for p in pruned.plan] == [31, 31, 9]
+    with torch.no_grad():
+        pruned(images)
+    assert [int(k.max()) <= p.width_out for k, p in zip(pruned.last_stats.kept, pruned.plan)] == [True] * 3
+    assert int(pruned.last_stats.kept[2].max()) == 9
+    with pytest.raises(ValueError, match="k_max must be an int, None or 3 values"):
+        raggedvit.prune(model, "evit", variant="adaptive", k_max=(3, 4))
+    with pytest.raises(ValueError, match=r"k_max \(2\) must be >= k_min \(5\)"):
+        raggedvit.prune(model, "evit", variant="adaptive", k_min=5, k_max=(9, 2, 9))
+
+    class Wrapped(torch.nn.Module):  # any module with Predictor's call signature
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x, seg_ids, dense_rows, cand):
+            return self.inner(x, seg_ids, dense_rows, cand)
+
+    wrapped = torch.nn.ModuleList(Wrapped(p) for p in preds)
+    a = raggedvit.prune(model, "dynamicvit", predictors=wrapped, attention="reference").eval()
+    b = raggedvit.prune(model, "dynamicvit", predictors=preds, attention="reference").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(a(images), b(images), rtol=0, atol=0)

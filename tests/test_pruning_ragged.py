@@ -231,3 +231,30 @@ def test_uniform_meta_layouts_agree():
     p, q = uniform_meta(3, 5, "cpu", packed=True), uniform_meta(3, 5, "cpu", packed=False)
     assert torch.equal(p.dense_rows, q.dense_rows) and torch.equal(p.seg_ids, q.seg_ids)
     assert p.uniform and q.uniform and math.prod(p.dense_rows.shape) == p.capacity
+
+
+def test_quantile_threshold_is_a_midpoint():
+    scores = torch.tensor([5.0, 1.0, 3.0, 2.0, 4.0])
+    t = threshold_l2.quantile_threshold(scores, 0.6)  # keep 3 of 5: between 2 and 3
+    assert t == 2.5 and int((scores >= t).sum()) == 3
+    assert threshold_l2.quantile_threshold(scores, 1.0) < 1.0
+
+
+def test_garbage_rows_never_leak():
+    """Rows past the live total may be uninitialised (NaN): they must not reach any live output."""
+    torch.manual_seed(0)
+    pred = dynamicvit.Predictor(32)
+    meta = _packed([5, 7], 9, extra_rows=4)  # image 1: positions 7, 8 read unused (NaN) rows
+    x = torch.randn(meta.capacity, 32)
+    x[~meta.row_valid] = float("nan")
+    out = pred(x, meta.seg_ids, meta.dense_rows, candidates(meta.dense_valid, 1))
+    assert torch.isfinite(out[meta.row_valid]).all()
+    y = torch.randn(2, 6, 4)
+    y[1, 4:] = float("nan")
+    dropped = torch.tensor([[0, 1, 1, 0, 0, 1], [0, 1, 0, 1, 0, 0]], dtype=torch.bool)
+    fused = evit.fused_token(torch.rand(2, 6), dropped, y)
+    assert torch.isfinite(fused).all()
+    score = torch.rand(2, 9)
+    for fuse_sel in (evit.select_mass(score, meta.dense_valid, 1, mass=0.5, fuse=True, y_dense=dense_view(x, meta)),
+                     evit.select_topk(score, meta.dense_valid, 1, 3, fuse=True, y_dense=dense_view(x, meta))):
+        assert torch.isfinite(fuse_sel.extra).all()

@@ -40,13 +40,17 @@ class PruningConfig:
     stages: tuple[int, ...]
     keep_rate: float
     k_min: int = 1
-    k_max: int | None = None
+    k_max: int | tuple[int | None, ...] | None = None
     keep_threshold: float = 0.5
     fuse: bool = True
     mass: float | None = None
     num_samples: int | None = None
     thresholds: tuple[float, ...] | None = None
     alpha: float | None = None
+
+    def stage_k_max(self, stage: int) -> int | None:
+        """``k_max`` of stage ``stage`` (``k_max`` is one int for every stage, or one entry per stage)."""
+        return self.k_max[stage] if isinstance(self.k_max, tuple) else self.k_max
 
     @property
     def mid(self) -> bool:
@@ -120,9 +124,18 @@ def make_config(method: str, *, depth: int, num_patches: int, **options) -> tupl
         _fail(f"stages must be strictly increasing block indices in [1, {depth - 1}], got {stages!r}")
     keep_rate = _check_rate("keep_rate", o["keep_rate"])
     k_min = _check_int("k_min", o.get("k_min", 1), 1)
-    k_max = _check_int("k_max", o.get("k_max"), 1, allow_none=True)
-    if k_max is not None and k_max < k_min:
-        _fail(f"k_max ({k_max}) must be >= k_min ({k_min})")
+    k_max = o.get("k_max")
+    if isinstance(k_max, (tuple, list)):
+        if len(k_max) != len(stages):
+            _fail(f"k_max must be an int, None or {len(stages)} values (one per stage), got {k_max!r}")
+        k_max = tuple(_check_int("k_max", v, 1, allow_none=True) for v in k_max)
+        caps = k_max
+    else:
+        k_max = _check_int("k_max", k_max, 1, allow_none=True)
+        caps = (k_max,)
+    for cap in caps:
+        if cap is not None and cap < k_min:
+            _fail(f"k_max ({cap}) must be >= k_min ({k_min})")
     cfg = dict(method=method, variant=variant, stages=stages, keep_rate=keep_rate, k_min=k_min, k_max=k_max)
     if method == "dynamicvit":
         cfg["keep_threshold"] = _check_rate("keep_threshold", o["keep_threshold"])
@@ -173,7 +186,8 @@ def plan_stages(cfg: PruningConfig, num_prefix: int, num_patches: int) -> tuple[
             out = width if noop else num_prefix + keep + (1 if cfg.method == "evit" and cfg.fuse else 0)
         else:
             noop = False
-            cap = n if cfg.k_max is None else min(n, cfg.k_max)
+            k_max = cfg.stage_k_max(s)
+            cap = n if k_max is None else min(n, k_max)
             if cfg.method == "ats":
                 cap = ats.max_kept(n, cfg.num_samples)
             elif cfg.method == "evit" and cfg.fuse:

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..ops.cls_attention import cls_attention_mean
 from ..pruning import ats, dynamicvit, evit, threshold_l2
-from ..pruning.cls_attention import cls_attention
-from ..pruning.ragged import RaggedMeta, compact, dense_view, uniform_meta
+from ..pruning.ragged import RaggedMeta, cached, compact, dense_view, uniform_meta
 from ..pruning.selection import candidates
 from .config import PruningConfig, StagePlan
 
@@ -28,6 +28,8 @@ Probe = Callable[[int, torch.Tensor, torch.Tensor], None]
 @dataclass(frozen=True, eq=False)
 class PruneStats:
     """What the last forward of a pruned model kept (device tensors, stored without a sync).
+
+    Treat the tensors as read-only: fixed-count stages return shared cached constants (kept counts, metadata).
 
     Attributes:
         stage_blocks: block index of every pruning stage (host ints).
@@ -84,11 +86,20 @@ def _attention_half(blk, x: torch.Tensor, meta: RaggedMeta, attend: Attend):
     return x + blk.drop_path1(blk.ls1(o)), q, k, v, scale
 
 
+def _candidates(meta: RaggedMeta, P: int) -> torch.Tensor:
+    """``(B, L)`` candidate mask (cached for uniform batches)."""
+    if meta.uniform:
+        key = ("candidates", meta.batch, meta.max_seqlen, P, meta.dense_valid.device)
+        return cached(key, lambda: candidates(meta.dense_valid, P))
+    return candidates(meta.dense_valid, P)
+
+
 def _select_pre(plan: StagePlan, cfg: PruningConfig, x, meta, predictors, P: int, probe):
-    valid = meta.dense_valid
-    cand = candidates(valid, P)
+    valid = None if meta.uniform else meta.dense_valid  # None: every position live, no masking ops
     fixed = cfg.variant == "fixed"
+    k_max = cfg.stage_k_max(plan.index)
     if cfg.method == "dynamicvit":
+        cand = _candidates(meta, P)
         logp = predictors[plan.index](x, meta.seg_ids, meta.dense_rows, cand)
         score = dense_view(dynamicvit.keep_scores(logp), meta)
         if probe is not None:
@@ -96,48 +107,70 @@ def _select_pre(plan: StagePlan, cfg: PruningConfig, x, meta, predictors, P: int
         if fixed:
             return dynamicvit.select_topk(score, valid, P, plan.keep)
         return dynamicvit.select_threshold(score, valid, P, threshold=cfg.keep_threshold, k_min=cfg.k_min,
-                                           k_max=cfg.k_max)
+                                           k_max=k_max)
     score = dense_view(threshold_l2.l2_scores(x), meta)
     if probe is not None:
-        probe(plan.index, score, cand)
+        probe(plan.index, score, _candidates(meta, P))
     if fixed:
         return threshold_l2.select_topk(score, valid, P, plan.keep)
     t = None if cfg.thresholds is None else cfg.thresholds[plan.index]
     return threshold_l2.select_threshold(score, valid, P, threshold=t, alpha=cfg.alpha if t is None else None,
-                                         k_min=cfg.k_min, k_max=cfg.k_max)
+                                         k_min=cfg.k_min, k_max=k_max)
+
+
+def _cls_mean(q, k, meta: RaggedMeta, scale: float) -> torch.Tensor:
+    """``(B, L)`` fp32 head-mean CLS attention row of every sequence (one fused op on the GPU)."""
+    if meta.padded:
+        B, L, device = meta.batch, meta.max_seqlen, meta.lengths.device
+        starts = cached(("row_starts", B, L, device),
+                        lambda: torch.arange(0, B * L, L, dtype=torch.int32, device=device))
+        if meta.uniform:
+            ends = cached(("row_ends", B, L, device), lambda: starts + L)
+        else:
+            ends = (starts + meta.lengths).int()
+    else:
+        starts, ends = meta.cu_seqlens[:-1], meta.cu_seqlens[1:]
+    return cls_attention_mean(q, k, starts, ends, meta.max_seqlen, scale=scale)
 
 
 def _select_mid(plan: StagePlan, cfg: PruningConfig, y, q, k, v, scale, meta, P: int, probe):
-    valid = meta.dense_valid
-    cand = candidates(valid, P)
-    probs = cls_attention(q[meta.dense_rows[:, 0]], dense_view(k, meta), valid, scale=scale)
+    valid = None if meta.uniform else meta.dense_valid
+    score = _cls_mean(q, k, meta, scale)  # head mean; ATS's head sum is a constant multiple of it
     fixed = cfg.variant == "fixed"
+    k_max = cfg.stage_k_max(plan.index)
     if cfg.method == "evit":
-        score = evit.cls_scores(probs)
         if probe is not None:
-            probe(plan.index, score, cand)
+            probe(plan.index, score, _candidates(meta, P))
         y_dense = dense_view(y, meta) if cfg.fuse else None
         if fixed:
             return evit.select_topk(score, valid, P, plan.keep, fuse=cfg.fuse, y_dense=y_dense)
         return evit.select_mass(score, valid, P, mass=cfg.mass, fuse=cfg.fuse, y_dense=y_dense, k_min=cfg.k_min,
-                                k_max=cfg.k_max)
-    v_norm = dense_view(threshold_l2.l2_scores(v.reshape(v.shape[0], -1)), meta)
-    sig = ats.significance(probs, v_norm, cand)
+                                k_max=k_max)
+    # ATS significance up to a positive per-image factor (normalisation cancels in the min-max CDF)
+    sig = score * dense_view(threshold_l2.l2_scores(v.reshape(v.shape[0], -1)), meta)
     if probe is not None:
-        probe(plan.index, sig, cand)
+        cand = _candidates(meta, P)
+        s = sig.masked_fill(~cand, 0.0)
+        probe(plan.index, s / s.sum(1, keepdim=True).clamp(min=torch.finfo(torch.float32).tiny), cand)
     if fixed:
         return ats.select_topk(sig, valid, P, plan.keep)
     return ats.select_sampling(sig, valid, P, num_samples=cfg.num_samples)
 
 
 def _apply(plan: StagePlan, sel, x, tok, meta: RaggedMeta):
+    """Compact the rows ``x`` and gather the dense token ids ``tok: (B, L (+1))`` (last column -1 when the
+    selection may point at an appended token)."""
     width = None
     if meta.padded and not sel.exact:
         width = int(sel.count.max())  # padded baseline: pad to the batch maximum (one device read)
     elif not meta.padded and sel.width != plan.width_out:
         raise RuntimeError(f"stage {plan.index}: selection width {sel.width} != planned {plan.width_out}")
-    fill = None if sel.extra is None else torch.full((meta.batch,), -1, dtype=tok.dtype, device=tok.device)
-    new, (x, tok) = compact(meta, sel, [(x, sel.extra), (tok, fill)], padded_width=width)
+    new, (x,) = compact(meta, sel, [(x, sel.extra)], padded_width=width)
+    if sel.extra is not None:
+        minus = cached(("tok_extra", meta.batch, tok.device), lambda: torch.full((meta.batch, 1), -1,
+                                                                                dtype=tok.dtype, device=tok.device))
+        tok = torch.cat([tok, minus], dim=1)
+    tok = tok.gather(1, sel.index[:, : new.max_seqlen])
     return x, tok, new
 
 
@@ -151,7 +184,8 @@ def run(model, images: torch.Tensor, cfg: PruningConfig, plans: tuple[StagePlan,
     B, N0, C = x.shape
     x = x.reshape(B * N0, C)
     meta = uniform_meta(B, N0, x.device, packed=packed)
-    tok = torch.arange(N0, dtype=torch.int32, device=x.device).repeat(B)
+    tok = cached(("tok0", B, N0, x.device), lambda: torch.arange(N0, dtype=torch.int32, device=x.device).repeat(
+        B, 1))  # (B, L) original token id of every dense position
     by_block = {p.block: p for p in plans}
     kept = []
     for i, blk in enumerate(model.blocks):
@@ -172,12 +206,18 @@ def run(model, images: torch.Tensor, cfg: PruningConfig, plans: tuple[StagePlan,
                 y, tok, meta = _apply(plan, sel, y, tok, meta)
                 kept.append(sel.count)
         x = y + blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(y))))
-    prefix = model.norm(x[meta.dense_rows[:, :P]])
+    prefix = model.norm(dense_view(x, meta)[:, :P] if meta.dense_identity else x[meta.dense_rows[:, :P]])
     num_patches = N0 - P
-    t = dense_view(tok, meta).long()
+    t = tok.long()
     live = meta.dense_valid & (t >= P)
     mask = torch.zeros(B, num_patches + 1, dtype=torch.bool, device=x.device)
-    mask.scatter_(1, torch.where(live, t - P, torch.full_like(t, num_patches)), live)
+    mask.scatter_(1, torch.where(live, t - P, num_patches), live)
+    if meta.dense_identity:  # row b * L + l = position l of image b
+        token_index = torch.where(meta.dense_valid, tok, -1).view(-1)
+    else:  # packed: scatter the live positions to their rows, -1 elsewhere (the last row collects the rest)
+        dest = torch.where(meta.dense_valid, meta.dense_rows, meta.capacity).view(-1)
+        token_index = tok.new_full((meta.capacity + 1,), -1).index_copy_(0, dest, tok.reshape(-1))
+        token_index = token_index[: meta.capacity]
     stats = PruneStats(tuple(p.block for p in plans), tuple(kept), tuple(p.width_out for p in plans),
-                       mask[:, :num_patches], tok, meta)
+                       mask[:, :num_patches], token_index, meta)
     return prefix, stats

@@ -51,6 +51,12 @@ def check_model(model: nn.Module) -> None:
         raise ValueError(f"prune: unsupported {type(model).__name__}: {'; '.join(problems)}")
 
 
+def _predictor_width(p: nn.Module) -> int | None:
+    """Input width of a :class:`~raggedvit.pruning.dynamicvit.Predictor`; None for other modules (any
+    ``nn.Module`` with its call signature is accepted)."""
+    return p.in_conv[1].in_features if isinstance(p, dynamicvit.Predictor) else None
+
+
 class PrunedViT(nn.Module):
     """A pruned view of a timm ViT. Build it with :func:`raggedvit.prune`.
 
@@ -146,10 +152,14 @@ def prune(model: nn.Module, method: str, *, layout: str = "packed", attention: s
               default ``(3, 6, 9)``, ATS ``(3, ..., 11)``), ``keep_rate`` in (0, 1] (default 0.7; ATS
               fixed 0.9 per stage).
             * ``dynamicvit``: ``keep_threshold=0.5`` (adaptive: keep ``p_keep > threshold``), ``k_min=1``,
-              ``k_max=None``, ``predictors`` (an ``nn.ModuleList`` of :class:`~raggedvit.pruning.dynamicvit.Predictor`
-              to share; default random init; see :func:`load_dynamicvit_checkpoint`).
+              ``k_max=None``, ``predictors`` (an ``nn.ModuleList`` of one module per stage with the call signature
+              of :class:`~raggedvit.pruning.dynamicvit.Predictor`, ``(x, seg_ids, dense_rows, cand) -> (R, 2)``
+              log-probabilities, to share; default random init; see :func:`load_dynamicvit_checkpoint`).
             * ``evit``: ``fuse=True``, ``mass`` (adaptive attention-mass fraction, default ``keep_rate``),
               ``k_min=1``, ``k_max=None``.
+            * ``k_max`` (adaptive variants of dynamicvit, evit, threshold_l2): an int for every stage, or a
+              tuple with one int (or None) per stage; it also caps that stage's buffer (``StagePlan.width_out``),
+              so a per-stage cap shrinks the packed buffers of adaptive stages.
             * ``ats``: ``num_samples`` (default ``num_patches``: 196 at 224 px).
             * ``threshold_l2``: ``thresholds`` (absolute, one per stage: see
               :func:`calibrate_thresholds`) or ``alpha=1.0`` (relative: ``alpha`` x the image's mean
@@ -176,7 +186,7 @@ def prune(model: nn.Module, method: str, *, layout: str = "packed", attention: s
             ref = next(model.parameters())
             predictors.to(device=ref.device, dtype=ref.dtype)
         elif not (isinstance(predictors, nn.ModuleList) and len(predictors) == len(config.stages) and all(
-                isinstance(p, dynamicvit.Predictor) and p.in_conv[1].in_features == embed_dim for p in predictors)):
+                isinstance(p, nn.Module) and _predictor_width(p) in (None, embed_dim) for p in predictors)):
             raise ValueError(f"prune: predictors must be an nn.ModuleList of {len(config.stages)} "
-                             f"Predictor({embed_dim}) modules (one per stage), got {predictors!r:.200}")
+                             f"Predictor({embed_dim})-like modules (one per stage), got {predictors!r:.200}")
     return PrunedViT(model, config, plan, layout, attention, predictors)

@@ -9,6 +9,9 @@ significance. The nearest-value lookup is ``O(M log N)`` (``searchsorted`` plus 
 instead of the official ``O(M * N)`` distance matrix; equal-distance ties between non-neighbouring CDF
 values (a floating-point corner case) are not reproduced.
 
+Only the min-max normalised CDF matters, so any positive scaling of the significance (the head mean
+instead of the head sum, no division by the image total) selects the same tokens up to rounding.
+
 Defined pad-free: each image's result depends only on its own tokens (the official padded batching lets
 pads change an image's lowest kept token; spec section 3.3). Fixed-count ablation: :func:`select_topk`.
 """
@@ -17,8 +20,8 @@ from __future__ import annotations
 
 import torch
 
-from .ragged import Selection
-from .selection import assemble, candidates
+from .ragged import Selection, cached, const
+from .selection import candidate_scores, fixed_count, num_candidates, prefixed
 
 __all__ = ["significance", "sample_points", "select_sampling", "select_topk", "max_kept"]
 
@@ -43,60 +46,70 @@ def max_kept(num_candidates: int, num_samples: int) -> int:
 
 def sample_points(y0: torch.Tensor, num_samples: int) -> torch.Tensor:
     """``(B, M)`` points ``y0 + k (1 - y0) / (M - 1)``, written as the official ``create_ys`` computes it."""
-    m = num_samples
-    lin = torch.linspace(0.0, 1.0, m, device=y0.device)
-    steps = torch.arange(m, device=y0.device, dtype=torch.float32)
-    if m == 1:
+    if num_samples == 1:
         return torch.ones_like(y0)[:, None]
-    y0 = y0[:, None]
-    return y0 + ((lin[None, :] * (m - 1)) - y0 * steps[None, :]) / (m - 1)
+    return _sample_points(y0[:, None], num_samples)
 
 
-def select_sampling(sig: torch.Tensor, valid: torch.Tensor, num_prefix: int, *, num_samples: int) -> Selection:
-    """Inverse-transform sampling of ``sig: (B, L)`` (from :func:`significance`), per image.
+def _sample_points(y0: torch.Tensor, m: int) -> torch.Tensor:
+    """:func:`sample_points` of ``y0: (B, 1)`` (``m >= 2``) with cached ``linspace * (m - 1)`` and steps."""
+    device = y0.device
+    lin, steps = cached(("ats_points", m, device), lambda: (
+        torch.linspace(0.0, 1.0, m, device=device)[None, :] * (m - 1),
+        torch.arange(m, device=device, dtype=torch.float32)[None, :]))
+    return y0 + (lin - y0 * steps) / (m - 1)
 
-    Output width: the host bound ``num_prefix + min(L - num_prefix, num_samples)``.
+
+def select_sampling(sig: torch.Tensor, valid: torch.Tensor | None, num_prefix: int, *,
+                    num_samples: int) -> Selection:
+    """Inverse-transform sampling of ``sig: (B, L)`` (:func:`significance`, or any positive multiple), per image.
+
+    ``valid=None``: every position is live. Output width: the host bound
+    ``num_prefix + min(L - num_prefix, num_samples)``.
     """
     batch, L = sig.shape
+    width = L - num_prefix
     device = sig.device
-    cand = candidates(valid, num_prefix)
-    n = cand.sum(1)  # (B,)
-    key = sig.float().masked_fill(~cand, float("inf"))
-    s_sorted, perm = torch.sort(key, dim=1, stable=True)  # ascending, non-candidates last
-    rank = torch.arange(L, device=device)[None, :]
-    live = rank < n[:, None]
-    cdf = torch.cumsum(torch.where(live, s_sorted, torch.zeros((), device=device)), dim=1)
-    last = torch.gather(cdf, 1, (n - 1).clamp(min=0)[:, None])
+    m = num_samples
+    # Non-candidates sort last with a huge finite key: the CDF past the live ones is > 1 or inf, never NaN.
+    key = candidate_scores(sig, valid, num_prefix, torch.finfo(torch.float32).max)
+    s_sorted, perm = torch.sort(key, dim=1, stable=True)  # ascending
+    n = num_candidates(valid, num_prefix)
+    if n is None:
+        top = cached(("ats_top", batch, width, device), lambda: torch.full((batch, 1), width - 1, device=device))
+    else:
+        top = (n[:, None] - 1).clamp(min=0)
+    cdf = torch.cumsum(s_sorted, dim=1)
     first = cdf[:, :1]
-    den = last - first
-    norm = (cdf - first) / torch.where(den > 0, den, torch.ones_like(den))
-    norm = torch.where(live, norm, torch.full_like(norm, float("inf"))).contiguous()  # sorted ascending
-    y0 = torch.where(live & (norm > 0), norm, torch.full_like(norm, float("inf"))).amin(dim=1)
-    y0 = torch.where(torch.isfinite(y0), y0, torch.ones_like(y0))  # no positive CDF value: one token survives
-    ys = sample_points(y0, num_samples).contiguous()  # (B, M)
-    hi = torch.searchsorted(norm, ys)  # first rank with F >= y
-    top = (n - 1).clamp(min=0)[:, None]
-    lo = (hi - 1).clamp(min=0).minimum(top)
-    hi = hi.minimum(top)
-    d_lo = (ys - torch.gather(norm, 1, lo)).abs()
-    d_hi = (ys - torch.gather(norm, 1, hi)).abs()
-    pick = torch.where(d_hi < d_lo, hi, lo)
+    den = cdf.gather(1, top) - first
+    one = const(1.0, torch.float32, device)
+    norm = (cdf - first) / torch.where(den > 0, den, one)  # min-max normalised, ascending
+    inf = const(float("inf"), torch.float32, device)
+    y0 = torch.where(norm > 0, norm, inf).amin(dim=1, keepdim=True).clamp(max=1.0)  # no positive value: 1
+    ys = _sample_points(y0, m) if m > 1 else torch.ones_like(y0)  # (B, M)
+    hi = torch.searchsorted(norm, ys).clamp(max=top)  # first rank with F >= y, at most the last live one
+    off = cached(("ats_off", device), lambda: torch.tensor([1, 0], device=device)[None, :, None])
+    lohi = (hi[:, None, :] - off).clamp(min=0)  # (B, 2, M): the two neighbours
+    near = norm.gather(1, lohi.view(batch, 2 * m)).view(batch, 2, m)
+    d = (near - ys[:, None, :]).abs()
+    value = torch.where(d[:, 1] < d[:, 0], near[:, 1], near[:, 0])  # nearest CDF value, lower one on ties
     # argmin's "first index" among equal CDF values (zero-significance tokens): the first rank of that value.
-    pick = torch.searchsorted(norm, torch.gather(norm, 1, pick).contiguous())
-    hit = torch.zeros(batch, L, dtype=torch.bool, device=device)
-    hit.scatter_(1, pick.clamp(max=L - 1), torch.ones_like(pick, dtype=torch.bool))
-    hit &= live
+    pick = torch.searchsorted(norm, value)
+    hit = torch.zeros(batch, width + 1, dtype=torch.uint8, device=device)
+    hit.scatter_(1, pick, 1)
+    hit = hit[:, :width]
     kept = hit.sum(1)
-    ranks = torch.sort(torch.where(hit, rank, rank + L), dim=1).indices  # kept ranks ascending, then the rest
-    order = torch.gather(perm, 1, ranks)
-    return assemble(order, kept, num_prefix, max_kept(L - num_prefix, num_samples), exact=False)
+    if n is not None:
+        kept = torch.minimum(kept, n)  # no candidate at all: nothing kept
+    ranks = torch.sort(hit, dim=1, descending=True, stable=True).indices  # kept ranks ascending, then the rest
+    bound = max_kept(width, m)
+    order = perm.gather(1, ranks[:, :bound])
+    return Selection(prefixed(order, num_prefix), kept + num_prefix, num_prefix + bound, False)
 
 
-def select_topk(sig: torch.Tensor, valid: torch.Tensor, num_prefix: int, k: int) -> Selection:
+def select_topk(sig: torch.Tensor, valid: torch.Tensor | None, num_prefix: int, k: int) -> Selection:
     """Fixed-count ablation: the ``k`` most significant candidates, in ascending significance (ATS order)."""
-    cand = candidates(valid, num_prefix)
-    key = sig.float().masked_fill(~cand, float("-inf"))
+    key = candidate_scores(sig, valid, num_prefix, float("-inf"))
     best = torch.sort(key, dim=1, descending=True, stable=True).indices[:, :k]
-    order = best.flip(1)
-    num = torch.full((sig.shape[0],), k, dtype=torch.long, device=sig.device)
-    return assemble(order, num, num_prefix, k, exact=True)
+    index = prefixed(best.flip(1), num_prefix)
+    return Selection(index, fixed_count(sig.shape[0], num_prefix + k, sig.device), num_prefix + k, True)

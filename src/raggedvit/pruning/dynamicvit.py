@@ -16,10 +16,11 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from .ragged import Selection
-from .selection import assemble, candidates, sort_desc
+from .ragged import Selection, const
+from .selection import candidate_scores, clamp_count, fixed_count, num_candidates, prefixed
 
 __all__ = ["Predictor", "make_predictors", "keep_counts", "keep_scores", "select_topk", "select_threshold"]
 
@@ -54,10 +55,10 @@ class Predictor(nn.Module):
         """
         z = self.in_conv(x)
         half = z.shape[-1] // 2
-        zg = z[:, half:][dense_rows] * cand[:, :, None].to(z.dtype)  # (B, L, C/2)
-        denom = cand.sum(1, keepdim=True).clamp(min=1).to(z.dtype)
-        g = zg.sum(1) / denom  # (B, C/2): plain mean over current patch tokens
-        g = torch.cat([g, g.new_zeros(1, half)], dim=0)[seg_ids]  # (R, C/2); unused rows read zeros
+        # where, not a product: rows past the live total may hold garbage (NaN * 0 = NaN)
+        zg = torch.where(cand[:, :, None], z[:, half:][dense_rows], const(0, z.dtype, z.device))  # (B, L, C/2)
+        g = zg.sum(1) / cand.sum(1, keepdim=True).clamp(min=1)  # (B, C/2): plain mean over current patch tokens
+        g = F.pad(g, (0, 0, 0, 1))[seg_ids]  # (R, C/2); unused rows (seg_ids = B) read zeros
         return self.out_conv(torch.cat([z[:, :half], g], dim=-1))
 
 
@@ -80,30 +81,29 @@ def keep_scores(log_probs: torch.Tensor) -> torch.Tensor:
     return log_probs[..., 0]
 
 
-def select_topk(score: torch.Tensor, valid: torch.Tensor, num_prefix: int, k: int) -> Selection:
+def select_topk(score: torch.Tensor, valid: torch.Tensor | None, num_prefix: int, k: int) -> Selection:
     """Fixed count: prefix tokens, then the ``k`` best patch tokens by ``score: (B, L)``, best first.
 
-    Every image must hold at least ``k`` patch tokens (true for uniform fixed-count schedules).
+    Every image must hold at least ``k`` patch tokens (true for uniform fixed-count schedules);
+    ``valid=None``: every position is live.
     """
-    order = sort_desc(score, candidates(valid, num_prefix))
-    num_keep = torch.full((score.shape[0],), k, dtype=torch.long, device=score.device)
-    return assemble(order, num_keep, num_prefix, k, exact=True)
+    key = candidate_scores(score, valid, num_prefix, float("-inf"))
+    order = torch.sort(key, dim=1, descending=True, stable=True).indices
+    index = prefixed(order[:, :k], num_prefix)
+    return Selection(index, fixed_count(score.shape[0], num_prefix + k, score.device), num_prefix + k, True)
 
 
-def select_threshold(score: torch.Tensor, valid: torch.Tensor, num_prefix: int, *, threshold: float = 0.5,
+def select_threshold(score: torch.Tensor, valid: torch.Tensor | None, num_prefix: int, *, threshold: float = 0.5,
                      k_min: int = 1, k_max: int | None = None) -> Selection:
     """Adaptive count: patch tokens with ``p_keep = exp(score) > threshold``, best first.
 
     At least ``min(k_min, available)`` and at most ``k_max`` patch tokens per image. The output width is
     the host bound ``num_prefix + min(L - num_prefix, k_max)``.
     """
-    cand = candidates(valid, num_prefix)
-    order = sort_desc(score, cand)
-    available = cand.sum(1)
-    passing = ((score.float() > math.log(threshold)) & cand).sum(1)
-    num_keep = torch.minimum(torch.maximum(passing, torch.full_like(passing, k_min)), available)
-    bound = score.shape[1] - num_prefix
-    if k_max is not None:
-        num_keep = num_keep.clamp(max=k_max)
-        bound = min(bound, k_max)
-    return assemble(order, num_keep, num_prefix, bound, exact=False)
+    width = score.shape[1] - num_prefix
+    vals, order = torch.sort(candidate_scores(score, valid, num_prefix, float("-inf")), dim=1, descending=True,
+                             stable=True)
+    passing = (vals > math.log(threshold)).sum(1)  # the passing tokens are a best-first prefix
+    num = clamp_count(passing, k_min, k_max, num_candidates(valid, num_prefix), width)
+    bound = width if k_max is None else min(width, k_max)
+    return Selection(prefixed(order[:, :bound], num_prefix), num + num_prefix, num_prefix + bound, False)

@@ -10,6 +10,8 @@ dropped, not renormalised). Keep rules on a dense ``(B, L)`` view:
 
 With fusion the dropped tokens are folded into one token ``sum_{dropped} a_j * y_j`` appended last (only
 when something was dropped). Distilled models: the DIST token is a prefix token, never a candidate.
+``valid=None`` means every position is live (uniform batch; no masking ops). The fused token is computed
+from the sorted dropped tail (a gather and one batched matmul), never multiplying a garbage row by 0.
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ import math
 
 import torch
 
-from .ragged import Selection
-from .selection import assemble, candidates, keep_mask_from_order, sort_desc
+from .ragged import Selection, arange, cached, const
+from .selection import candidate_scores, clamp_count, fixed_count, num_candidates, prefixed
 
 __all__ = ["num_keep", "cls_scores", "fused_token", "select_topk", "select_mass"]
 
@@ -38,70 +40,88 @@ def fused_token(score: torch.Tensor, dropped: torch.Tensor, y: torch.Tensor) -> 
     """``(B, C)`` attention-weighted sum of the dropped tokens: ``sum_j score_j * y_j`` over ``dropped``.
 
     ``score``: ``(B, L)``, ``dropped``: ``(B, L)`` bool, ``y``: ``(B, L, C)`` dense view of the block's
-    post-attention residual stream. Accumulates in fp32, returns ``y.dtype``.
+    post-attention residual stream. Accumulates in fp32, returns ``y.dtype``. Rows outside ``dropped`` are
+    masked with ``where`` (they may hold garbage: ``0 * NaN`` would poison the sum).
     """
     with torch.autocast(y.device.type, enabled=False):
         w = torch.where(dropped, score.float(), torch.zeros((), device=score.device))
-        return torch.einsum("bl,blc->bc", w, y.float()).to(y.dtype)
+        yz = torch.where(dropped[:, :, None], y.float(), torch.zeros((), device=y.device))
+        return torch.einsum("bl,blc->bc", w, yz).to(y.dtype)
 
 
-def _finish(score, cand, order, kept, num_prefix, max_keep, exact, fuse, y_dense):
-    if not fuse:
-        return assemble(order, kept, num_prefix, max_keep, exact=exact)
-    dropped = cand & ~keep_mask_from_order(order, kept)
-    extra = fused_token(score, dropped, y_dense)
-    has_extra = kept < cand.sum(1)
-    return assemble(order, kept, num_prefix, max_keep, exact=exact, extra=extra, has_extra=has_extra)
+def _fuse_sorted(w: torch.Tensor, order: torch.Tensor, y_dense: torch.Tensor, num_prefix: int,
+                 live: torch.Tensor | None) -> torch.Tensor:
+    """``sum_t w[b, t] * y_dense[b, P + order[b, t]]`` in fp32 -> ``(B, C)`` in ``y``'s dtype; ``live``
+    (``(B, T)`` bool or None) masks entries whose row may be garbage (their ``w`` must be 0 already)."""
+    C = y_dense.shape[-1]
+    yd = y_dense[:, num_prefix:].gather(1, order[:, :, None].expand(-1, -1, C))
+    if live is not None:
+        yd = torch.where(live[:, :, None], yd, const(0, yd.dtype, yd.device))
+    with torch.autocast(y_dense.device.type, enabled=False):
+        return torch.bmm(w.float()[:, None, :], yd.float())[:, 0].to(y_dense.dtype)
 
 
-def select_topk(score: torch.Tensor, valid: torch.Tensor, num_prefix: int, k: int, *, fuse: bool,
+def _marker(batch: int, value: int, device: torch.device) -> torch.Tensor:
+    return cached(("marker", batch, value, device), lambda: torch.full((batch, 1), value, device=device))
+
+
+def select_topk(score: torch.Tensor, valid: torch.Tensor | None, num_prefix: int, k: int, *, fuse: bool,
                 y_dense: torch.Tensor | None = None) -> Selection:
     """Fixed count: prefix, the ``k`` most attended tokens (best first), then the fused token if ``fuse``.
 
     Args:
         score: ``(B, L)`` head-mean CLS attention.
-        valid: ``(B, L)`` live positions; every image must hold more than ``k`` candidates when fusing.
+        valid: ``(B, L)`` live positions (None: all); every image must hold more than ``k`` candidates
+            when fusing (at least ``k`` without).
         k: kept candidates per image (host int).
         y_dense: ``(B, L, C)`` post-attention residual stream (needed when ``fuse``).
     """
-    cand = candidates(valid, num_prefix)
-    order = sort_desc(score, cand)
-    kept = torch.full((score.shape[0],), k, dtype=torch.long, device=score.device)
-    return _finish(score, cand, order, kept, num_prefix, k, True, fuse, y_dense)
+    batch, L = score.shape
+    key = candidate_scores(score, valid, num_prefix, float("-inf"))
+    vals, order = torch.sort(key, dim=1, descending=True, stable=True)
+    index = prefixed(order[:, :k], num_prefix)
+    if not fuse:
+        return Selection(index, fixed_count(batch, num_prefix + k, score.device), num_prefix + k, True)
+    index = torch.cat([index, _marker(batch, L, score.device)], dim=1)
+    w, live = vals[:, k:], None
+    if valid is not None:  # invalid positions sort last with -inf
+        live = w > float("-inf")
+        w = torch.where(live, w, const(0.0, torch.float32, w.device))
+    extra = _fuse_sorted(w, order[:, k:], y_dense, num_prefix, live)
+    return Selection(index, fixed_count(batch, num_prefix + k + 1, score.device), num_prefix + k + 1, True, extra)
 
 
-def select_mass(score: torch.Tensor, valid: torch.Tensor, num_prefix: int, *, mass: float, fuse: bool,
+def select_mass(score: torch.Tensor, valid: torch.Tensor | None, num_prefix: int, *, mass: float, fuse: bool,
                 y_dense: torch.Tensor | None = None, k_min: int = 1, k_max: int | None = None) -> Selection:
     """Adaptive count: the shortest best-first prefix with ``sum a >= mass * (sum of all candidates' a)``.
 
-    Output width: the host bound ``L`` (``num_prefix + min(n, k_max) (+1 fused)`` capped at ``L``).
+    Scores must be ``>= 0`` (attention probabilities). Output width: the host bound
+    ``num_prefix + min(n, k_max) (+1 fused)`` capped at ``L``; an image that keeps every candidate appends
+    no fused token.
     """
-    cand = candidates(valid, num_prefix)
-    order = sort_desc(score, cand)
-    a_sorted = torch.gather(score.float().masked_fill(~cand, 0.0), 1, order)
+    batch, L = score.shape
+    width = L - num_prefix
+    device = score.device
+    # invalid positions -> 0: they sort after every candidate (ties keep position order), add no mass
+    a_sorted, order = torch.sort(candidate_scores(score, valid, num_prefix, 0.0), dim=1, descending=True,
+                                 stable=True)
     csum = torch.cumsum(a_sorted, dim=1)
-    target = mass * csum[:, -1:]
     # k = number of sorted tokens whose exclusive prefix sum is still below the target.
-    kept = ((csum - a_sorted) < target).sum(1)
-    available = cand.sum(1)
-    kept = torch.minimum(torch.maximum(kept, torch.full_like(kept, k_min)), available)
-    L = score.shape[1]
-    bound = L - num_prefix
-    if k_max is not None:
-        kept = kept.clamp(max=k_max)
-        bound = min(bound, k_max)
-    if fuse and bound == L - num_prefix:
-        bound -= 1  # at most L - P - 1 kept when the fused token is appended; all kept -> no fused token
-        sel = _finish(score, cand, order, kept, num_prefix, bound, False, fuse, y_dense)
-        return _trim_all_kept(sel, order, kept, available, num_prefix, L)
-    return _finish(score, cand, order, kept, num_prefix, bound, False, fuse, y_dense)
-
-
-def _trim_all_kept(sel: Selection, order, kept, available, num_prefix: int, L: int) -> Selection:
-    """Width ``L`` selection where an image that keeps every candidate has no fused token: the slot the
-    fused token would take holds the last kept candidate instead."""
-    all_kept = (kept >= available) & (kept > 0)
-    last = torch.gather(order, 1, (kept - 1).clamp(min=0)[:, None])  # (B, 1)
-    col = torch.arange(sel.width, device=order.device)[None, :]
-    index = torch.where(all_kept[:, None] & (col == (num_prefix + kept - 1)[:, None]), last, sel.index)
-    return Selection(index, sel.count, sel.width, False, sel.extra)
+    kept = ((csum - a_sorted) < mass * csum[:, -1:]).sum(1)
+    available = num_candidates(valid, num_prefix)
+    kept = clamp_count(kept, k_min, k_max, available, width)
+    bound = width if k_max is None else min(width, k_max)
+    if not fuse:
+        return Selection(prefixed(order[:, :bound], num_prefix), kept + num_prefix, num_prefix + bound, False)
+    cols = min(bound + 1, width)  # the fused token takes the slot after the last kept one
+    pk = kept + num_prefix
+    slot = arange(num_prefix + cols, device)[None, :] == pk[:, None]
+    index = torch.where(slot, const(L, order.dtype, device), prefixed(order[:, :cols], num_prefix))
+    rank = arange(width, device)[None, :]
+    if available is None:
+        has_extra, live = kept < width, None
+    else:
+        has_extra, live = kept < available, rank < available[:, None]
+    w = a_sorted.masked_fill(rank < kept[:, None], 0.0)  # the dropped tail (0 past the candidates)
+    extra = _fuse_sorted(w, order, y_dense, num_prefix, live)
+    return Selection(index, pk + has_extra, num_prefix + cols, False, extra)

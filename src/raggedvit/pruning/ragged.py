@@ -10,15 +10,63 @@ writes zeros there and attention ignores them.
 
 Segment operations (top-k, sort, cumsum, mean) run on dense ``(B, L)`` views built with index arithmetic
 (:attr:`RaggedMeta.dense_rows`); invalid positions are masked by :attr:`RaggedMeta.dense_valid`.
+
+Constants that depend only on host integers (aranges, the whole metadata of a uniform batch) are built once
+per ``(device, shape)`` and reused (:func:`cached`): a fixed-count stage costs no metadata op at all. They are
+built on first (eager) use; a miss while a CUDA graph is being captured builds the value without caching
+it, so a warm-up forward before the capture fills the cache. Treat cached tensors as read-only.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
+from torch.utils._python_dispatch import _disable_current_modes
 
-__all__ = ["RaggedMeta", "Selection", "packed_meta", "padded_meta", "uniform_meta", "dense_view", "compact"]
+__all__ = ["RaggedMeta", "Selection", "packed_meta", "padded_meta", "uniform_meta", "meta_from_counts",
+           "dense_view", "compact", "cached", "arange", "const", "clear_cache"]
+
+_CACHE: dict = {}
+_CACHE_MAX = 1024
+
+
+def _capturing() -> bool:
+    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+
+
+def cached(key: tuple, build: Callable[[], object]):
+    """``build()`` once per ``key`` (include the device in it); not stored while a CUDA graph is captured.
+
+    The build runs outside any ``TorchDispatchMode`` (op recorders see the steady state on every call)."""
+    value = _CACHE.get(key)
+    if value is None:
+        with _disable_current_modes():
+            value = build()
+        if not _capturing():
+            if len(_CACHE) >= _CACHE_MAX:
+                _CACHE.clear()
+            _CACHE[key] = value
+    return value
+
+
+def clear_cache() -> None:
+    """Drop every cached constant tensor and metadata object."""
+    _CACHE.clear()
+
+
+def arange(n: int, device: torch.device, dtype: torch.dtype = torch.int64) -> torch.Tensor:
+    """Cached ``torch.arange(n)`` (read-only)."""
+    device = torch.device(device)
+    return cached(("arange", n, device, dtype), lambda: torch.arange(n, device=device, dtype=dtype))
+
+
+def const(value: float | int | bool, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Cached 0-dim tensor ``value`` (``torch.where(c, x, const(...))`` is one op, a Python scalar adds one)."""
+    device = torch.device(device)
+    return cached(("const", value, dtype, device), lambda: torch.tensor(value, dtype=dtype, device=device))
 
 
 @dataclass(frozen=True, eq=False)
@@ -31,13 +79,14 @@ class RaggedMeta:
         capacity: rows of the buffer (host int); ``B * L`` for every buffer this library builds.
         lengths: ``(B,)`` int64 device tensor, tokens per sequence.
         cu_seqlens: ``(B + 1,)`` int32 offsets for the packed layout; ``None`` for the padded layout.
-        seg_ids: ``(capacity,)`` int64, the sequence owning each row; ``batch`` for unused rows.
-        positions: ``(capacity,)`` int64, each row's position in its sequence (0 for unused rows).
-        row_valid: ``(capacity,)`` bool, row holds a live token.
-        dense_rows: ``(B, L)`` int64, the row of position ``l`` of sequence ``b`` (clamped to the buffer
-            where ``l >= lengths[b]``; mask with ``dense_valid``).
+        dense_rows: ``(B, L)`` int64, the row of position ``l`` of sequence ``b`` (past ``lengths[b]`` it
+            points at a later row or is clamped to the buffer; mask with ``dense_valid``).
         dense_valid: ``(B, L)`` bool, ``l < lengths[b]``.
         uniform: host flag, every length equals ``max_seqlen`` (no unused rows at all).
+        seg_ids: ``(capacity,)`` int64, the sequence owning each row; ``batch`` for unused rows (computed
+            on first access).
+        positions: ``(capacity,)`` int64, each row's position in its sequence (0 for unused rows; lazy).
+        row_valid: ``(capacity,)`` bool, row holds a live token (lazy).
     """
 
     batch: int
@@ -45,9 +94,6 @@ class RaggedMeta:
     capacity: int
     lengths: torch.Tensor
     cu_seqlens: torch.Tensor | None
-    seg_ids: torch.Tensor
-    positions: torch.Tensor
-    row_valid: torch.Tensor
     dense_rows: torch.Tensor
     dense_valid: torch.Tensor
     uniform: bool
@@ -57,27 +103,66 @@ class RaggedMeta:
         """True for the padded ``(B, L)`` grid layout, False for packed ``cu_seqlens`` rows."""
         return self.cu_seqlens is None
 
+    @property
+    def dense_identity(self) -> bool:
+        """Host flag: row ``b * L + l`` is position ``l`` of sequence ``b`` (dense views are reshapes)."""
+        return self.uniform or (self.padded and self.capacity == self.batch * self.max_seqlen)
 
-def packed_meta(cu_seqlens: torch.Tensor, max_seqlen: int, capacity: int, *, uniform: bool = False) -> RaggedMeta:
+    @cached_property
+    def _rows_info(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        device = self.dense_rows.device
+        rows = arange(self.capacity, device)
+        if self.padded:
+            width = self.max_seqlen
+            seg = torch.div(rows, width, rounding_mode="floor")
+            row_valid = self.dense_valid.reshape(-1)
+            positions = torch.where(row_valid, rows - seg * width, 0)
+            return torch.where(row_valid, seg, self.batch), positions, row_valid
+        cu = self.cu_seqlens
+        seg = torch.searchsorted(cu[1:], rows, right=True)  # B for rows past cu[-1]
+        row_valid = seg < self.batch
+        positions = torch.where(row_valid, rows - cu[seg], 0)
+        return seg, positions, row_valid
+
+    @property
+    def seg_ids(self) -> torch.Tensor:
+        return self._rows_info[0]
+
+    @property
+    def positions(self) -> torch.Tensor:
+        return self._rows_info[1]
+
+    @property
+    def row_valid(self) -> torch.Tensor:
+        return self._rows_info[2]
+
+
+def packed_meta(cu_seqlens: torch.Tensor, max_seqlen: int, capacity: int, *, uniform: bool = False,
+                lengths: torch.Tensor | None = None) -> RaggedMeta:
     """Metadata of a packed buffer with ``capacity`` rows and offsets ``cu_seqlens`` (int32 ``(B + 1,)``).
 
     ``max_seqlen`` must be a true host-side bound on every length; ``cu_seqlens[-1] <= capacity``.
+    ``lengths`` (int64 ``(B,)``, the differences of ``cu_seqlens``) saves two ops when the caller has it.
     No device value is read back.
     """
     device = cu_seqlens.device
     batch = cu_seqlens.shape[0] - 1
-    cu = cu_seqlens.long()
-    lengths = cu[1:] - cu[:-1]
-    rows = torch.arange(capacity, device=device)
-    seg = torch.searchsorted(cu[1:].contiguous(), rows, right=True)  # B for rows past cu[-1]
-    starts = torch.cat([cu[:-1], cu[-1:]])
-    row_valid = seg < batch
-    positions = torch.where(row_valid, rows - starts[seg], torch.zeros_like(rows))
-    pos = torch.arange(max_seqlen, device=device)
-    dense_valid = pos[None, :] < lengths[:, None]
-    dense_rows = (cu[:-1, None] + pos[None, :]).clamp(max=max(capacity - 1, 0))
-    return RaggedMeta(batch, max_seqlen, capacity, lengths, cu_seqlens, seg, positions, row_valid, dense_rows,
-                      dense_valid, uniform)
+    if lengths is None:
+        lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
+    pos = arange(max_seqlen, device)
+    dense_valid = pos < lengths[:, None]
+    dense_rows = cu_seqlens[:-1, None] + pos
+    if capacity < batch * max_seqlen:  # else cu[b] + l <= (B - 1) L + L - 1 stays inside the buffer
+        dense_rows = dense_rows.clamp(max=max(capacity - 1, 0))
+    return RaggedMeta(batch, max_seqlen, capacity, lengths, cu_seqlens, dense_rows, dense_valid, uniform)
+
+
+def meta_from_counts(count: torch.Tensor, width: int) -> RaggedMeta:
+    """Packed metadata of ``count: (B,)`` int64 sequences (each ``<= width``) in ``B * width`` rows."""
+    batch = count.shape[0]
+    zero = cached(("zero_i32", count.device), lambda: torch.zeros(1, dtype=torch.int32, device=count.device))
+    cu = torch.cat([zero, torch.cumsum(count, 0, dtype=torch.int32)])
+    return packed_meta(cu, width, batch * width, lengths=count)
 
 
 def padded_meta(lengths: torch.Tensor, width: int, *, uniform: bool = False) -> RaggedMeta:
@@ -85,32 +170,39 @@ def padded_meta(lengths: torch.Tensor, width: int, *, uniform: bool = False) -> 
     device = lengths.device
     batch = lengths.shape[0]
     lengths = lengths.long()
-    rows = torch.arange(batch * width, device=device)
-    seg = torch.div(rows, width, rounding_mode="floor")
-    positions = rows - seg * width
-    pos = torch.arange(width, device=device)
-    dense_valid = pos[None, :] < lengths[:, None]
-    row_valid = dense_valid.reshape(-1)
-    seg = torch.where(row_valid, seg, torch.full_like(seg, batch))
-    positions = torch.where(row_valid, positions, torch.zeros_like(positions))
-    dense_rows = rows.view(batch, width)
-    return RaggedMeta(batch, width, batch * width, lengths, None, seg, positions, row_valid, dense_rows,
-                      dense_valid, uniform)
+    dense_valid = arange(width, device) < lengths[:, None]
+    dense_rows = arange(batch * width, device).view(batch, width)
+    return RaggedMeta(batch, width, batch * width, lengths, None, dense_rows, dense_valid, uniform)
 
 
 def uniform_meta(batch: int, seqlen: int, device: torch.device | str, *, packed: bool = True) -> RaggedMeta:
-    """Metadata of ``batch`` sequences of exactly ``seqlen`` tokens (``batch * seqlen`` rows, no padding)."""
-    if packed:
-        cu = torch.arange(0, (batch + 1) * seqlen, seqlen, dtype=torch.int32, device=device)
-        return packed_meta(cu, seqlen, batch * seqlen, uniform=True)
-    return padded_meta(torch.full((batch,), seqlen, dtype=torch.long, device=device), seqlen, uniform=True)
+    """Metadata of ``batch`` sequences of exactly ``seqlen`` tokens (``batch * seqlen`` rows, no padding).
+
+    Cached per ``(batch, seqlen, device, layout)``: the same object (read-only tensors) every call."""
+    device = torch.device(device)
+
+    def build() -> RaggedMeta:
+        lengths = torch.full((batch,), seqlen, dtype=torch.long, device=device)
+        if packed:
+            cu = torch.arange(0, (batch + 1) * seqlen, seqlen, dtype=torch.int32, device=device)
+            meta = packed_meta(cu, seqlen, batch * seqlen, uniform=True, lengths=lengths)
+        else:
+            meta = padded_meta(lengths, seqlen, uniform=True)
+        meta._rows_info  # noqa: B018 -- build the lazy row fields now, with the rest of the constants
+        return meta
+
+    return cached(("uniform_meta", batch, seqlen, device, packed), build)
 
 
 def dense_view(x: torch.Tensor, meta: RaggedMeta, fill: float | None = None) -> torch.Tensor:
     """``(B, L, *x.shape[1:])`` view-copy of the rows ``x: (capacity, ...)``; invalid positions get ``fill``
-    (left as whatever row the clamped index points at when ``fill`` is None)."""
-    out = x[meta.dense_rows]
-    if fill is None:
+    (left as whatever row the index points at when ``fill`` is None). A reshape (no copy) when rows are
+    laid out ``b * L + l`` (uniform batches, padded grids) and ``fill`` is None."""
+    if meta.dense_identity:
+        out = x.view(meta.batch, meta.max_seqlen, *x.shape[1:])
+    else:
+        out = x[meta.dense_rows]
+    if fill is None or meta.uniform:
         return out
     mask = meta.dense_valid.view(meta.batch, meta.max_seqlen, *([1] * (x.dim() - 1)))
     return out.masked_fill(~mask, fill)
@@ -122,11 +214,13 @@ class Selection:
 
     Attributes:
         index: ``(B, width)`` int64 positions into the current dense view (``0..L-1``); the value ``L``
-            stands for ``extra`` (an appended token such as EViT's fused token). Entries at and past
-            ``count[b]`` are ignored (any value in ``[0, L]``).
+            stands for ``extra`` (an appended token such as EViT's fused token; only when ``extra`` is
+            given). Entries at and past ``count[b]`` are ignored (any value in ``[0, L - 1]``, or ``L`` with
+            ``extra``).
         count: ``(B,)`` int64 new lengths, prefix tokens (and the appended token) included.
         width: host bound on ``count`` (the next stage's ``max_seqlen``).
-        exact: host flag, every ``count`` equals ``width`` (fixed-count methods).
+        exact: host flag, every ``count`` equals ``width`` (fixed-count methods; with ``extra`` every
+            sequence then ends with the appended token).
         extra: ``(B, C)`` token appended at position ``L``, or None.
     """
 
@@ -151,29 +245,50 @@ def compact(meta: RaggedMeta, sel: Selection, sources: list[tuple[torch.Tensor, 
 
     Returns:
         ``(new_meta, new_rows)``. Packed: ``capacity = B * sel.width``, new ``cu_seqlens`` from ``count``;
-        padded: a ``(B, width)`` grid. Unused rows are zero. Gather-only (deterministic, no atomics).
+        padded: a ``(B, width)`` grid. Unused rows are zero. Exact selections reuse the cached uniform
+        metadata and gather straight into the new buffer; others gather the kept rows and scatter them to
+        their packed places (unique destinations, unused ones go to a dump row), deterministic.
     """
-    batch = meta.batch
-    if meta.padded:
-        width = sel.width if padded_width is None else padded_width
-        new = padded_meta(sel.count, width, uniform=sel.exact and width == sel.width)
+    batch, L = meta.batch, meta.max_seqlen
+    device = sel.count.device
+    has_extra = sel.extra is not None
+    if has_extra and any(extra is None for _, extra in sources):
+        raise ValueError("compact: the selection appends a token; every source needs its extra value")
+    width = sel.width if (padded_width is None or not meta.padded) else padded_width
+    exact = sel.exact and width == sel.width
+    if exact:
+        new = uniform_meta(batch, width, device, packed=not meta.padded)
     else:
-        cu = torch.zeros(batch + 1, dtype=torch.int32, device=sel.count.device)
-        cu[1:] = torch.cumsum(sel.count, 0)
-        new = packed_meta(cu, sel.width, batch * sel.width, uniform=sel.exact)
-    b = new.seg_ids.clamp(max=batch - 1)
-    i = new.positions.clamp(max=sel.index.shape[1] - 1)
-    p = sel.index[b, i]  # position in the old dense view, L = appended token
-    appended = meta.capacity + torch.arange(batch, device=meta.dense_rows.device)
-    rows_ext = torch.cat([meta.dense_rows, appended[:, None]], dim=1)  # (B, L + 1)
-    src = rows_ext[b, p]
+        new = padded_meta(sel.count, width) if meta.padded else meta_from_counts(sel.count, width)
+    index = sel.index[:, :width]
     out = []
+    if exact:  # every row is live; with extra, the appended token is the last one of every sequence
+        n = width - 1 if has_extra else width
+        src = meta.dense_rows.gather(1, index[:, :n]).reshape(-1)
+        for rows, extra in sources:
+            tail = rows.shape[1:]
+            g = rows[src]
+            if has_extra:
+                g = torch.cat([g.view(batch, n, *tail), extra.to(rows.dtype)[:, None]], dim=1)
+            out.append(g.reshape(batch * width, *tail))
+        return new, out
+    if has_extra:
+        is_extra = index == L
+        index = index.clamp(max=L - 1)
+    src = meta.dense_rows.gather(1, index).reshape(-1)
+    dest = None if meta.padded else torch.where(new.dense_valid, new.dense_rows,
+                                                const(new.capacity, torch.int64, device)).reshape(-1)
     for rows, extra in sources:
-        if sel.extra is not None:
-            if extra is None:
-                raise ValueError("compact: the selection appends a token; every source needs its extra value")
-            rows = torch.cat([rows, extra.to(rows.dtype)], dim=0)
-        g = rows[src]
-        keep = new.row_valid.view(-1, *([1] * (g.dim() - 1)))
-        out.append(torch.where(keep, g, torch.zeros((), dtype=g.dtype, device=g.device)))
+        tail = rows.shape[1:]
+        shape = (batch, width) + (1,) * len(tail)
+        g = rows[src].view(batch, width, *tail)
+        if has_extra:
+            g = torch.where(is_extra.view(shape), extra.to(rows.dtype).view(batch, 1, *tail), g)
+        if meta.padded:
+            zero = const(0, g.dtype, g.device)
+            out.append(torch.where(new.dense_valid.view(shape), g, zero).view(batch * width, *tail))
+        else:
+            buf = rows.new_zeros(new.capacity + 1, *tail)  # the last row collects the unused entries
+            buf.index_copy_(0, dest, g.view(batch * width, *tail))
+            out.append(buf[: new.capacity])
     return new, out
