@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ..ops.cls_attention import cls_attention_mean
+from ..ops.linear import ragged_linear
 from ..pruning import ats, dynamicvit, evit, threshold_l2
 from ..pruning.ragged import RaggedMeta, cached, compact, dense_view, uniform_meta
 from ..pruning.selection import candidates
@@ -68,13 +69,39 @@ def attend_padded(q, k, v, meta: RaggedMeta, scale: float) -> torch.Tensor:
     return out.transpose(1, 2).reshape(B * L, H, D)
 
 
-def _attention_half(blk, x: torch.Tensor, meta: RaggedMeta, attend: Attend):
-    """``y = x + drop_path1(ls1(attn(norm1(x))))`` on rows; also returns q, k, v ``(R, H, D)``."""
+def _live_linear(meta: RaggedMeta):
+    """``linear(module, x, gelu=False)`` that computes only the live rows of a packed buffer (zeros past
+    ``cu_seqlens[-1]``, read on the device by :func:`raggedvit.ops.linear.ragged_linear`)."""
+    live = meta.cu_seqlens[-1:]
+
+    def linear(mod, x, gelu: bool = False):
+        return ragged_linear(x, mod.weight, mod.bias, live, gelu=gelu)
+    return linear
+
+
+def fusable_mlp(mlp) -> bool:
+    """timm ``Mlp`` whose forward is ``fc2(gelu(fc1(x)))`` in eval (exact GELU, no norm, no dropout)."""
+    act, norm = getattr(mlp, "act", None), getattr(mlp, "norm", None)
+    return (isinstance(getattr(mlp, "fc1", None), torch.nn.Linear) and isinstance(getattr(mlp, "fc2", None),
+            torch.nn.Linear) and isinstance(act, torch.nn.GELU) and act.approximate == "none"
+            and (norm is None or isinstance(norm, torch.nn.Identity)) and not mlp.training)
+
+
+def _mlp(mlp, h: torch.Tensor, linear) -> torch.Tensor:
+    if linear is None:
+        return mlp(h)
+    return linear(mlp.fc2, linear(mlp.fc1, h, gelu=True))
+
+
+def _attention_half(blk, x: torch.Tensor, meta: RaggedMeta, attend: Attend, linear=None):
+    """``y = x + drop_path1(ls1(attn(norm1(x))))`` on rows; also returns q, k, v ``(R, H, D)``.
+
+    ``linear``: None (the modules themselves) or :func:`_live_linear` for buffers with unused rows."""
     attn = blk.attn
     h = blk.norm1(x)
     R = x.shape[0]
     H, D = attn.num_heads, attn.head_dim
-    q, k, v = attn.qkv(h).view(R, 3, H, D).unbind(1)
+    q, k, v = (attn.qkv(h) if linear is None else linear(attn.qkv, h)).view(R, 3, H, D).unbind(1)
     q, k = attn.q_norm(q), attn.k_norm(k)
     scale = float(getattr(attn, "scale", D ** -0.5))
     o = attend(q, k, v, meta, scale).reshape(R, H * D)
@@ -82,7 +109,7 @@ def _attention_half(blk, x: torch.Tensor, meta: RaggedMeta, attend: Attend):
     gate = getattr(attn, "gate", None)
     if gate is not None:
         o = o * gate(h).sigmoid()
-    o = attn.proj_drop(attn.proj(o))
+    o = attn.proj_drop(attn.proj(o) if linear is None else linear(attn.proj, o))
     return x + blk.drop_path1(blk.ls1(o)), q, k, v, scale
 
 
@@ -175,10 +202,12 @@ def _apply(plan: StagePlan, sel, x, tok, meta: RaggedMeta):
 
 
 def run(model, images: torch.Tensor, cfg: PruningConfig, plans: tuple[StagePlan, ...], predictors, *,
-        packed: bool, attend: Attend, probe: Probe | None = None) -> tuple[torch.Tensor, PruneStats]:
+        packed: bool, attend: Attend, probe: Probe | None = None,
+        live_rows: bool = False) -> tuple[torch.Tensor, PruneStats]:
     """Pruned forward up to the final norm. Returns ``(prefix, stats)``, ``prefix: (B, P, C)`` final-normed
     prefix tokens (what timm's ``forward_head`` reads). ``probe(stage, scores (B, L), candidates (B, L))`` sees
-    each stage's scores (calibration; ``None`` in normal use)."""
+    each stage's scores (calibration; ``None`` in normal use). ``live_rows`` (packed only): after a stage
+    whose buffer has unused rows (adaptive counts), the Linear layers compute only the live rows."""
     P = model.num_prefix_tokens
     x = model.norm_pre(model.patch_drop(model._pos_embed(model.patch_embed(images))))
     B, N0, C = x.shape
@@ -197,7 +226,8 @@ def run(model, images: torch.Tensor, cfg: PruningConfig, plans: tuple[StagePlan,
                 sel = _select_pre(plan, cfg, x, meta, predictors, P, probe)
                 x, tok, meta = _apply(plan, sel, x, tok, meta)
                 kept.append(sel.count)
-        y, q, k, v, scale = _attention_half(blk, x, meta, attend)
+        linear = _live_linear(meta) if live_rows and packed and not meta.uniform else None
+        y, q, k, v, scale = _attention_half(blk, x, meta, attend, linear)
         if plan is not None and plan.mid:
             if plan.noop:
                 kept.append(meta.lengths)
@@ -205,7 +235,8 @@ def run(model, images: torch.Tensor, cfg: PruningConfig, plans: tuple[StagePlan,
                 sel = _select_mid(plan, cfg, y, q, k, v, scale, meta, P, probe)
                 y, tok, meta = _apply(plan, sel, y, tok, meta)
                 kept.append(sel.count)
-        x = y + blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(y))))
+                linear = _live_linear(meta) if live_rows and packed and not meta.uniform else None
+        x = y + blk.drop_path2(blk.ls2(_mlp(blk.mlp, blk.norm2(y), linear if fusable_mlp(blk.mlp) else None)))
     prefix = model.norm(dense_view(x, meta)[:, :P] if meta.dense_identity else x[meta.dense_rows[:, :P]])
     num_patches = N0 - P
     t = tok.long()

@@ -88,6 +88,7 @@ class PrunedViT(nn.Module):
         self.plan = plan
         self.layout = layout
         self.attention = attention
+        self.live_rows: bool | None = None  # see prune(live_rows=...)
         self.num_prefix_tokens = model.num_prefix_tokens
         self.num_patches = model.patch_embed.num_patches
         self.last_stats: PruneStats | None = None
@@ -114,7 +115,8 @@ class PrunedViT(nn.Module):
         """``(B, 3, H, W)`` images -> ``(B, P, C)`` final-normed prefix tokens (CLS, and DIST if distilled)."""
         prefix, stats = run(self.backbone, images, self.pruning_config, self.plan,
                             getattr(self, "score_predictor", None), packed=self.layout == "packed",
-                            attend=self._attend(images.device), probe=probe)
+                            attend=self._attend(images.device), probe=probe,
+                            live_rows=images.is_cuda if self.live_rows is None else self.live_rows)
         self.last_stats = stats
         return prefix
 
@@ -133,7 +135,7 @@ class PrunedViT(nn.Module):
 
 
 def prune(model: nn.Module, method: str, *, layout: str = "packed", attention: str = "triton",
-          **options) -> PrunedViT:
+          live_rows: bool | None = None, **options) -> PrunedViT:
     """Token-pruned view of a timm DeiT/ViT that shares its weights.
 
     Args:
@@ -145,6 +147,10 @@ def prune(model: nn.Module, method: str, *, layout: str = "packed", attention: s
             ``(B, max_kept, C)`` grid padded to the batch maximum, SDPA with a key-padding mask.
         attention: packed layout only: a backend name of :func:`raggedvit.ops.backends.get_backend`
             (``"triton"``, ``"reference"``, ...). Ignored by the padded layout (always SDPA).
+        live_rows: packed layout only: after an adaptive stage (whose static buffer holds more rows than
+            tokens), run the Linear layers with :func:`raggedvit.ops.linear.ragged_linear`, which reads the live
+            row count on the device and skips the tiles past it (and fuses fc1 + GELU). ``None`` (default): on
+            for CUDA inputs, off on CPU; ``True`` on CPU needs the Triton interpreter.
         **options: keyword-only method options (defaults from the spec):
 
             * all methods but ``"none"``: ``variant`` (``"fixed"`` or ``"adaptive"``; default ``"fixed"``
@@ -189,4 +195,8 @@ def prune(model: nn.Module, method: str, *, layout: str = "packed", attention: s
                 isinstance(p, nn.Module) and _predictor_width(p) in (None, embed_dim) for p in predictors)):
             raise ValueError(f"prune: predictors must be an nn.ModuleList of {len(config.stages)} "
                              f"Predictor({embed_dim})-like modules (one per stage), got {predictors!r:.200}")
-    return PrunedViT(model, config, plan, layout, attention, predictors)
+    if live_rows not in (None, True, False):
+        raise ValueError(f"prune: live_rows must be None, True or False, got {live_rows!r}")
+    pruned = PrunedViT(model, config, plan, layout, attention, predictors)
+    pruned.live_rows = live_rows
+    return pruned

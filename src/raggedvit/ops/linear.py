@@ -17,12 +17,17 @@ launcher = DirectLauncher(ragged_linear_fwd, "ragged_linear")
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
-def _config(dtype: torch.dtype, n: int) -> tuple[int, int, int, int, int]:
-    """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages): fixed per dtype and width, never per row count."""
+def _config(dtype: torch.dtype, m: int, n: int) -> tuple[int, int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) from the dtype and the buffer's static shape.
+
+    ``m`` is the buffer capacity (a host int fixed per batch size and stage), never the live row count, so
+    a captured graph and a sweep of lengths keep one compiled variant per shape class (two at most)."""
     if launcher.interpreted:
         return 32, 32, 32, 4, 1
     if dtype == torch.float32:
         return 64, 64, 32, 4, 3
+    if m * n < 128 * 256 * 264:  # under two waves of large tiles on 132 SMs: small tiles keep SMs busy
+        return 64, 64, 64, 4, 3
     return 128, (256 if n >= 256 else 64), 64, 8, 3  # best of 8 configs on an H100 (deit-S/B shapes)
 
 
@@ -80,13 +85,13 @@ def ragged_linear(
         _fail(f"out must be ({M}, {N}) {x.dtype} on x's device with last stride 1")
     if M == 0 or N == 0:
         return out
-    bm, bn, bk, num_warps, num_stages = _config(x.dtype, N)
+    bm, bn, bk, num_warps, num_stages = _config(x.dtype, M, N)
     grid = (triton_cdiv(M, bm) * triton_cdiv(N, bn), 1, 1)
     b = weight if bias is None else bias
     rest = (M, N, K, x.stride(0), weight.stride(0), out.stride(0), bias is not None, gelu, x.dtype == torch.float32,
             launcher.interpreted and x.dtype == torch.bfloat16, bm, bn, bk, 8)  # M is per call, the rest per key
     ptrs = (x.data_ptr(), weight.data_ptr(), b.data_ptr(), out.data_ptr(), live_rows.data_ptr())
-    key = (x.dtype, dev, N, K, x.stride(0), out.stride(0), bias is not None, gelu) if all(
+    key = (x.dtype, dev, N, K, bm, x.stride(0), out.stride(0), bias is not None, gelu) if all(
         p % 16 == 0 for p in ptrs[:4]) and ptrs[4] % 4 == 0 else None
     entry = launcher.cache.get(key) if key is not None else None
     if entry is not None and launcher.usable(dev):
