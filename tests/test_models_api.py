@@ -292,8 +292,10 @@ def count_ops(pruned, images) -> int:
 
 # Ops per pruning stage (packed, reference attention), beyond the unpruned forward. The fused CLS attention
 # row (EViT, ATS; one Triton launch on the GPU) counts as one op. DynamicViT includes its predictor MLP.
+# Adaptive compaction spends two ops on a scatter permutation (no contended dump row: 0.77 ms less at
+# batch 256 on an H100), hence 34 for threshold_l2.
 OP_BUDGETS = [("threshold_l2", {"variant": "fixed"}, 10), ("evit", {}, 15), ("ats", {"variant": "fixed"}, 14),
-              ("dynamicvit", {}, 26), ("threshold_l2", {}, 32), ("evit", {"variant": "adaptive"}, 44),
+              ("dynamicvit", {}, 26), ("threshold_l2", {}, 34), ("evit", {"variant": "adaptive"}, 44),
               ("dynamicvit", {"variant": "adaptive"}, 48), ("ats", {}, 58)]
 
 

@@ -247,7 +247,8 @@ def compact(meta: RaggedMeta, sel: Selection, sources: list[tuple[torch.Tensor, 
         ``(new_meta, new_rows)``. Packed: ``capacity = B * sel.width``, new ``cu_seqlens`` from ``count``;
         padded: a ``(B, width)`` grid. Unused rows are zero. Exact selections reuse the cached uniform
         metadata and gather straight into the new buffer; others gather the kept rows and scatter them to
-        their packed places (unique destinations, unused ones go to a dump row), deterministic.
+        their packed places with a permutation (the zeroed unused entries fill the rows past the live
+        total), deterministic.
     """
     batch, L = meta.batch, meta.max_seqlen
     device = sel.count.device
@@ -276,19 +277,22 @@ def compact(meta: RaggedMeta, sel: Selection, sources: list[tuple[torch.Tensor, 
         is_extra = index == L
         index = index.clamp(max=L - 1)
     src = meta.dense_rows.gather(1, index).reshape(-1)
-    dest = None if meta.padded else torch.where(new.dense_valid, new.dense_rows,
-                                                const(new.capacity, torch.int64, device)).reshape(-1)
+    dest = None
+    if not meta.padded:
+        # A bijection onto the new buffer: entry (b, l) < count[b] goes to row cu[b] + l; the unused entries,
+        # in order, fill rows [total, capacity). Every row is written once: no dump row, no write contention.
+        cu = new.cu_seqlens.long()
+        flat = arange(batch * width, device).view(batch, width)
+        dest = torch.where(new.dense_valid, new.dense_rows, flat + (cu[-1] - cu[1:, None])).reshape(-1)
     for rows, extra in sources:
         tail = rows.shape[1:]
         shape = (batch, width) + (1,) * len(tail)
         g = rows[src].view(batch, width, *tail)
         if has_extra:
             g = torch.where(is_extra.view(shape), extra.to(rows.dtype).view(batch, 1, *tail), g)
+        g = torch.where(new.dense_valid.view(shape), g, const(0, g.dtype, g.device)).view(batch * width, *tail)
         if meta.padded:
-            zero = const(0, g.dtype, g.device)
-            out.append(torch.where(new.dense_valid.view(shape), g, zero).view(batch * width, *tail))
+            out.append(g)
         else:
-            buf = rows.new_zeros(new.capacity + 1, *tail)  # the last row collects the unused entries
-            buf.index_copy_(0, dest, g.view(batch * width, *tail))
-            out.append(buf[: new.capacity])
+            out.append(torch.empty_like(g).index_copy_(0, dest, g))
     return new, out
