@@ -131,8 +131,3 @@ class DirectLauncher:
             self.conventions[key] = convention
             self._counts["compiled_keys"] += 1
             self._single_device = torch.cuda.device_count() == 1
-
-
-def triton_version() -> str:
-    """The installed Triton version string."""
-    return triton.__version__
