@@ -26,7 +26,6 @@ from collections import Counter
 from typing import Any
 
 import torch
-import triton
 from triton.runtime.jit import JITFunction
 
 try:  # Triton >= 3.3 keeps launch hooks in knobs (3.6+: HookChain objects, empty by default).
