@@ -69,6 +69,28 @@ def attend_padded(q, k, v, meta: RaggedMeta, scale: float) -> torch.Tensor:
     return out.transpose(1, 2).reshape(B * L, H, D)
 
 
+_COMPILED: dict = {}
+
+
+def compiled(fn):
+    """``torch.compile(fn)`` (static shapes, one graph), made once per function.
+
+    For the selection functions whose many small tensor ops dominate a stage at small batch (ATS sampling):
+    inductor fuses them into a few kernels. Compiling happens at the first call per shape, so run one eager
+    forward before CUDA-graph capture (``capture`` does). The recompile limit is raised so that several batch
+    sizes and stage widths in one process never fall back to uncompiled code.
+    """
+    c = _COMPILED.get(fn)
+    if c is None:
+        import torch._dynamo.config as dynamo_config
+
+        for name in ("recompile_limit", "cache_size_limit"):
+            if hasattr(dynamo_config, name):
+                setattr(dynamo_config, name, max(getattr(dynamo_config, name), 64))
+        c = _COMPILED[fn] = torch.compile(fn, dynamic=False, fullgraph=True)
+    return c
+
+
 def _live_linear(meta: RaggedMeta):
     """``linear(module, x, gelu=False)`` that computes only the live rows of a packed buffer (zeros past
     ``cu_seqlens[-1]``, read on the device by :func:`raggedvit.ops.linear.ragged_linear`)."""
@@ -160,7 +182,8 @@ def _cls_mean(q, k, meta: RaggedMeta, scale: float) -> torch.Tensor:
     return cls_attention_mean(q, k, starts, ends, meta.max_seqlen, scale=scale)
 
 
-def _select_mid(plan: StagePlan, cfg: PruningConfig, y, q, k, v, scale, meta, P: int, probe):
+def _select_mid(plan: StagePlan, cfg: PruningConfig, y, q, k, v, scale, meta, P: int, probe,
+                compile_selection: bool = False):
     valid = None if meta.uniform else meta.dense_valid
     score = _cls_mean(q, k, meta, scale)  # head mean; ATS's head sum is a constant multiple of it
     fixed = cfg.variant == "fixed"
@@ -181,7 +204,8 @@ def _select_mid(plan: StagePlan, cfg: PruningConfig, y, q, k, v, scale, meta, P:
         probe(plan.index, s / s.sum(1, keepdim=True).clamp(min=torch.finfo(torch.float32).tiny), cand)
     if fixed:
         return ats.select_topk(sig, valid, P, plan.keep)
-    return ats.select_sampling(sig, valid, P, num_samples=cfg.num_samples)
+    select = compiled(ats.select_sampling) if compile_selection else ats.select_sampling
+    return select(sig, valid, P, num_samples=cfg.num_samples)
 
 
 def _apply(plan: StagePlan, sel, x, tok, meta: RaggedMeta):
@@ -203,11 +227,12 @@ def _apply(plan: StagePlan, sel, x, tok, meta: RaggedMeta):
 
 def run(model, images: torch.Tensor, cfg: PruningConfig, plans: tuple[StagePlan, ...], predictors, *,
         packed: bool, attend: Attend, probe: Probe | None = None,
-        live_rows: bool = False) -> tuple[torch.Tensor, PruneStats]:
+        live_rows: bool = False, compile_selection: bool = False) -> tuple[torch.Tensor, PruneStats]:
     """Pruned forward up to the final norm. Returns ``(prefix, stats)``, ``prefix: (B, P, C)`` final-normed
     prefix tokens (what timm's ``forward_head`` reads). ``probe(stage, scores (B, L), candidates (B, L))`` sees
     each stage's scores (calibration; ``None`` in normal use). ``live_rows`` (packed only): after a stage
-    whose buffer has unused rows (adaptive counts), the Linear layers compute only the live rows."""
+    whose buffer has unused rows (adaptive counts), the Linear layers compute only the live rows.
+    ``compile_selection``: run ATS's sampling through :func:`compiled` (``torch.compile``)."""
     P = model.num_prefix_tokens
     x = model.norm_pre(model.patch_drop(model._pos_embed(model.patch_embed(images))))
     B, N0, C = x.shape
@@ -232,7 +257,7 @@ def run(model, images: torch.Tensor, cfg: PruningConfig, plans: tuple[StagePlan,
             if plan.noop:
                 kept.append(meta.lengths)
             else:
-                sel = _select_mid(plan, cfg, y, q, k, v, scale, meta, P, probe)
+                sel = _select_mid(plan, cfg, y, q, k, v, scale, meta, P, probe, compile_selection)
                 y, tok, meta = _apply(plan, sel, y, tok, meta)
                 kept.append(sel.count)
                 linear = _live_linear(meta) if live_rows and packed and not meta.uniform else None
