@@ -1,4 +1,4 @@
-"""The ``raggedvit`` command line: ``bench attention|e2e``, ``demo``, ``eval``, ``report``.
+"""The ``raggedvit`` command line: ``bench attention|e2e|exactness``, ``demo``, ``eval``, ``report``.
 
 Each subcommand lives in its own module exposing ``add_arguments(parser)`` and ``main(args) -> int``;
 this file only wires them up, importing a module when its command runs.
