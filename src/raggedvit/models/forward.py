@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from ..ops.cls_attention import cls_attention_mean
+from ..ops.compact import compact_packed
+from ..ops.compact import launcher as compact_launcher
 from ..ops.linear import ragged_linear
 from ..pruning import ats, dynamicvit, evit, threshold_l2
 from ..pruning.ragged import RaggedMeta, cached, compact, dense_view, uniform_meta
@@ -212,6 +214,14 @@ def _apply(plan: StagePlan, sel, x, tok, meta: RaggedMeta):
     """Compact the rows ``x`` and gather the dense token ids ``tok: (B, L (+1))`` (last column -1 when the
     selection may point at an appended token)."""
     width = None
+    if not meta.padded and not sel.exact and (x.is_cuda or compact_launcher.interpreted):  # one Triton launch
+        if sel.width != plan.width_out:
+            raise RuntimeError(f"stage {plan.index}: selection width {sel.width} != planned {plan.width_out}")
+        extra = None if sel.extra is None else sel.extra.to(x.dtype)
+        x, cu, rows, valid, tok = compact_packed(x, extra, meta.dense_rows, sel.index[:, :sel.width], sel.count, tok,
+                                                 sel.width)
+        B = meta.batch
+        return x, tok, RaggedMeta(B, sel.width, B * sel.width, sel.count, cu, rows, valid, False)
     if meta.padded and not sel.exact:
         width = int(sel.count.max())  # padded baseline: pad to the batch maximum (one device read)
     elif not meta.padded and sel.width != plan.width_out:
