@@ -292,9 +292,10 @@ def count_ops(pruned, images) -> int:
 
 # Ops per pruning stage (packed, reference attention), beyond the unpruned forward. The fused CLS attention
 # row (EViT, ATS; one Triton launch on the GPU) counts as one op. DynamicViT includes its predictor MLP.
-# Adaptive compaction (rows, cu_seqlens, dense view, token ids) is one launch too (ops.compact_packed).
-OP_BUDGETS = [("threshold_l2", {"variant": "fixed"}, 8), ("evit", {}, 12), ("ats", {"variant": "fixed"}, 10),
-              ("dynamicvit", {}, 24), ("threshold_l2", {}, 20), ("evit", {"variant": "adaptive"}, 25),
+# Adaptive compaction (rows, cu_seqlens, dense view, token ids) is one launch too (ops.compact_packed), and
+# so is Threshold-L2's whole selection (ops.l2_select).
+OP_BUDGETS = [("threshold_l2", {"variant": "fixed"}, 4), ("evit", {}, 12), ("ats", {"variant": "fixed"}, 10),
+              ("dynamicvit", {}, 24), ("threshold_l2", {}, 3), ("evit", {"variant": "adaptive"}, 25),
               ("dynamicvit", {"variant": "adaptive"}, 35), ("ats", {}, 44)]
 
 
@@ -312,7 +313,7 @@ def test_ops_per_stage(method, opts, budget, monkeypatch):
             return out
         return call
 
-    for name in ("cls_attention_mean", "compact_packed"):
+    for name in ("cls_attention_mean", "compact_packed", "l2_select"):
         monkeypatch.setattr(forward, name, one_op(getattr(forward, name)))
     model, preds = make_model(img_size=SMALL)
     images = make_images(2, SMALL)

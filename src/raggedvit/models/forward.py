@@ -19,9 +19,11 @@ from ..ops.cls_attention import cls_attention_mean
 from ..ops.compact import compact_packed
 from ..ops.compact import launcher as compact_launcher
 from ..ops.linear import ragged_linear
+from ..ops.select import l2_select
+from ..ops.select import launcher as select_launcher
 from ..pruning import ats, dynamicvit, evit, threshold_l2
-from ..pruning.ragged import RaggedMeta, cached, compact, dense_view, uniform_meta
-from ..pruning.selection import candidates
+from ..pruning.ragged import RaggedMeta, Selection, cached, compact, dense_view, uniform_meta
+from ..pruning.selection import candidates, fixed_count
 from .config import PruningConfig, StagePlan
 
 Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, RaggedMeta, float], torch.Tensor]
@@ -159,6 +161,15 @@ def _select_pre(plan: StagePlan, cfg: PruningConfig, x, meta, predictors, P: int
             return dynamicvit.select_topk(score, valid, P, plan.keep)
         return dynamicvit.select_threshold(score, valid, P, threshold=cfg.keep_threshold, k_min=cfg.k_min,
                                            k_max=k_max)
+    if probe is None and not meta.padded and (x.is_cuda or select_launcher.interpreted):  # one Triton launch
+        if fixed:
+            index, _ = l2_select(x, meta.dense_rows, meta.lengths, P, P + plan.keep, k=plan.keep)
+            return Selection(index, fixed_count(meta.batch, P + plan.keep, x.device), P + plan.keep, True)
+        t = None if cfg.thresholds is None else cfg.thresholds[plan.index]
+        width = P + min(meta.max_seqlen - P, meta.max_seqlen if k_max is None else k_max)
+        index, count = l2_select(x, meta.dense_rows, meta.lengths, P, width, threshold=t,
+                                 alpha=cfg.alpha if t is None else None, k_min=cfg.k_min, k_max=k_max)
+        return Selection(index, count, width, False)
     score = dense_view(threshold_l2.l2_scores(x), meta)
     if probe is not None:
         probe(plan.index, score, _candidates(meta, P))

@@ -1,0 +1,59 @@
+"""Tests for raggedvit.ops.select (Triton kernel under the interpreter on CPU): the same keep decisions as
+the torch Threshold-L2 selection functions."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from raggedvit.ops.select import l2_select
+from raggedvit.pruning import threshold_l2
+from raggedvit.pruning.ragged import dense_view, meta_from_counts, uniform_meta
+
+from conftest import DEVICE
+
+
+def _kept(index, count):
+    return [index[b, : int(count[b])].tolist() for b in range(index.shape[0])]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("rule", ["fixed", "absolute", "relative", "clamped"])
+@pytest.mark.parametrize("prefix", [1, 2])
+def test_matches_torch_selection(dtype, rule, prefix):
+    lengths = [prefix, prefix + 1, 40, 9, 57, 23]
+    L, C = 57, 24
+    uniform = rule == "fixed"
+    meta = uniform_meta(4, L, DEVICE) if uniform else meta_from_counts(torch.tensor(lengths, device=DEVICE), L)
+    x = (torch.randn(meta.capacity, C, device=DEVICE) * torch.rand(meta.capacity, 1, device=DEVICE) * 3).to(dtype)
+    x[3] = x[5]  # an exact tie between two positions
+    score = dense_view(threshold_l2.l2_scores(x), meta)
+    valid = None if uniform else meta.dense_valid
+    if rule == "fixed":
+        want = threshold_l2.select_topk(score, valid, prefix, 20)
+        got = l2_select(x, meta.dense_rows, meta.lengths, prefix, prefix + 20, k=20)
+    else:
+        opts = dict(k_min=1, k_max=None)
+        if rule == "absolute":
+            live = score[:, prefix:][valid[:, prefix:]]  # a midpoint between two norms: no exact tie with T
+            opts["threshold"] = threshold_l2.quantile_threshold(live.float(), 0.5)
+        elif rule == "relative":
+            opts["alpha"] = 1.0
+        else:
+            opts.update(alpha=0.8, k_min=5, k_max=12)
+        want = threshold_l2.select_threshold(score, valid, prefix, **opts)
+        got = l2_select(x, meta.dense_rows, meta.lengths, prefix, want.width, **opts)
+    index, count = got
+    assert index.shape == (meta.batch, want.width)
+    assert torch.equal(count, want.count)
+    assert _kept(index, count) == _kept(want.index, want.count)
+
+
+def test_errors():
+    x = torch.randn(8, 4, device=DEVICE)
+    rows = torch.arange(8, device=DEVICE).view(2, 4)
+    n = torch.full((2,), 4, device=DEVICE)
+    with pytest.raises(ValueError, match="exactly one"):
+        l2_select(x, rows, n, 1, 3)
+    with pytest.raises(ValueError, match="int64"):
+        l2_select(x, rows.int(), n, 1, 3, alpha=1.0)
