@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import dataclasses
 
 import pytest
@@ -315,8 +317,8 @@ def test_ops_per_stage(method, opts, budget, monkeypatch):
 
     for name in ("cls_attention_mean", "compact_packed", "l2_select"):
         monkeypatch.setattr(forward, name, one_op(getattr(forward, name)))
-    model, preds = make_model(img_size=SMALL)
-    images = make_images(2, SMALL)
+    model, preds = copy.deepcopy(make_model(img_size=SMALL))  # on the GPU machine: CUDA, as the kernels need
+    model, preds, images = model.to(DEVICE), preds.to(DEVICE), make_images(2, SMALL).to(DEVICE)
     base = count_ops(raggedvit.prune(model, "none", attention="reference").eval(), images)
     extra = {"predictors": preds} if method == "dynamicvit" else {}
     pruned = raggedvit.prune(model, method, attention="reference", **extra, **opts).eval()
