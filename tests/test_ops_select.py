@@ -57,3 +57,39 @@ def test_errors():
         l2_select(x, rows, n, 1, 3)
     with pytest.raises(ValueError, match="int64"):
         l2_select(x, rows.int(), n, 1, 3, alpha=1.0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("rule", ["fixed", "mass", "mass_clamped"])
+@pytest.mark.parametrize("fuse", [True, False])
+@pytest.mark.parametrize("prefix", [1, 2])
+def test_evit_matches_torch_selection(dtype, rule, fuse, prefix):
+    from raggedvit.ops.select import evit_select
+    from raggedvit.pruning import evit
+
+    L, C = 45, 24
+    uniform = rule == "fixed"
+    lengths = [prefix, prefix + 1, 40, 9, 45, 23]
+    meta = uniform_meta(4, L, DEVICE) if uniform else meta_from_counts(torch.tensor(lengths, device=DEVICE), L)
+    y = torch.randn(meta.capacity, C, device=DEVICE).to(dtype)
+    score = torch.softmax(torch.randn(meta.batch, L, device=DEVICE) * 2, dim=1)
+    score[:, 7] = score[:, 9]  # an exact tie
+    score = torch.where(meta.dense_valid, score, torch.rand_like(score))  # garbage past the lengths
+    valid = None if uniform else meta.dense_valid
+    y_dense = dense_view(y, meta)
+    if rule == "fixed":
+        want = evit.select_topk(score, valid, prefix, 20, fuse=fuse, y_dense=y_dense)
+        got = evit_select(score, y, meta.dense_rows, meta.lengths, prefix, want.width, k=20, fuse=fuse)
+    else:
+        opts = dict(mass=0.6) if rule == "mass" else dict(mass=0.9, k_min=3, k_max=11)
+        want = evit.select_mass(score, valid, prefix, fuse=fuse, y_dense=y_dense, **opts)
+        got = evit_select(score, y, meta.dense_rows, meta.lengths, prefix, want.width, fuse=fuse, **opts)
+    index, count, extra = got
+    assert torch.equal(count, want.count)
+    assert _kept(index, count) == _kept(want.index, want.count)
+    if fuse:
+        has = index.gather(1, (count - 1).clamp(min=0)[:, None])[:, 0] == L
+        tol = 1e-5 if dtype == torch.float32 else 2e-3
+        torch.testing.assert_close(extra[has].float(), want.extra[has].float(), atol=tol, rtol=tol)
+    else:
+        assert extra is None

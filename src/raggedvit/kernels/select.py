@@ -65,3 +65,61 @@ def l2_select_fwd(
     tl.store(INDEX + b * W + pos, tl.where(pos < P, pos, 0).to(tl.int64), mask=(pos < W) & ((pos < P) | (pos >= count)))
     tl.store(INDEX + b * W + slot, pos.to(tl.int64), mask=keep)
     tl.store(COUNT + b, count.to(tl.int64))
+
+
+@triton.jit(do_not_specialize=["B", "L", "W", "C", "P", "stride_s", "stride_y", "stride_dr", "K", "K_MIN", "K_MAX",
+                               "MASS"])
+def evit_select_fwd(
+    SCORE, Y, DENSE_ROWS, LENGTHS, INDEX, COUNT, EXTRA,
+    B, L, W, C, P, stride_s, stride_y, stride_dr,
+    K, K_MIN, K_MAX, MASS,
+    FIXED: tl.constexpr,
+    FUSE: tl.constexpr,
+    BLOCK_L: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_J: tl.constexpr,
+):
+    """EViT selection of one image per program: ranks by CLS attention ``SCORE[b, l]`` (descending, ties:
+    lower position first), ``K`` kept (fixed) or the shortest best-first prefix holding ``MASS`` of the
+    attention (clamped), kept tokens written best first, then the fused token (index ``L``, value
+    ``EXTRA[b] = sum of score * y`` over the dropped candidates, fp32) when ``FUSE`` and something was dropped.
+    """
+    b = tl.program_id(0)
+    pos = tl.arange(0, BLOCK_L)
+    n_b = tl.load(LENGTHS + b).to(tl.int32)
+    cand = (pos >= P) & (pos < n_b)
+    a = tl.load(SCORE + b * stride_s + pos, mask=cand, other=0.0).to(tl.float32)
+    rank = tl.zeros([BLOCK_L], dtype=tl.int32)
+    before = tl.zeros([BLOCK_L], dtype=tl.float32)  # attention mass of the better candidates
+    for j0 in range(0, L, BLOCK_J):
+        js = j0 + tl.arange(0, BLOCK_J)
+        cj = (js >= P) & (js < n_b)
+        aj = tl.load(SCORE + b * stride_s + js, mask=cj, other=0.0).to(tl.float32)
+        better = ((aj[None, :] > a[:, None]) | ((aj[None, :] == a[:, None]) & (js[None, :] < pos[:, None]))) \
+            & cj[None, :]
+        rank += tl.sum(better.to(tl.int32), axis=1)
+        if not FIXED:
+            before += tl.sum(tl.where(better, aj[None, :], 0.0), axis=1)
+    avail = tl.maximum(n_b - P, 0)
+    if FIXED:
+        num = tl.minimum(avail, K)
+    else:
+        target = MASS * tl.sum(a, axis=0)
+        passing = tl.sum((cand & (before < target)).to(tl.int32), axis=0)
+        num = tl.minimum(tl.minimum(tl.maximum(passing, K_MIN), K_MAX), avail)
+    keep = cand & (rank < num)
+    has_extra = FUSE & (num < avail)
+    count = P + num + has_extra.to(tl.int32)
+    filler = tl.where(pos < P, pos, tl.where(has_extra & (pos == P + num), L, 0))
+    tl.store(INDEX + b * W + pos, filler.to(tl.int64), mask=(pos < W) & ((pos < P) | (pos >= P + num)))
+    tl.store(INDEX + b * W + P + rank, pos.to(tl.int64), mask=keep)
+    tl.store(COUNT + b, count.to(tl.int64))
+    if FUSE:
+        drop = cand & (rank >= num)
+        rows = tl.load(DENSE_ROWS + b * stride_dr + pos, mask=drop, other=0).to(tl.int64)
+        for c0 in range(0, C, BLOCK_C):
+            cols = c0 + tl.arange(0, BLOCK_C)
+            v = tl.load(Y + rows[:, None] * stride_y + cols[None, :], mask=drop[:, None] & (cols[None, :] < C),
+                        other=0.0).to(tl.float32)
+            e = tl.sum(v * tl.where(drop, a, 0.0)[:, None], axis=0)
+            tl.store(EXTRA + b * C + cols, e.to(EXTRA.dtype.element_ty), mask=cols < C)

@@ -19,7 +19,7 @@ from ..ops.cls_attention import cls_attention_mean
 from ..ops.compact import compact_packed
 from ..ops.compact import launcher as compact_launcher
 from ..ops.linear import ragged_linear
-from ..ops.select import l2_select
+from ..ops.select import evit_launcher, evit_select, l2_select
 from ..ops.select import launcher as select_launcher
 from ..pruning import ats, dynamicvit, evit, threshold_l2
 from ..pruning.ragged import RaggedMeta, Selection, cached, compact, dense_view, uniform_meta
@@ -229,6 +229,13 @@ def _select_mid(plan: StagePlan, cfg: PruningConfig, y, q, k, v, scale, meta, P:
     fixed = cfg.variant == "fixed"
     k_max = cfg.stage_k_max(plan.index)
     if cfg.method == "evit":
+        if probe is None and not meta.padded and (y.is_cuda or evit_launcher.interpreted):  # one Triton launch
+            opts = dict(k=plan.keep) if fixed else dict(mass=cfg.mass, k_min=cfg.k_min, k_max=k_max)
+            index, count, extra = evit_select(score, y, meta.dense_rows, meta.lengths, P, plan.width_out,
+                                              fuse=cfg.fuse, **opts)
+            if fixed:
+                count = fixed_count(meta.batch, plan.width_out, y.device)
+            return Selection(index, count, plan.width_out, fixed, extra)
         if probe is not None:
             probe(plan.index, score, _candidates(meta, P))
         y_dense = dense_view(y, meta) if cfg.fuse else None
@@ -252,13 +259,15 @@ def _apply(plan: StagePlan, sel, x, tok, meta: RaggedMeta):
     """Compact the rows ``x`` and gather the dense token ids ``tok: (B, L (+1))`` (last column -1 when the
     selection may point at an appended token)."""
     width = None
-    if not meta.padded and not sel.exact and (x.is_cuda or compact_launcher.interpreted):  # one Triton launch
+    if not meta.padded and (x.is_cuda or compact_launcher.interpreted):  # one Triton launch
         if sel.width != plan.width_out:
             raise RuntimeError(f"stage {plan.index}: selection width {sel.width} != planned {plan.width_out}")
         extra = None if sel.extra is None else sel.extra.to(x.dtype)
         x, cu, rows, valid, tok = compact_packed(x, extra, meta.dense_rows, sel.index[:, :sel.width], sel.count, tok,
                                                  sel.width)
         B = meta.batch
+        if sel.exact:  # every slot live: the cached uniform metadata (no masks downstream)
+            return x, tok, uniform_meta(B, sel.width, x.device)
         return x, tok, RaggedMeta(B, sel.width, B * sel.width, sel.count, cu, rows, valid, False)
     if meta.padded and not sel.exact:
         width = int(sel.count.max())  # padded baseline: pad to the batch maximum (one device read)
