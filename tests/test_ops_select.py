@@ -64,7 +64,7 @@ def test_errors():
 @pytest.mark.parametrize("fuse", [True, False])
 @pytest.mark.parametrize("prefix", [1, 2])
 def test_evit_matches_torch_selection(dtype, rule, fuse, prefix):
-    from raggedvit.ops.select import evit_select
+    from raggedvit.ops.select import best_first_select
     from raggedvit.pruning import evit
 
     L, C = 45, 24
@@ -79,11 +79,11 @@ def test_evit_matches_torch_selection(dtype, rule, fuse, prefix):
     y_dense = dense_view(y, meta)
     if rule == "fixed":
         want = evit.select_topk(score, valid, prefix, 20, fuse=fuse, y_dense=y_dense)
-        got = evit_select(score, y, meta.dense_rows, meta.lengths, prefix, want.width, k=20, fuse=fuse)
+        got = best_first_select(score, y, meta.dense_rows, meta.lengths, prefix, want.width, k=20, fuse=fuse)
     else:
         opts = dict(mass=0.6) if rule == "mass" else dict(mass=0.9, k_min=3, k_max=11)
         want = evit.select_mass(score, valid, prefix, fuse=fuse, y_dense=y_dense, **opts)
-        got = evit_select(score, y, meta.dense_rows, meta.lengths, prefix, want.width, fuse=fuse, **opts)
+        got = best_first_select(score, y, meta.dense_rows, meta.lengths, prefix, want.width, fuse=fuse, **opts)
     index, count, extra = got
     assert torch.equal(count, want.count)
     assert _kept(index, count) == _kept(want.index, want.count)
@@ -93,3 +93,35 @@ def test_evit_matches_torch_selection(dtype, rule, fuse, prefix):
         torch.testing.assert_close(extra[has].float(), want.extra[has].float(), atol=tol, rtol=tol)
     else:
         assert extra is None
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("rule", ["fixed", "threshold", "threshold_clamped"])
+def test_dynamicvit_matches_torch_selection(dtype, rule):
+    """Per-row scores (a strided column of the predictor's log-probabilities), best first."""
+    import math
+
+    from raggedvit.ops.select import best_first_select
+    from raggedvit.pruning import dynamicvit
+
+    L, prefix = 45, 1
+    uniform = rule == "fixed"
+    lengths = [1, 2, 40, 9, 45, 23]
+    meta = uniform_meta(4, L, DEVICE) if uniform else meta_from_counts(torch.tensor(lengths, device=DEVICE), L)
+    logp = torch.log_softmax(torch.randn(meta.capacity, 2, device=DEVICE) * 2, dim=-1).to(dtype)
+    logp[9] = logp[11]  # an exact tie
+    rows = dynamicvit.keep_scores(logp)  # (rows,), stride 2
+    score = dense_view(rows, meta)
+    valid = None if uniform else meta.dense_valid
+    y = torch.randn(meta.capacity, 8, device=DEVICE)
+    if rule == "fixed":
+        want = dynamicvit.select_topk(score, valid, prefix, 20)
+        got = best_first_select(rows, y, meta.dense_rows, meta.lengths, prefix, want.width, k=20)
+    else:
+        opts = dict(k_min=1, k_max=None) if rule == "threshold" else dict(k_min=4, k_max=9)
+        want = dynamicvit.select_threshold(score, valid, prefix, threshold=0.5, **opts)
+        got = best_first_select(rows, y, meta.dense_rows, meta.lengths, prefix, want.width, threshold=math.log(0.5),
+                                **opts)
+    index, count, extra = got
+    assert extra is None and torch.equal(count, want.count)
+    assert _kept(index, count) == _kept(want.index, want.count)

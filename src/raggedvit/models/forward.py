@@ -9,6 +9,7 @@ always run on the buffer rows; timm's own submodules are called by name, never c
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -19,7 +20,7 @@ from ..ops.cls_attention import cls_attention_mean
 from ..ops.compact import compact_packed
 from ..ops.compact import launcher as compact_launcher
 from ..ops.linear import ragged_linear
-from ..ops.select import evit_launcher, evit_select, l2_select
+from ..ops.select import best_first_launcher, best_first_select, l2_select
 from ..ops.select import launcher as select_launcher
 from ..pruning import ats, dynamicvit, evit, threshold_l2
 from ..pruning.ragged import RaggedMeta, Selection, cached, compact, dense_view, uniform_meta
@@ -181,6 +182,14 @@ def _select_pre(plan: StagePlan, cfg: PruningConfig, x, meta, predictors, P: int
     if cfg.method == "dynamicvit":
         cand = _candidates(meta, P)
         logp = predictors[plan.index](x, meta.seg_ids, meta.dense_rows, cand)
+        if probe is None and not meta.padded and (x.is_cuda or best_first_launcher.interpreted):  # one launch
+            rule = dict(k=plan.keep) if fixed else dict(threshold=math.log(cfg.keep_threshold), k_min=cfg.k_min,
+                                                        k_max=k_max)
+            index, count, _ = best_first_select(dynamicvit.keep_scores(logp), x, meta.dense_rows, meta.lengths, P,
+                                                plan.width_out, **rule)
+            if fixed:
+                count = fixed_count(meta.batch, plan.width_out, x.device)
+            return Selection(index, count, plan.width_out, fixed)
         score = dense_view(dynamicvit.keep_scores(logp), meta)
         if probe is not None:
             probe(plan.index, score, cand)
@@ -229,9 +238,9 @@ def _select_mid(plan: StagePlan, cfg: PruningConfig, y, q, k, v, scale, meta, P:
     fixed = cfg.variant == "fixed"
     k_max = cfg.stage_k_max(plan.index)
     if cfg.method == "evit":
-        if probe is None and not meta.padded and (y.is_cuda or evit_launcher.interpreted):  # one Triton launch
+        if probe is None and not meta.padded and (y.is_cuda or best_first_launcher.interpreted):  # one Triton launch
             opts = dict(k=plan.keep) if fixed else dict(mass=cfg.mass, k_min=cfg.k_min, k_max=k_max)
-            index, count, extra = evit_select(score, y, meta.dense_rows, meta.lengths, P, plan.width_out,
+            index, count, extra = best_first_select(score, y, meta.dense_rows, meta.lengths, P, plan.width_out,
                                               fuse=cfg.fuse, **opts)
             if fixed:
                 count = fixed_count(meta.batch, plan.width_out, y.device)
