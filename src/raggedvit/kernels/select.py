@@ -121,8 +121,10 @@ def best_first_select_fwd(
     if FUSE:
         drop = cand & (rank >= num)
         rows = tl.load(DENSE_ROWS + b * stride_dr + pos, mask=drop, other=0).to(tl.int64)
-        cols = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-        v = tl.load(Y + rows[:, None] * stride_y + cols[None, :], mask=drop[:, None] & (cols[None, :] < C),
-                    other=0.0).to(tl.float32)
-        e = tl.sum(v * tl.where(drop, a, 0.0)[:, None], axis=0)
-        tl.store(EXTRA + b * C + cols, e.to(EXTRA.dtype.element_ty), mask=cols < C)
+        w = tl.where(drop, a, 0.0)
+        for c0 in range(pid_c * BLOCK_C, C, tl.num_programs(1) * BLOCK_C):  # this program's channel blocks
+            cols = c0 + tl.arange(0, BLOCK_C)
+            v = tl.load(Y + rows[:, None] * stride_y + cols[None, :], mask=drop[:, None] & (cols[None, :] < C),
+                        other=0.0).to(tl.float32)
+            e = tl.sum(v * w[:, None], axis=0)
+            tl.store(EXTRA + b * C + cols, e.to(EXTRA.dtype.element_ty), mask=cols < C)
