@@ -294,9 +294,10 @@ def count_ops(pruned, images) -> int:
 # Ops per pruning stage (packed, reference attention), beyond the unpruned forward. The fused CLS attention
 # row (EViT, ATS; one Triton launch on the GPU) counts as one op. DynamicViT includes its predictor MLP.
 # Compaction (rows, cu_seqlens, dense view, token ids) is one launch (ops.compact_packed), and so are the whole
-# Threshold-L2 (norms + selection), EViT (fused token included) and DynamicViT selections (ops.select);
-# DynamicViT's remaining ops are its predictor MLP.
-OP_BUDGETS = [("threshold_l2", {"variant": "fixed"}, 3), ("evit", {}, 3), ("ats", {"variant": "fixed"}, 8),
+# Threshold-L2 (norms + selection), EViT (fused token included), DynamicViT and fixed ATS selections
+# (ops.select); DynamicViT's remaining ops are its predictor MLP, ATS sampling's are torch ops (compiled in
+# graph pipelines of the benchmark).
+OP_BUDGETS = [("threshold_l2", {"variant": "fixed"}, 3), ("evit", {}, 3), ("ats", {"variant": "fixed"}, 4),
               ("dynamicvit", {}, 20), ("threshold_l2", {}, 4), ("evit", {"variant": "adaptive"}, 4),
               ("dynamicvit", {"variant": "adaptive"}, 26), ("ats", {}, 44)]
 

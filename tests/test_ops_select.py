@@ -125,3 +125,23 @@ def test_dynamicvit_matches_torch_selection(dtype, rule):
     index, count, extra = got
     assert extra is None and torch.equal(count, want.count)
     assert _kept(index, count) == _kept(want.index, want.count)
+
+
+@pytest.mark.parametrize("uniform", [True, False])
+def test_ats_topk_matches_torch_selection(uniform):
+    """Significance = CLS attention x per-row value norm, the k best written in ascending order."""
+    from raggedvit.ops.select import best_first_select
+    from raggedvit.pruning import ats
+
+    L, prefix, k = 45, 1, 12
+    meta = uniform_meta(3, L, DEVICE) if uniform else meta_from_counts(torch.tensor([20, 45, 13], device=DEVICE), L)
+    score = torch.softmax(torch.randn(meta.batch, L, device=DEVICE), dim=1)
+    v_norm = torch.rand(meta.capacity, device=DEVICE) + 0.5
+    v_norm[4] = v_norm[6]
+    score[:, 4] = score[:, 6]  # an exact tie
+    sig = score * dense_view(v_norm, meta)
+    want = ats.select_topk(sig, None if uniform else meta.dense_valid, prefix, k)
+    y = torch.randn(meta.capacity, 8, device=DEVICE)
+    index, count, _ = best_first_select(score, y, meta.dense_rows, meta.lengths, prefix, want.width, k=k,
+                                        row_weight=v_norm, ascending=True)
+    assert torch.equal(count, want.count) and torch.equal(index, want.index)

@@ -61,11 +61,13 @@ def l2_select_fwd(
 @triton.jit(do_not_specialize=["B", "L", "W", "C", "P", "stride_s", "stride_y", "stride_dr", "K", "K_MIN", "K_MAX",
                                "MASS", "T"])
 def best_first_select_fwd(
-    SCORE, Y, DENSE_ROWS, LENGTHS, INDEX, COUNT, EXTRA,
+    SCORE, WEIGHT, Y, DENSE_ROWS, LENGTHS, INDEX, COUNT, EXTRA,
     B, L, W, C, P, stride_s, stride_y, stride_dr,
     K, K_MIN, K_MAX, MASS, T,
     RULE: tl.constexpr,  # 0: the K best; 1: attention mass MASS (EViT); 2: score > T (DynamicViT)
     BY_ROW: tl.constexpr,  # SCORE is per buffer row (row r at r * stride_s), else a (B, L) dense view
+    HAS_WEIGHT: tl.constexpr,  # multiply the score by WEIGHT[row] (ATS: CLS attention x value norm)
+    ASCENDING: tl.constexpr,  # write the kept tokens worst first (ATS order)
     FUSE: tl.constexpr,
     BLOCK_L: tl.constexpr,
     BLOCK_C: tl.constexpr,
@@ -86,6 +88,8 @@ def best_first_select_fwd(
                     other=0.0).to(tl.float32)
     else:
         a = tl.load(SCORE + b * stride_s + pos, mask=cand, other=0.0).to(tl.float32)
+    if HAS_WEIGHT:
+        a = a * tl.load(WEIGHT + tl.load(DENSE_ROWS + b * stride_dr + pos, mask=cand, other=0), mask=cand, other=0.0)
     rank = tl.zeros([BLOCK_L], dtype=tl.int32)
     before = tl.zeros([BLOCK_L], dtype=tl.float32)  # attention mass of the better candidates
     for j0 in range(0, L, BLOCK_J):
@@ -96,6 +100,9 @@ def best_first_select_fwd(
                          other=0.0).to(tl.float32)
         else:
             aj = tl.load(SCORE + b * stride_s + js, mask=cj, other=0.0).to(tl.float32)
+        if HAS_WEIGHT:
+            aj = aj * tl.load(WEIGHT + tl.load(DENSE_ROWS + b * stride_dr + js, mask=cj, other=0), mask=cj,
+                              other=0.0)
         better = ((aj[None, :] > a[:, None]) | ((aj[None, :] == a[:, None]) & (js[None, :] < pos[:, None]))) \
             & cj[None, :]
         rank += tl.sum(better.to(tl.int32), axis=1)
@@ -116,7 +123,8 @@ def best_first_select_fwd(
     if pid_c == 0:
         filler = tl.where(pos < P, pos, tl.where(has_extra & (pos == P + num), L, 0))
         tl.store(INDEX + b * W + pos, filler.to(tl.int64), mask=(pos < W) & ((pos < P) | (pos >= P + num)))
-        tl.store(INDEX + b * W + P + rank, pos.to(tl.int64), mask=keep)
+        slot = num - 1 - rank if ASCENDING else rank
+        tl.store(INDEX + b * W + P + slot, pos.to(tl.int64), mask=keep)
         tl.store(COUNT + b, count.to(tl.int64))
     if FUSE:
         drop = cand & (rank >= num)

@@ -253,7 +253,12 @@ def _select_mid(plan: StagePlan, cfg: PruningConfig, y, q, k, v, scale, meta, P:
         return evit.select_mass(score, valid, P, mass=cfg.mass, fuse=cfg.fuse, y_dense=y_dense, k_min=cfg.k_min,
                                 k_max=k_max)
     # ATS significance up to a positive per-image factor (normalisation cancels in the min-max CDF)
-    sig = score * dense_view(threshold_l2.l2_scores(v.reshape(v.shape[0], -1)), meta)
+    v_norm = threshold_l2.l2_scores(v.reshape(v.shape[0], -1))
+    if fixed and probe is None and not meta.padded and (y.is_cuda or best_first_launcher.interpreted):
+        index, _, _ = best_first_select(score, y, meta.dense_rows, meta.lengths, P, plan.width_out, k=plan.keep,
+                                        row_weight=v_norm, ascending=True)  # one launch
+        return Selection(index, fixed_count(meta.batch, plan.width_out, y.device), plan.width_out, True)
+    sig = score * dense_view(v_norm, meta)
     if probe is not None:
         cand = _candidates(meta, P)
         s = sig.masked_fill(~cand, 0.0)

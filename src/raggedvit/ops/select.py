@@ -86,7 +86,8 @@ def l2_select(x: torch.Tensor, dense_rows: torch.Tensor, lengths: torch.Tensor, 
 def best_first_select(score: torch.Tensor, y: torch.Tensor, dense_rows: torch.Tensor, lengths: torch.Tensor,
                       num_prefix: int, width: int, *, k: int | None = None, mass: float | None = None,
                       threshold: float | None = None, fuse: bool = False, k_min: int = 1,
-                      k_max: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+                      k_max: int | None = None, row_weight: torch.Tensor | None = None,
+                      ascending: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Best-first keep decisions (EViT, DynamicViT) of a ragged batch, and EViT's fused token.
 
     Args:
@@ -101,13 +102,17 @@ def best_first_select(score: torch.Tensor, y: torch.Tensor, dense_rows: torch.Te
             ``mass`` of the score total (EViT-mass); every candidate with ``score > threshold``. The last two
             are clamped to ``[k_min, k_max]`` and the candidates available.
         fuse: append the fused token (index ``L``) when something was dropped (EViT).
+        row_weight: fp32 ``(rows,)`` factor per buffer row (contiguous) multiplied into the score (ATS: the
+            value norm).
+        ascending: write the kept tokens worst first (ATS's order) instead of best first.
 
     Returns:
         ``(index, count, extra)``: int64 ``(B, width)`` (prefix, kept best first, the fused token, filler 0),
         int64 ``(B,)`` and ``(B, C)`` fused tokens in ``y.dtype`` (None without ``fuse``). Same decisions as
         :func:`raggedvit.pruning.evit.select_topk` / ``select_mass`` and
-        :func:`raggedvit.pruning.dynamicvit.select_topk` / ``select_threshold``, up to fp32 rounding of the
-        attention-mass sums. No host sync; CUDA tensors, or CPU tensors under the Triton interpreter.
+        :func:`raggedvit.pruning.dynamicvit.select_topk` / ``select_threshold`` and
+        :func:`raggedvit.pruning.ats.select_topk` (with ``row_weight``, ``ascending``), up to fp32 rounding
+        of the attention-mass sums. No host sync; CUDA tensors, or CPU tensors under the Triton interpreter.
     """
     rules = [r for r, v in ((0, k), (1, mass), (2, threshold)) if v is not None]
     if len(rules) != 1:
@@ -119,8 +124,10 @@ def best_first_select(score: torch.Tensor, y: torch.Tensor, dense_rows: torch.Te
     by_row = score.dim() == 1
     if score.dtype not in (torch.float32, torch.float16, torch.bfloat16) or not (by_row or score.stride(1) == 1) \
             or y.stride(1) != 1 or dense_rows.stride(1) != 1 or dense_rows.dtype != torch.int64 \
-            or lengths.dtype != torch.int64 or not lengths.is_contiguous():
-        raise ValueError("best_first_select: float scores, int64 dense_rows and lengths, last strides 1")
+            or lengths.dtype != torch.int64 or not lengths.is_contiguous() or (row_weight is not None and (
+                row_weight.dtype != torch.float32 or not row_weight.is_contiguous())):
+        raise ValueError("best_first_select: float scores, int64 dense_rows and lengths, last strides 1, "
+                         "contiguous fp32 row_weight")
     batch, L = dense_rows.shape
     C = y.shape[1]
     index = torch.empty(batch, width, dtype=torch.int64, device=y.device)
@@ -130,10 +137,11 @@ def best_first_select(score: torch.Tensor, y: torch.Tensor, dense_rows: torch.Te
     block_c = max(8, min(64, 4096 // block_l))
     ints = (batch, L, width, C, num_prefix, score.stride(0), y.stride(0), dense_rows.stride(0),
             k or 0, k_min, _BIG if k_max is None else k_max, float(mass or 0.0), float(threshold or 0.0))
-    tensors = (score, y, dense_rows, lengths, index, count, extra if fuse else count)
+    tensors = (score, score if row_weight is None else row_weight, y, dense_rows, lengths, index, count,
+               extra if fuse else count)
     # small batches split the fused token's channels over programs (each repeats the cheap ranking) to fill
     # the GPU; large ones already have a program per image per SM
     grid = (batch, max(1, min(-(-C // block_c), 128 // batch)) if fuse else 1)
-    _launch(best_first_launcher, dev, grid, tensors, ints, (rules[0], by_row, fuse, block_l, block_c, block_j),
-            (y.dtype, score.dtype))
+    flags = (rules[0], by_row, row_weight is not None, ascending, fuse, block_l, block_c, block_j)
+    _launch(best_first_launcher, dev, grid, tensors, ints, flags, (y.dtype, score.dtype))
     return index, count, extra
