@@ -230,8 +230,8 @@ def test_packed_forward_is_static_and_sync_free(method, opts):
     pruned = raggedvit.prune(model, method, attention="reference", **extra, **opts).eval()
     runs = []
     with torch.no_grad():
-        for _ in range(2):
-            images = make_images(2, SMALL)
+        for scale in (0.5, 2.0):  # different image statistics: different kept counts
+            images = make_images(2, SMALL) * scale
             rec = _Recorder()
             with rec:
                 pruned(images)

@@ -164,7 +164,7 @@ def test_packed_equals_padded_and_reference(case, name):
     if name == TINY_DIST and opts.get("variant") == "fixed" and method != "dynamicvit":
         pytest.skip("one fixed case per method family is enough for the distilled model")
     model, preds = make_model(name, img_size=SMALL)
-    images = make_images(3, SMALL)
+    images = make_images(3, SMALL) * torch.tensor([0.5, 1.0, 2.0]).view(3, 1, 1, 1)  # spread: ragged counts
     packed = _build(model, preds, method, opts, attention="reference")
     padded = _build(model, preds, method, opts, layout="padded")
     with torch.no_grad():
