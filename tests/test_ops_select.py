@@ -145,3 +145,22 @@ def test_ats_topk_matches_torch_selection(uniform):
     index, count, _ = best_first_select(score, y, meta.dense_rows, meta.lengths, prefix, want.width, k=k,
                                         row_weight=v_norm, ascending=True)
     assert torch.equal(count, want.count) and torch.equal(index, want.index)
+
+
+@pytest.mark.parametrize("uniform", [True, False])
+@pytest.mark.parametrize("num_samples", [1, 9, 60])
+def test_ats_sampling_matches_torch_selection(uniform, num_samples):
+    from raggedvit.ops.select import ats_select
+    from raggedvit.pruning import ats
+
+    L, prefix = 45, 1
+    lengths = [1, 2, 45, 13, 30, 3]
+    meta = uniform_meta(4, L, DEVICE) if uniform else meta_from_counts(torch.tensor(lengths, device=DEVICE), L)
+    score = torch.softmax(torch.randn(meta.batch, L, device=DEVICE) * 2, dim=1)
+    score[:, 5:8] = 0.0  # zero significance: flat CDF steps (first-of-value rule)
+    v_norm = torch.rand(meta.capacity, device=DEVICE) + 0.5
+    sig = score * dense_view(v_norm, meta)
+    want = ats.select_sampling(sig, None if uniform else meta.dense_valid, prefix, num_samples=num_samples)
+    index, count = ats_select(score, v_norm, meta.dense_rows, meta.lengths, prefix, want.width, num_samples)
+    assert torch.equal(count, want.count)
+    assert _kept(index, count) == _kept(want.index, want.count)

@@ -172,9 +172,8 @@ class Point:
         self.dims = vit_dims(model)
         self.n0 = self.dims.num_prefix + self.dims.num_patches
 
-    def pruned(self, layout, attention="triton", compile_selection=False):
-        return prune(self.model, self.pm, layout=layout, attention=attention, compile_selection=compile_selection,
-                     **self.options).eval()
+    def pruned(self, layout, attention="triton"):
+        return prune(self.model, self.pm, layout=layout, attention=attention, **self.options).eval()
 
     def run(self, pipeline: str) -> dict:
         row = dict(self.base, pipeline=pipeline, batch=self.batch, status="ok")
@@ -214,10 +213,7 @@ class Point:
                 kept = [[w] * self.batch for w in widths]
             else:
                 layout = "padded" if p == "padded_sdpa" else "packed"
-                # Graph pipelines compile ATS's sampling (torch.compile; compile time is reported in warmup_s).
-                compile_selection = p in GRAPHED and self.pm == "ats" and self.variant == "adaptive"
-                model = self.pruned(layout, backend or "triton", compile_selection=compile_selection)
-                extra["compile_selection"] = compile_selection
+                model = self.pruned(layout, backend or "triton")
                 if p == "raggedvit_graph":
                     from ..models.graph import capture
                     gv = capture(model, self.batch, example=self.x)

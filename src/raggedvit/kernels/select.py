@@ -136,3 +136,89 @@ def best_first_select_fwd(
                         other=0.0).to(tl.float32)
             e = tl.sum(v * w[:, None], axis=0)
             tl.store(EXTRA + b * C + cols, e.to(EXTRA.dtype.element_ty), mask=cols < C)
+
+
+@triton.jit(do_not_specialize=["B", "L", "W", "P", "M", "stride_s", "stride_dr"])
+def ats_select_fwd(
+    SCORE, WEIGHT, DENSE_ROWS, LENGTHS, INDEX, COUNT, SCRATCH,
+    B, L, W, P, M, stride_s, stride_dr,
+    BLOCK_L: tl.constexpr,
+    BLOCK_J: tl.constexpr,
+):
+    """ATS inverse-transform sampling of one image per program (see :mod:`raggedvit.pruning.ats`).
+
+    Significance ``s = SCORE[b, l] * WEIGHT[row]``; ascending ranks (ties: lower position first); the CDF in
+    rank order and its min-max normalisation ``F``; ``M`` points from ``y0 = min{F > 0}`` to 1; each point
+    picks the nearest ``F`` value (the lower one on equal distance) and, among candidates with that value, the
+    lowest rank. Kept tokens are written in ascending significance. ``SCRATCH``: ``(B, 2 * BLOCK_L)`` fp32.
+    """
+    b = tl.program_id(0)
+    pos = tl.arange(0, BLOCK_L)
+    n_b = tl.load(LENGTHS + b).to(tl.int32)
+    cand = (pos >= P) & (pos < n_b)
+    rows = tl.load(DENSE_ROWS + b * stride_dr + pos, mask=cand, other=0)
+    s = tl.load(SCORE + b * stride_s + pos, mask=cand, other=0.0) * tl.load(WEIGHT + rows, mask=cand, other=0.0)
+    # ascending rank and inclusive CDF in rank order
+    rank = tl.zeros([BLOCK_L], dtype=tl.int32)
+    cdf = tl.zeros([BLOCK_L], dtype=tl.float32)
+    for j0 in range(0, L, BLOCK_J):
+        js = j0 + tl.arange(0, BLOCK_J)
+        cj = (js >= P) & (js < n_b)
+        rj = tl.load(DENSE_ROWS + b * stride_dr + js, mask=cj, other=0)
+        sj = tl.load(SCORE + b * stride_s + js, mask=cj, other=0.0) * tl.load(WEIGHT + rj, mask=cj, other=0.0)
+        lower = ((sj[None, :] < s[:, None]) | ((sj[None, :] == s[:, None]) & (js[None, :] < pos[:, None]))) \
+            & cj[None, :]
+        rank += tl.sum(lower.to(tl.int32), axis=1)
+        cdf += tl.sum(tl.where(lower | ((js[None, :] == pos[:, None]) & cj[None, :]), sj[None, :], 0.0), axis=1)
+    first = tl.min(tl.where(cand, s, float("inf")), axis=0)  # the CDF at rank 0
+    den = tl.max(tl.where(cand, cdf, float("-inf")), axis=0) - first  # F = 1 exactly at the top rank
+    norm = (cdf - first) / tl.where(den > 0, den, 1.0)
+    norm = tl.where(cand, norm, float("inf"))
+    y0 = tl.minimum(tl.min(tl.where(norm > 0, norm, float("inf")), axis=0), 1.0)
+    base = SCRATCH + b * 2 * BLOCK_L
+    tl.store(base + pos, norm)
+    tl.store(base + BLOCK_L + pos, rank.to(tl.float32))
+    tl.debug_barrier()
+    # neighbouring distinct CDF values, and whether a lower rank holds the same value
+    lo = tl.full([BLOCK_L], float("-inf"), dtype=tl.float32)
+    hi = tl.full([BLOCK_L], float("inf"), dtype=tl.float32)
+    dup = tl.zeros([BLOCK_L], dtype=tl.int32)
+    for j0 in range(0, L, BLOCK_J):
+        js = j0 + tl.arange(0, BLOCK_J)
+        cj = (js >= P) & (js < n_b)
+        vj = tl.load(base + js, mask=cj, other=float("inf"))
+        rkj = tl.load(base + BLOCK_L + js, mask=cj, other=0.0)
+        below = cj[None, :] & (vj[None, :] < norm[:, None])
+        above = cj[None, :] & (vj[None, :] > norm[:, None])
+        lo = tl.maximum(lo, tl.max(tl.where(below, vj[None, :], float("-inf")), axis=1))
+        hi = tl.minimum(hi, tl.min(tl.where(above, vj[None, :], float("inf")), axis=1))
+        same = cj[None, :] & (vj[None, :] == norm[:, None]) & (rkj[None, :] < rank.to(tl.float32)[:, None])
+        dup += tl.sum(same.to(tl.int32), axis=1)
+    # a candidate is kept if it is the first of its value and some sample point picks that value
+    hit = tl.zeros([BLOCK_L], dtype=tl.int32)
+    step = (1.0 - y0) / tl.maximum(M - 1, 1).to(tl.float32)
+    for k0 in range(0, M, BLOCK_J):
+        ks = k0 + tl.arange(0, BLOCK_J)
+        y = tl.where(M > 1, y0 + ks.to(tl.float32) * step, 1.0)
+        y = tl.where(ks < M, y, float("nan"))[None, :]  # NaN compares false: no pick
+        v = norm[:, None]
+        pick_lo_side = (y <= v) & (y > lo[:, None]) & (tl.abs(v - y) < tl.abs(lo[:, None] - y))
+        pick_hi_side = (y > v) & (y <= hi[:, None]) & ~(tl.abs(hi[:, None] - y) < tl.abs(v - y))
+        hit += tl.sum((pick_lo_side | pick_hi_side).to(tl.int32), axis=1)
+    keep = cand & (dup == 0) & (hit > 0)
+    num = tl.sum(keep.to(tl.int32), axis=0)
+    tl.debug_barrier()
+    tl.store(base + pos, keep.to(tl.float32))
+    tl.debug_barrier()
+    # slots in ascending significance: kept candidates of lower rank
+    slot = tl.zeros([BLOCK_L], dtype=tl.int32)
+    for j0 in range(0, L, BLOCK_J):
+        js = j0 + tl.arange(0, BLOCK_J)
+        cj = (js >= P) & (js < n_b)
+        kj = tl.load(base + js, mask=cj, other=0.0)
+        rkj = tl.load(base + BLOCK_L + js, mask=cj, other=0.0)
+        slot += tl.sum(((kj[None, :] > 0) & (rkj[None, :] < rank.to(tl.float32)[:, None])).to(tl.int32), axis=1)
+    count = P + num
+    tl.store(INDEX + b * W + pos, tl.where(pos < P, pos, 0).to(tl.int64), mask=(pos < W) & ((pos < P) | (pos >= count)))
+    tl.store(INDEX + b * W + P + slot, pos.to(tl.int64), mask=keep)
+    tl.store(COUNT + b, count.to(tl.int64))

@@ -20,7 +20,7 @@ from ..ops.cls_attention import cls_attention_mean
 from ..ops.compact import compact_packed
 from ..ops.compact import launcher as compact_launcher
 from ..ops.linear import ragged_linear
-from ..ops.select import best_first_launcher, best_first_select, l2_select
+from ..ops.select import ats_launcher, ats_select, best_first_launcher, best_first_select, l2_select
 from ..ops.select import launcher as select_launcher
 from ..pruning import ats, dynamicvit, evit, threshold_l2
 from ..pruning.ragged import RaggedMeta, Selection, cached, compact, dense_view, uniform_meta
@@ -99,28 +99,6 @@ def attend_padded(q, k, v, meta: RaggedMeta, scale: float) -> torch.Tensor:
     mask = None if meta.uniform else meta.dense_valid[:, None, None, :]
     out = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask, scale=scale)
     return out.transpose(1, 2).reshape(B * L, H, D)
-
-
-_COMPILED: dict = {}
-
-
-def compiled(fn):
-    """``torch.compile(fn)`` (static shapes, one graph), made once per function.
-
-    For the selection functions whose many small tensor ops dominate a stage at small batch (ATS sampling):
-    inductor fuses them into a few kernels. Compiling happens at the first call per shape, so run one eager
-    forward before CUDA-graph capture (``capture`` does). The recompile limit is raised so that several batch
-    sizes and stage widths in one process never fall back to uncompiled code.
-    """
-    c = _COMPILED.get(fn)
-    if c is None:
-        import torch._dynamo.config as dynamo_config
-
-        for name in ("recompile_limit", "cache_size_limit"):
-            if hasattr(dynamo_config, name):
-                setattr(dynamo_config, name, max(getattr(dynamo_config, name), 64))
-        c = _COMPILED[fn] = torch.compile(fn, dynamic=False, fullgraph=True)
-    return c
 
 
 def _live_linear(meta: RaggedMeta):
@@ -231,8 +209,7 @@ def _cls_mean(q, k, meta: RaggedMeta, scale: float) -> torch.Tensor:
     return cls_attention_mean(q, k, starts, ends, meta.max_seqlen, scale=scale)
 
 
-def _select_mid(plan: StagePlan, cfg: PruningConfig, y, q, k, v, scale, meta, P: int, probe,
-                compile_selection: bool = False):
+def _select_mid(plan: StagePlan, cfg: PruningConfig, y, q, k, v, scale, meta, P: int, probe):
     valid = None if meta.uniform else meta.dense_valid
     score = _cls_mean(q, k, meta, scale)  # head mean; ATS's head sum is a constant multiple of it
     fixed = cfg.variant == "fixed"
@@ -258,6 +235,10 @@ def _select_mid(plan: StagePlan, cfg: PruningConfig, y, q, k, v, scale, meta, P:
         index, _, _ = best_first_select(score, y, meta.dense_rows, meta.lengths, P, plan.width_out, k=plan.keep,
                                         row_weight=v_norm, ascending=True)  # one launch
         return Selection(index, fixed_count(meta.batch, plan.width_out, y.device), plan.width_out, True)
+    if not fixed and probe is None and not meta.padded and (y.is_cuda or ats_launcher.interpreted):
+        index, count = ats_select(score, v_norm, meta.dense_rows, meta.lengths, P, plan.width_out,
+                                  cfg.num_samples)  # one launch
+        return Selection(index, count, plan.width_out, False)
     sig = score * dense_view(v_norm, meta)
     if probe is not None:
         cand = _candidates(meta, P)
@@ -265,8 +246,7 @@ def _select_mid(plan: StagePlan, cfg: PruningConfig, y, q, k, v, scale, meta, P:
         probe(plan.index, s / s.sum(1, keepdim=True).clamp(min=torch.finfo(torch.float32).tiny), cand)
     if fixed:
         return ats.select_topk(sig, valid, P, plan.keep)
-    select = compiled(ats.select_sampling) if compile_selection else ats.select_sampling
-    return select(sig, valid, P, num_samples=cfg.num_samples)
+    return ats.select_sampling(sig, valid, P, num_samples=cfg.num_samples)
 
 
 def _apply(plan: StagePlan, sel, x, tok, meta: RaggedMeta):
@@ -298,12 +278,14 @@ def _apply(plan: StagePlan, sel, x, tok, meta: RaggedMeta):
 
 def run(model, images: torch.Tensor, cfg: PruningConfig, plans: tuple[StagePlan, ...], predictors, *,
         packed: bool, attend: Attend, probe: Probe | None = None,
-        live_rows: bool = False, compile_selection: bool = False) -> tuple[torch.Tensor, PruneStats]:
+        live_rows: bool = False) -> tuple[torch.Tensor, PruneStats]:
     """Pruned forward up to the final norm. Returns ``(prefix, stats)``, ``prefix: (B, P, C)`` final-normed
     prefix tokens (what timm's ``forward_head`` reads). ``probe(stage, scores (B, L), candidates (B, L))`` sees
     each stage's scores (calibration; ``None`` in normal use). ``live_rows`` (packed only): after a stage
     whose buffer has unused rows (adaptive counts), the Linear layers compute only the live rows.
-    ``compile_selection``: run ATS's sampling through :func:`compiled` (``torch.compile``)."""
+    The packed layout on CUDA (or under the Triton interpreter) selects and compacts with the one-launch
+    kernels of :mod:`raggedvit.ops.select` / :mod:`raggedvit.ops.compact`; the padded baseline, CPU runs and
+    calibration probes use the torch functions of :mod:`raggedvit.pruning`."""
     P = model.num_prefix_tokens
     x = model.norm_pre(model.patch_drop(model._pos_embed(model.patch_embed(images))))
     B, N0, C = x.shape
@@ -328,7 +310,7 @@ def run(model, images: torch.Tensor, cfg: PruningConfig, plans: tuple[StagePlan,
             if plan.noop:
                 kept.append(meta.lengths)
             else:
-                sel = _select_mid(plan, cfg, y, q, k, v, scale, meta, P, probe, compile_selection)
+                sel = _select_mid(plan, cfg, y, q, k, v, scale, meta, P, probe)
                 y, tok, meta = _apply(plan, sel, y, tok, meta)
                 kept.append(sel.count)
                 linear = _live_linear(meta) if live_rows and packed and not meta.uniform else None

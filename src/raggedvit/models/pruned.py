@@ -89,7 +89,6 @@ class PrunedViT(nn.Module):
         self.layout = layout
         self.attention = attention
         self.live_rows = False  # see prune(live_rows=...)
-        self.compile_selection = False  # see prune(compile_selection=...)
         self.num_prefix_tokens = model.num_prefix_tokens
         self.num_patches = model.patch_embed.num_patches
         self.last_stats: PruneStats | None = None
@@ -117,7 +116,7 @@ class PrunedViT(nn.Module):
         prefix, stats = run(self.backbone, images, self.pruning_config, self.plan,
                             getattr(self, "score_predictor", None), packed=self.layout == "packed",
                             attend=self._attend(images.device), probe=probe,
-                            live_rows=self.live_rows, compile_selection=self.compile_selection)
+                            live_rows=self.live_rows)
         self.last_stats = stats
         return prefix
 
@@ -136,7 +135,7 @@ class PrunedViT(nn.Module):
 
 
 def prune(model: nn.Module, method: str, *, layout: str = "packed", attention: str = "triton",
-          live_rows: bool = False, compile_selection: bool = False, **options) -> PrunedViT:
+          live_rows: bool = False, **options) -> PrunedViT:
     """Token-pruned view of a timm DeiT/ViT that shares its weights.
 
     Args:
@@ -154,10 +153,6 @@ def prune(model: nn.Module, method: str, *, layout: str = "packed", attention: s
             H100 its Triton GEMM costs ~1.6x cuBLAS per live row, so at the ~63% row use of Threshold-L2 at
             keep 0.7 it was neutral at batch 256 and 3-8% slower at batch 1-8 (``bench e2e``); it pays when
             buffers are mostly empty (aggressive pruning, large batch). On CPU it needs the Triton interpreter.
-        compile_selection: compile ATS's sampling selection with ``torch.compile`` (static shapes): its ~40
-            small tensor ops per stage fuse into a few kernels, 1.6x images/s for ATS in a CUDA graph at batch
-            1-8 on an H100 with identical keep decisions. The first forward per batch size compiles (10-20 s);
-            other methods are unaffected. Off by default for that reason.
         **options: keyword-only method options (defaults from the spec):
 
             * all methods but ``"none"``: ``variant`` (``"fixed"`` or ``"adaptive"``; default ``"fixed"``
@@ -202,10 +197,8 @@ def prune(model: nn.Module, method: str, *, layout: str = "packed", attention: s
                 isinstance(p, nn.Module) and _predictor_width(p) in (None, embed_dim) for p in predictors)):
             raise ValueError(f"prune: predictors must be an nn.ModuleList of {len(config.stages)} "
                              f"Predictor({embed_dim})-like modules (one per stage), got {predictors!r:.200}")
-    for name, flag in (("live_rows", live_rows), ("compile_selection", compile_selection)):
-        if not isinstance(flag, bool):
-            raise ValueError(f"prune: {name} must be True or False, got {flag!r}")
+    if not isinstance(live_rows, bool):
+        raise ValueError(f"prune: live_rows must be True or False, got {live_rows!r}")
     pruned = PrunedViT(model, config, plan, layout, attention, predictors)
     pruned.live_rows = live_rows
-    pruned.compile_selection = compile_selection
     return pruned

@@ -1,5 +1,5 @@
-"""One-launch selections: ``l2_select`` (Threshold-L2) and ``best_first_select`` (EViT with its fused token,
-DynamicViT).
+"""One-launch selections: ``l2_select`` (Threshold-L2), ``best_first_select`` (EViT with its fused token,
+DynamicViT, fixed-count ATS) and ``ats_select`` (ATS sampling).
 
 The torch paths (:mod:`raggedvit.pruning.threshold_l2`, ``.evit``, ``.dynamicvit``) spend a dozen small ops per
 stage (norms, dense gathers, masks, sorts, cumsums, clamps, a batched matmul for the fused token); each op
@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import torch
 
-from ..kernels.select import best_first_select_fwd, l2_select_fwd
+from ..kernels.select import ats_select_fwd, best_first_select_fwd, l2_select_fwd
 from .launch import DirectLauncher, raw_stream
 
 launcher = DirectLauncher(l2_select_fwd, "l2_select")
 best_first_launcher = DirectLauncher(best_first_select_fwd, "best_first_select")
+ats_launcher = DirectLauncher(ats_select_fwd, "ats_select")
 _BIG = 1 << 30
 
 
@@ -145,3 +146,39 @@ def best_first_select(score: torch.Tensor, y: torch.Tensor, dense_rows: torch.Te
     flags = (rules[0], by_row, row_weight is not None, ascending, fuse, block_l, block_c, block_j)
     _launch(best_first_launcher, dev, grid, tensors, ints, flags, (y.dtype, score.dtype))
     return index, count, extra
+
+
+def ats_select(score: torch.Tensor, v_norm: torch.Tensor, dense_rows: torch.Tensor, lengths: torch.Tensor,
+               num_prefix: int, width: int, num_samples: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """ATS inverse-transform sampling (:func:`raggedvit.pruning.ats.select_sampling`) in one launch.
+
+    Args:
+        score: ``(B, L)`` fp32 head-mean CLS attention (last stride 1); ``v_norm``: fp32 ``(rows,)`` value
+            norm per buffer row (contiguous): the significance is their product.
+        dense_rows: ``(B, L)`` int64 row of every position (last stride 1); ``lengths``: ``(B,)`` int64.
+        num_prefix: prefix tokens ``P`` (kept first); ``width``: ``P + min(L - P, num_samples)``.
+        num_samples: sample points ``M``.
+
+    Returns:
+        ``(index, count)``: int64 ``(B, width)`` (prefix, kept tokens by ascending significance, filler 0) and
+        int64 ``(B,)``. Same decisions as the torch function except where a sample point lies within fp32
+        rounding of the midpoint between two CDF values (the CDF is summed in another order). No host sync.
+    """
+    dev = score.get_device()
+    if dev < 0 and not ats_launcher.interpreted:
+        raise ValueError("ats_select: CPU tensors need the Triton interpreter (TRITON_INTERPRET=1); use "
+                         "raggedvit.pruning.ats")
+    if score.dtype != torch.float32 or v_norm.dtype != torch.float32 or score.stride(1) != 1 \
+            or not v_norm.is_contiguous() or dense_rows.stride(1) != 1 or dense_rows.dtype != torch.int64 \
+            or lengths.dtype != torch.int64 or not lengths.is_contiguous() or num_samples < 1:
+        raise ValueError("ats_select: fp32 score (last stride 1) and v_norm, int64 dense_rows and lengths, "
+                         "num_samples >= 1")
+    batch, L = dense_rows.shape
+    index = torch.empty(batch, width, dtype=torch.int64, device=score.device)
+    count = torch.empty(batch, dtype=torch.int64, device=score.device)
+    block_l, block_j = _blocks(L)
+    scratch = torch.empty(batch, 2 * block_l, dtype=torch.float32, device=score.device)
+    ints = (batch, L, width, num_prefix, num_samples, score.stride(0), dense_rows.stride(0))
+    _launch(ats_launcher, dev, (batch, 1), (score, v_norm, dense_rows, lengths, index, count, scratch), ints,
+            (block_l, block_j), score.dtype)
+    return index, count
