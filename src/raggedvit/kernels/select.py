@@ -138,87 +138,90 @@ def best_first_select_fwd(
             tl.store(EXTRA + b * C + cols, e.to(EXTRA.dtype.element_ty), mask=cols < C)
 
 
-@triton.jit(do_not_specialize=["B", "L", "W", "P", "M", "stride_s", "stride_dr"])
-def ats_select_fwd(
-    SCORE, WEIGHT, DENSE_ROWS, LENGTHS, INDEX, COUNT, SCRATCH,
-    B, L, W, P, M, stride_s, stride_dr,
-    BLOCK_L: tl.constexpr,
-    BLOCK_J: tl.constexpr,
-):
-    """ATS inverse-transform sampling of one image per program (see :mod:`raggedvit.pruning.ats`).
+# ATS sampling in three launches, each a grid of (image, slice of BLOCK_I positions) programs that compare
+# their slice with all BLOCK_L positions in one tile (no serial loops: a serial loop over 577 positions cost
+# ~400 us per stage at batch 1 on an H100). 1: ascending rank and CDF; 2: the min-max normalised CDF, its
+# neighbouring distinct values and the sample hits; 3: output slots (ascending significance).
 
-    Significance ``s = SCORE[b, l] * WEIGHT[row]``; ascending ranks (ties: lower position first); the CDF in
-    rank order and its min-max normalisation ``F``; ``M`` points from ``y0 = min{F > 0}`` to 1; each point
-    picks the nearest ``F`` value (the lower one on equal distance) and, among candidates with that value, the
-    lowest rank. Kept tokens are written in ascending significance. ``SCRATCH``: ``(B, 2 * BLOCK_L)`` fp32.
-    """
+
+@triton.jit(do_not_specialize=["L", "P", "stride_s", "stride_dr"])
+def ats_cdf_fwd(SCORE, WEIGHT, DENSE_ROWS, LENGTHS, CDF, RANK, L, P, stride_s, stride_dr,
+                BLOCK_I: tl.constexpr, BLOCK_L: tl.constexpr):
+    """``RANK[b, i]``: ascending significance rank (ties: lower position first); ``CDF[b, i]``: the sum of
+    the significances of ranks ``<= RANK[b, i]``. Significance ``SCORE[b, l] * WEIGHT[row]``."""
     b = tl.program_id(0)
-    pos = tl.arange(0, BLOCK_L)
+    ii = tl.program_id(1) * BLOCK_I + tl.arange(0, BLOCK_I)
+    js = tl.arange(0, BLOCK_L)
     n_b = tl.load(LENGTHS + b).to(tl.int32)
-    cand = (pos >= P) & (pos < n_b)
-    rows = tl.load(DENSE_ROWS + b * stride_dr + pos, mask=cand, other=0)
-    s = tl.load(SCORE + b * stride_s + pos, mask=cand, other=0.0) * tl.load(WEIGHT + rows, mask=cand, other=0.0)
-    # ascending rank and inclusive CDF in rank order
-    rank = tl.zeros([BLOCK_L], dtype=tl.int32)
-    cdf = tl.zeros([BLOCK_L], dtype=tl.float32)
-    for j0 in range(0, L, BLOCK_J):
-        js = j0 + tl.arange(0, BLOCK_J)
-        cj = (js >= P) & (js < n_b)
-        rj = tl.load(DENSE_ROWS + b * stride_dr + js, mask=cj, other=0)
-        sj = tl.load(SCORE + b * stride_s + js, mask=cj, other=0.0) * tl.load(WEIGHT + rj, mask=cj, other=0.0)
-        lower = ((sj[None, :] < s[:, None]) | ((sj[None, :] == s[:, None]) & (js[None, :] < pos[:, None]))) \
-            & cj[None, :]
-        rank += tl.sum(lower.to(tl.int32), axis=1)
-        cdf += tl.sum(tl.where(lower | ((js[None, :] == pos[:, None]) & cj[None, :]), sj[None, :], 0.0), axis=1)
-    first = tl.min(tl.where(cand, s, float("inf")), axis=0)  # the CDF at rank 0
-    den = tl.max(tl.where(cand, cdf, float("-inf")), axis=0) - first  # F = 1 exactly at the top rank
-    norm = (cdf - first) / tl.where(den > 0, den, 1.0)
-    norm = tl.where(cand, norm, float("inf"))
-    y0 = tl.minimum(tl.min(tl.where(norm > 0, norm, float("inf")), axis=0), 1.0)
-    base = SCRATCH + b * 2 * BLOCK_L
-    tl.store(base + pos, norm)
-    tl.store(base + BLOCK_L + pos, rank.to(tl.float32))
-    tl.debug_barrier()
-    # neighbouring distinct CDF values, and whether a lower rank holds the same value
-    lo = tl.full([BLOCK_L], float("-inf"), dtype=tl.float32)
-    hi = tl.full([BLOCK_L], float("inf"), dtype=tl.float32)
-    dup = tl.zeros([BLOCK_L], dtype=tl.int32)
-    for j0 in range(0, L, BLOCK_J):
-        js = j0 + tl.arange(0, BLOCK_J)
-        cj = (js >= P) & (js < n_b)
-        vj = tl.load(base + js, mask=cj, other=float("inf"))
-        rkj = tl.load(base + BLOCK_L + js, mask=cj, other=0.0)
-        below = cj[None, :] & (vj[None, :] < norm[:, None])
-        above = cj[None, :] & (vj[None, :] > norm[:, None])
-        lo = tl.maximum(lo, tl.max(tl.where(below, vj[None, :], float("-inf")), axis=1))
-        hi = tl.minimum(hi, tl.min(tl.where(above, vj[None, :], float("inf")), axis=1))
-        same = cj[None, :] & (vj[None, :] == norm[:, None]) & (rkj[None, :] < rank.to(tl.float32)[:, None])
-        dup += tl.sum(same.to(tl.int32), axis=1)
-    # a candidate is kept if it is the first of its value and some sample point picks that value
-    hit = tl.zeros([BLOCK_L], dtype=tl.int32)
-    step = (1.0 - y0) / tl.maximum(M - 1, 1).to(tl.float32)
-    for k0 in range(0, M, BLOCK_J):
-        ks = k0 + tl.arange(0, BLOCK_J)
-        y = tl.where(M > 1, y0 + ks.to(tl.float32) * step, 1.0)
-        y = tl.where(ks < M, y, float("nan"))[None, :]  # NaN compares false: no pick
-        v = norm[:, None]
-        pick_lo_side = (y <= v) & (y > lo[:, None]) & (tl.abs(v - y) < tl.abs(lo[:, None] - y))
-        pick_hi_side = (y > v) & (y <= hi[:, None]) & ~(tl.abs(hi[:, None] - y) < tl.abs(v - y))
-        hit += tl.sum((pick_lo_side | pick_hi_side).to(tl.int32), axis=1)
-    keep = cand & (dup == 0) & (hit > 0)
-    num = tl.sum(keep.to(tl.int32), axis=0)
-    tl.debug_barrier()
-    tl.store(base + pos, keep.to(tl.float32))
-    tl.debug_barrier()
-    # slots in ascending significance: kept candidates of lower rank
-    slot = tl.zeros([BLOCK_L], dtype=tl.int32)
-    for j0 in range(0, L, BLOCK_J):
-        js = j0 + tl.arange(0, BLOCK_J)
-        cj = (js >= P) & (js < n_b)
-        kj = tl.load(base + js, mask=cj, other=0.0)
-        rkj = tl.load(base + BLOCK_L + js, mask=cj, other=0.0)
-        slot += tl.sum(((kj[None, :] > 0) & (rkj[None, :] < rank.to(tl.float32)[:, None])).to(tl.int32), axis=1)
-    count = P + num
-    tl.store(INDEX + b * W + pos, tl.where(pos < P, pos, 0).to(tl.int64), mask=(pos < W) & ((pos < P) | (pos >= count)))
-    tl.store(INDEX + b * W + P + slot, pos.to(tl.int64), mask=keep)
-    tl.store(COUNT + b, count.to(tl.int64))
+    ci = (ii >= P) & (ii < n_b)
+    cj = (js >= P) & (js < n_b)
+    ri = tl.load(DENSE_ROWS + b * stride_dr + ii, mask=ci, other=0)
+    rj = tl.load(DENSE_ROWS + b * stride_dr + js, mask=cj, other=0)
+    si = tl.load(SCORE + b * stride_s + ii, mask=ci, other=0.0) * tl.load(WEIGHT + ri, mask=ci, other=0.0)
+    sj = tl.load(SCORE + b * stride_s + js, mask=cj, other=0.0) * tl.load(WEIGHT + rj, mask=cj, other=0.0)
+    lower = ((sj[None, :] < si[:, None]) | ((sj[None, :] == si[:, None]) & (js[None, :] < ii[:, None]))) & cj[None, :]
+    rank = tl.sum(lower.to(tl.int32), axis=1)
+    cdf = tl.sum(tl.where(lower | ((js[None, :] == ii[:, None]) & cj[None, :]), sj[None, :], 0.0), axis=1)
+    tl.store(RANK + b * L + ii, rank, mask=ii < L)
+    tl.store(CDF + b * L + ii, cdf, mask=ii < L)
+
+
+@triton.jit(do_not_specialize=["L", "P", "M"])
+def ats_hits_fwd(CDF, RANK, LENGTHS, KEEP, L, P, M,
+                 BLOCK_I: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_M: tl.constexpr):
+    """``KEEP[b, i]``: candidate ``i`` is the first (lowest rank) of its normalised CDF value ``F`` and some
+    sample point ``y_k = y0 + k (1 - y0) / (M - 1)`` (``y0 = min{F > 0}``) has that value as its nearest one
+    (the lower value on equal distance)."""
+    b = tl.program_id(0)
+    ii = tl.program_id(1) * BLOCK_I + tl.arange(0, BLOCK_I)
+    js = tl.arange(0, BLOCK_L)
+    n_b = tl.load(LENGTHS + b).to(tl.int32)
+    ci = (ii >= P) & (ii < n_b)
+    cj = (js >= P) & (js < n_b)
+    cdf_j = tl.load(CDF + b * L + js, mask=cj, other=0.0)
+    first = tl.min(tl.where(cj, cdf_j, float("inf")), axis=0)  # the CDF at rank 0 (the smallest value)
+    den = tl.max(tl.where(cj, cdf_j, float("-inf")), axis=0) - first  # F = 1 exactly at the top rank
+    den = tl.where(den > 0, den, 1.0)
+    fj = tl.where(cj, (cdf_j - first) / den, float("inf"))
+    fi = tl.where(ci, (tl.load(CDF + b * L + ii, mask=ci, other=0.0) - first) / den, float("inf"))
+    y0 = tl.minimum(tl.min(tl.where(fj > 0, fj, float("inf")), axis=0), 1.0)
+    rank_i = tl.load(RANK + b * L + ii, mask=ci, other=0)
+    rank_j = tl.load(RANK + b * L + js, mask=cj, other=0)
+    lo = tl.max(tl.where(cj[None, :] & (fj[None, :] < fi[:, None]), fj[None, :], float("-inf")), axis=1)
+    hi = tl.min(tl.where(cj[None, :] & (fj[None, :] > fi[:, None]), fj[None, :], float("inf")), axis=1)
+    dup = tl.sum((cj[None, :] & (fj[None, :] == fi[:, None]) & (rank_j[None, :] < rank_i[:, None])).to(tl.int32),
+                 axis=1)
+    ks = tl.arange(0, BLOCK_M)
+    y = tl.where(M > 1, y0 + ks.to(tl.float32) * ((1.0 - y0) / tl.maximum(M - 1, 1).to(tl.float32)), 1.0)
+    y = tl.where(ks < M, y, float("nan"))[None, :]  # NaN compares false: no pick
+    v = fi[:, None]
+    from_below = (y <= v) & (y > lo[:, None]) & (tl.abs(v - y) < tl.abs(lo[:, None] - y))
+    from_above = (y > v) & (y <= hi[:, None]) & ~(tl.abs(hi[:, None] - y) < tl.abs(v - y))
+    hit = tl.sum((from_below | from_above).to(tl.int32), axis=1)
+    tl.store(KEEP + b * L + ii, (ci & (dup == 0) & (hit > 0)).to(tl.int8), mask=ii < L)
+
+
+@triton.jit(do_not_specialize=["L", "W", "P"])
+def ats_index_fwd(KEEP, RANK, LENGTHS, INDEX, COUNT, L, W, P,
+                  BLOCK_I: tl.constexpr, BLOCK_L: tl.constexpr):
+    """Kept candidates to slots ``P + (kept candidates of lower rank)``; slice 0 also writes the prefix, the
+    filler (0) past the count and ``COUNT[b]``."""
+    b = tl.program_id(0)
+    sid = tl.program_id(1)
+    ii = sid * BLOCK_I + tl.arange(0, BLOCK_I)
+    js = tl.arange(0, BLOCK_L)
+    n_b = tl.load(LENGTHS + b).to(tl.int32)
+    cj = (js >= P) & (js < n_b)
+    keep_i = tl.load(KEEP + b * L + ii, mask=ii < L, other=0) != 0
+    keep_j = (tl.load(KEEP + b * L + js, mask=cj, other=0) != 0) & cj
+    rank_i = tl.load(RANK + b * L + ii, mask=keep_i, other=0)
+    rank_j = tl.load(RANK + b * L + js, mask=keep_j, other=0)
+    slot = tl.sum((keep_j[None, :] & (rank_j[None, :] < rank_i[:, None])).to(tl.int32), axis=1)
+    tl.store(INDEX + b * W + P + slot, ii.to(tl.int64), mask=keep_i)
+    if sid == 0:
+        count = P + tl.sum(keep_j.to(tl.int32), axis=0)
+        for w0 in range(0, W, BLOCK_L):
+            ws = w0 + js
+            tl.store(INDEX + b * W + ws, tl.where(ws < P, ws, 0).to(tl.int64),
+                     mask=(ws < W) & ((ws < P) | (ws >= count)))
+        tl.store(COUNT + b, count.to(tl.int64))

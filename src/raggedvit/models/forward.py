@@ -20,7 +20,7 @@ from ..ops.cls_attention import cls_attention_mean
 from ..ops.compact import compact_packed
 from ..ops.compact import launcher as compact_launcher
 from ..ops.linear import ragged_linear
-from ..ops.select import ats_launcher, ats_select, best_first_launcher, best_first_select, l2_select
+from ..ops.select import ats_select, best_first_launcher, best_first_select, l2_select
 from ..ops.select import launcher as select_launcher
 from ..pruning import ats, dynamicvit, evit, threshold_l2
 from ..pruning.ragged import RaggedMeta, Selection, cached, compact, dense_view, uniform_meta
@@ -235,7 +235,7 @@ def _select_mid(plan: StagePlan, cfg: PruningConfig, y, q, k, v, scale, meta, P:
         index, _, _ = best_first_select(score, y, meta.dense_rows, meta.lengths, P, plan.width_out, k=plan.keep,
                                         row_weight=v_norm, ascending=True)  # one launch
         return Selection(index, fixed_count(meta.batch, plan.width_out, y.device), plan.width_out, True)
-    if not fixed and probe is None and not meta.padded and (y.is_cuda or ats_launcher.interpreted):
+    if not fixed and probe is None and not meta.padded and (y.is_cuda or best_first_launcher.interpreted):
         index, count = ats_select(score, v_norm, meta.dense_rows, meta.lengths, P, plan.width_out,
                                   cfg.num_samples)  # one launch
         return Selection(index, count, plan.width_out, False)

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import torch
 
-from ..kernels.select import ats_select_fwd, best_first_select_fwd, l2_select_fwd
+from ..kernels.select import ats_cdf_fwd, ats_hits_fwd, ats_index_fwd, best_first_select_fwd, l2_select_fwd
 from .launch import DirectLauncher, raw_stream
 
 launcher = DirectLauncher(l2_select_fwd, "l2_select")
 best_first_launcher = DirectLauncher(best_first_select_fwd, "best_first_select")
-ats_launcher = DirectLauncher(ats_select_fwd, "ats_select")
+ats_launchers = (DirectLauncher(ats_cdf_fwd, "ats_cdf"), DirectLauncher(ats_hits_fwd, "ats_hits"),
+                 DirectLauncher(ats_index_fwd, "ats_index"))
 _BIG = 1 << 30
 
 
@@ -35,11 +36,14 @@ def _launch(lau: DirectLauncher, dev: int, grid: tuple[int, int], tensors: tuple
                        num_warps=8)
 
 
+_PAIRS = 4096  # comparison tile size (see _blocks)
+
+
 def _blocks(L: int) -> tuple[int, int]:
-    """(BLOCK_L, BLOCK_J): all positions of an image, and comparison tiles of 4K pairs (with 16K-pair tiles
-    the kernels spilled registers: 135 us per launch at batch 1 on an H100)."""
+    """(BLOCK_L, BLOCK_J): all positions of an image, and comparison tiles of ``_PAIRS`` pairs (with 16K-pair
+    tiles on 4 warps the kernels spilled registers: 135 us per launch at batch 1 on an H100)."""
     block_l = max(16, 1 << (L - 1).bit_length())
-    return block_l, max(4, min(64, 4096 // block_l))
+    return block_l, max(4, min(64, _PAIRS // block_l))
 
 
 def l2_select(x: torch.Tensor, dense_rows: torch.Tensor, lengths: torch.Tensor, num_prefix: int, width: int, *,
@@ -150,7 +154,8 @@ def best_first_select(score: torch.Tensor, y: torch.Tensor, dense_rows: torch.Te
 
 def ats_select(score: torch.Tensor, v_norm: torch.Tensor, dense_rows: torch.Tensor, lengths: torch.Tensor,
                num_prefix: int, width: int, num_samples: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """ATS inverse-transform sampling (:func:`raggedvit.pruning.ats.select_sampling`) in one launch.
+    """ATS inverse-transform sampling (:func:`raggedvit.pruning.ats.select_sampling`) in three launches of
+    (image, position slice) programs: ranks and CDF, sample hits, output slots.
 
     Args:
         score: ``(B, L)`` fp32 head-mean CLS attention (last stride 1); ``v_norm``: fp32 ``(rows,)`` value
@@ -165,7 +170,7 @@ def ats_select(score: torch.Tensor, v_norm: torch.Tensor, dense_rows: torch.Tens
         rounding of the midpoint between two CDF values (the CDF is summed in another order). No host sync.
     """
     dev = score.get_device()
-    if dev < 0 and not ats_launcher.interpreted:
+    if dev < 0 and not ats_launchers[0].interpreted:
         raise ValueError("ats_select: CPU tensors need the Triton interpreter (TRITON_INTERPRET=1); use "
                          "raggedvit.pruning.ats")
     if score.dtype != torch.float32 or v_norm.dtype != torch.float32 or score.stride(1) != 1 \
@@ -174,11 +179,21 @@ def ats_select(score: torch.Tensor, v_norm: torch.Tensor, dense_rows: torch.Tens
         raise ValueError("ats_select: fp32 score (last stride 1) and v_norm, int64 dense_rows and lengths, "
                          "num_samples >= 1")
     batch, L = dense_rows.shape
-    index = torch.empty(batch, width, dtype=torch.int64, device=score.device)
-    count = torch.empty(batch, dtype=torch.int64, device=score.device)
-    block_l, block_j = _blocks(L)
-    scratch = torch.empty(batch, 2 * block_l, dtype=torch.float32, device=score.device)
-    ints = (batch, L, width, num_prefix, num_samples, score.stride(0), dense_rows.stride(0))
-    _launch(ats_launcher, dev, (batch, 1), (score, v_norm, dense_rows, lengths, index, count, scratch), ints,
-            (block_l, block_j), score.dtype)
+    device = score.device
+    index = torch.empty(batch, width, dtype=torch.int64, device=device)
+    count = torch.empty(batch, dtype=torch.int64, device=device)
+    cdf = torch.empty(batch, L, dtype=torch.float32, device=device)
+    rank = torch.empty(batch, L, dtype=torch.int32, device=device)
+    keep = torch.empty(batch, L, dtype=torch.int8, device=device)
+    block_l = max(16, 1 << (L - 1).bit_length())
+    block_m = max(16, 1 << (num_samples - 1).bit_length())
+    block_i = max(1, min(64, _PAIRS // max(block_l, block_m)))
+    grid = (batch, -(-L // block_i))
+    cdf_k, hits_k, index_k = ats_launchers
+    _launch(cdf_k, dev, grid, (score, v_norm, dense_rows, lengths, cdf, rank),
+            (L, num_prefix, score.stride(0), dense_rows.stride(0)), (block_i, block_l), score.dtype)
+    _launch(hits_k, dev, grid, (cdf, rank, lengths, keep), (L, num_prefix, num_samples), (block_i, block_l, block_m),
+            score.dtype)
+    _launch(index_k, dev, grid, (keep, rank, lengths, index, count), (L, width, num_prefix), (block_i, block_l),
+            score.dtype)
     return index, count
