@@ -291,14 +291,14 @@ def count_ops(pruned, images) -> int:
     return counter.total
 
 
-# Ops per pruning stage (packed, reference attention), beyond the unpruned forward. The fused CLS attention
-# row (EViT, ATS; one Triton launch on the GPU) counts as one op. DynamicViT includes its predictor MLP.
+# Ops per pruning stage (packed, reference attention), beyond the unpruned forward. The CLS attention row
+# (EViT, ATS) is a Triton launch and a mean over heads. DynamicViT includes its predictor MLP.
 # Compaction (rows, cu_seqlens, dense view, token ids) is one launch (ops.compact_packed), and so are the whole
 # Threshold-L2 (norms + selection), EViT (fused token included), DynamicViT and ATS selections (ops.select);
 # DynamicViT's remaining ops are its predictor MLP; ATS adds the value norms (its sampling takes 3 launches).
-OP_BUDGETS = [("threshold_l2", {"variant": "fixed"}, 3), ("evit", {}, 3), ("ats", {"variant": "fixed"}, 4),
-              ("dynamicvit", {}, 20), ("threshold_l2", {}, 4), ("evit", {"variant": "adaptive"}, 4),
-              ("dynamicvit", {"variant": "adaptive"}, 26), ("ats", {}, 7)]
+OP_BUDGETS = [("threshold_l2", {"variant": "fixed"}, 3), ("evit", {}, 4), ("ats", {"variant": "fixed"}, 5),
+              ("dynamicvit", {}, 20), ("threshold_l2", {}, 4), ("evit", {"variant": "adaptive"}, 5),
+              ("dynamicvit", {"variant": "adaptive"}, 26), ("ats", {}, 8)]
 
 
 @pytest.mark.parametrize("method,opts,budget", OP_BUDGETS)
@@ -316,7 +316,7 @@ def test_ops_per_stage(method, opts, budget, monkeypatch):
             return out
         return call
 
-    for name, n in (("cls_attention_mean", 1), ("compact_packed", 1), ("best_first_select", 1), ("l2_select", 2),
+    for name, n in (("cls_attention_mean", 2), ("compact_packed", 1), ("best_first_select", 1), ("l2_select", 2),
                     ("ats_select", 3)):
         monkeypatch.setattr(forward, name, launches(getattr(forward, name), n))
     model, preds = copy.deepcopy(make_model(img_size=SMALL))  # on the GPU machine: CUDA, as the kernels need

@@ -1,11 +1,10 @@
-"""Triton kernel: the head-mean softmax attention row of each sequence's first (CLS) query.
+"""Triton kernel: the softmax attention row of each sequence's first (CLS) query, per head.
 
 For sequence ``b`` owning rows ``start[b] .. end[b]`` of packed ``q, k`` (``(rows, heads, head_dim)``, last
-stride 1), writes ``out[b, j] = mean_h softmax_j(scale * q[start, h] . k[start + j, h])`` for
-``j < end - start`` and 0 for the rest of the ``out`` row. One program per sequence, two passes over its
-keys (running max and sum per head, then the probabilities), all heads at once as a
-``(BLOCK_N, BLOCK_H, BLOCK_D)`` tile. Scores and probabilities in fp32. This is what EViT and ATS need
-from attention, without materialising ``N x N`` probabilities: O(N * C) work per image.
+stride 1), writes ``OUT[b, h, j] = softmax_j(scale * q[start, h] . k[start + j, h])`` for ``j < end - start``
+and 0 for the rest of the row; the caller averages over heads. One program per (sequence, head), two passes
+over the keys (running max and sum, then the probabilities), scores and probabilities in fp32. This is what
+EViT and ATS need from attention, without materialising ``N x N`` probabilities: O(N * C) work per image.
 """
 
 import triton
@@ -25,41 +24,40 @@ def cls_attention_fwd(
     stride_kt,
     stride_kh,
     stride_ob,
+    stride_oh,
     qk_scale,  # softmax scale * log2(e)
-    HEADS: tl.constexpr,
     HEAD_DIM: tl.constexpr,
-    BLOCK_H: tl.constexpr,
     BLOCK_D: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
     b = tl.program_id(0)
+    h = tl.program_id(1)
     start = tl.load(STARTS + b).to(tl.int64)
     n = (tl.load(ENDS + b).to(tl.int64) - start).to(tl.int32)
     offs_n = tl.arange(0, BLOCK_N)
-    offs_h = tl.arange(0, BLOCK_H)
     offs_d = tl.arange(0, BLOCK_D)
-    hd_ok = (offs_h[:, None] < HEADS) & (offs_d[None, :] < HEAD_DIM)
-    q = tl.load(Q + start * stride_qt + offs_h[:, None] * stride_qh + offs_d[None, :], mask=hd_ok & (n > 0),
-                other=0.0).to(tl.float32)  # (BLOCK_H, BLOCK_D)
-    k_base = K + start * stride_kt + offs_h[None, :, None] * stride_kh + offs_d[None, None, :]
-    m = tl.full([BLOCK_H], float("-inf"), dtype=tl.float32)
-    s_sum = tl.zeros([BLOCK_H], dtype=tl.float32)
-    for j0 in range(0, n, BLOCK_N):  # pass 1: per-head running max and normaliser
+    d_ok = offs_d < HEAD_DIM
+    q = tl.load(Q + start * stride_qt + h * stride_qh + offs_d, mask=d_ok & (n > 0), other=0.0).to(tl.float32)
+    k_base = K + start * stride_kt + h * stride_kh + offs_d[None, :]
+    neg = -1.0e30  # finite "minus infinity": no inf - inf anywhere (the interpreter warns on those)
+    m = tl.full([BLOCK_N], neg, dtype=tl.float32)  # per-lane running max and normaliser
+    s_sum = tl.zeros([BLOCK_N], dtype=tl.float32)
+    for j0 in range(0, n, BLOCK_N):  # pass 1
         rows = j0 + offs_n
-        kt = tl.load(k_base + rows[:, None, None].to(tl.int64) * stride_kt,
-                     mask=(rows[:, None, None] < n) & hd_ok[None, :, :], other=0.0).to(tl.float32)
-        s = tl.sum(kt * q[None, :, :], axis=2) * qk_scale  # (BLOCK_N, BLOCK_H), base-2 logits
-        s = tl.where(rows[:, None] < n, s, float("-inf"))
-        m_new = tl.maximum(m, tl.max(s, 0))
-        s_sum = s_sum * tl.exp2(m - m_new) + tl.sum(tl.exp2(s - m_new[None, :]), 0)
+        kt = tl.load(k_base + rows[:, None].to(tl.int64) * stride_kt, mask=(rows[:, None] < n) & d_ok[None, :],
+                     other=0.0).to(tl.float32)
+        s = tl.where(rows < n, tl.sum(kt * q[None, :], axis=1) * qk_scale, neg)  # base-2 logits
+        m_new = tl.maximum(m, s)
+        s_sum = s_sum * tl.exp2(m - m_new) + tl.where(rows < n, tl.exp2(s - m_new), 0.0)
         m = m_new
-    inv = tl.where(offs_h < HEADS, 1.0 / tl.maximum(s_sum * HEADS, 1e-30), 0.0)  # 1/(normaliser*heads): mean
-    for j0 in range(0, out_width, BLOCK_N):  # pass 2: probabilities, averaged over heads; zeros past n
+    m_all = tl.max(m, axis=0)
+    total = tl.sum(s_sum * tl.exp2(m - m_all), axis=0)
+    inv = 1.0 / tl.maximum(total, 1e-30)
+    for j0 in range(0, out_width, BLOCK_N):  # pass 2: probabilities; zeros past n
         rows = j0 + offs_n
         live = rows < n
-        kt = tl.load(k_base + rows[:, None, None].to(tl.int64) * stride_kt,
-                     mask=live[:, None, None] & hd_ok[None, :, :], other=0.0).to(tl.float32)
-        s = tl.sum(kt * q[None, :, :], axis=2) * qk_scale
-        p = tl.exp2(s - m[None, :]) * inv[None, :]
-        p = tl.sum(tl.where(live[:, None] & (offs_h[None, :] < HEADS), p, 0.0), 1)
-        tl.store(OUT + b * stride_ob + rows, p, mask=rows < out_width)
+        kt = tl.load(k_base + rows[:, None].to(tl.int64) * stride_kt, mask=live[:, None] & d_ok[None, :],
+                     other=0.0).to(tl.float32)
+        s = tl.sum(kt * q[None, :], axis=1) * qk_scale
+        p = tl.where(live, tl.exp2(s - m_all) * inv, 0.0)
+        tl.store(OUT + b * stride_ob + h * stride_oh + rows, p, mask=rows < out_width)

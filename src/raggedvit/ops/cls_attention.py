@@ -1,8 +1,10 @@
-"""``cls_attention_mean``: head-mean CLS attention row per sequence, one Triton launch (reference in torch).
+"""``cls_attention_mean``: head-mean CLS attention row per sequence: a Triton launch of (sequence, head)
+programs and a mean over heads (reference in torch).
 
 EViT scores tokens by the head-mean softmax attention of the CLS query; ATS by the head-sum times the value
 norm. Fused attention kernels do not return probabilities; this op recomputes the one row each image needs
-(``O(N * C)`` per image) in a single launch, for packed (``cu_seqlens``) or padded (``b * L``) rows alike.
+(``O(N * C)`` per image) in one kernel launch plus the mean, for packed (``cu_seqlens``) or padded (``b * L``)
+rows alike.
 """
 
 from __future__ import annotations
@@ -60,19 +62,19 @@ def cls_attention_mean(q: torch.Tensor, k: torch.Tensor, starts: torch.Tensor, e
     dev = q.get_device()
     if dev < 0 and not launcher.interpreted:
         return out.copy_(cls_attention_mean_reference(q, k, starts, ends, out_width, scale=scale))
-    block_h = max(1, 1 << (heads - 1).bit_length())
+    per_head = torch.empty(batch, heads, out_width, dtype=torch.float32, device=q.device)
     block_d = max(16, 1 << (head_dim - 1).bit_length())
-    block_n = max(1, min(64, 16384 // (block_h * block_d)))  # 32 keys a step at 6-8 heads of 64: few serial steps
-    constant = (q.stride(0), q.stride(1), k.stride(0), k.stride(1), out.stride(0), float(scale) * _LOG2E, heads,
-                head_dim, block_h, block_d, block_n)
-    ptrs = (q.data_ptr(), k.data_ptr(), starts.data_ptr(), ends.data_ptr(), out.data_ptr())
+    block_n = max(16, min(128, 8192 // block_d))
+    constant = (q.stride(0), q.stride(1), k.stride(0), k.stride(1), per_head.stride(0), per_head.stride(1),
+                float(scale) * _LOG2E, head_dim, block_d, block_n)
+    ptrs = (q.data_ptr(), k.data_ptr(), starts.data_ptr(), ends.data_ptr(), per_head.data_ptr())
     key = (q.dtype, dev, constant) if not (ptrs[0] | ptrs[1] | ptrs[4]) & 15 and not (ptrs[2] | ptrs[3]) & 3 else None
     entry = launcher.cache.get(key) if key is not None else None
     if entry is not None and launcher.usable(dev):
         call, prefix, cached = entry
-        call(batch, 1, 1, raw_stream(dev), *prefix, *ptrs, out_width, *cached)
+        call(batch, heads, 1, raw_stream(dev), *prefix, *ptrs, out_width, *cached)
         launcher.direct_launches += 1
     else:
-        launcher.launch_jit(key, dev, (batch, 1, 1), (q, k, starts, ends, out, out_width, *constant), n_per_call=6,
-                            num_warps=8)
-    return out
+        launcher.launch_jit(key, dev, (batch, heads, 1), (q, k, starts, ends, per_head, out_width, *constant),
+                            n_per_call=6, num_warps=4)
+    return torch.mean(per_head, dim=1, out=out)
