@@ -20,8 +20,7 @@ from ..ops.cls_attention import cls_attention_mean
 from ..ops.compact import compact_packed
 from ..ops.compact import launcher as compact_launcher
 from ..ops.linear import ragged_linear
-from ..ops.select import ats_select, best_first_launcher, best_first_select, l2_select
-from ..ops.select import launcher as select_launcher
+from ..ops.select import ats_select, best_first_select, l2_select
 from ..pruning import ats, dynamicvit, evit, threshold_l2
 from ..pruning.ragged import RaggedMeta, Selection, cached, compact, dense_view, uniform_meta
 from ..pruning.selection import candidates, fixed_count
@@ -101,6 +100,12 @@ def attend_padded(q, k, v, meta: RaggedMeta, scale: float) -> torch.Tensor:
     return out.transpose(1, 2).reshape(B * L, H, D)
 
 
+def _kernels(meta: RaggedMeta, t: torch.Tensor, probe=None) -> bool:
+    """Select and compact with the Triton kernels of :mod:`raggedvit.ops.select` / :mod:`~raggedvit.ops.compact`:
+    packed layout, CUDA tensors (or the Triton interpreter), no calibration probe (which needs dense scores)."""
+    return probe is None and not meta.padded and (t.is_cuda or compact_launcher.interpreted)
+
+
 def _live_linear(meta: RaggedMeta):
     """``linear(module, x, gelu=False)`` that computes only the live rows of a packed buffer (zeros past
     ``cu_seqlens[-1]``, read on the device by :func:`raggedvit.ops.linear.ragged_linear`)."""
@@ -160,7 +165,7 @@ def _select_pre(plan: StagePlan, cfg: PruningConfig, x, meta, predictors, P: int
     if cfg.method == "dynamicvit":
         cand = _candidates(meta, P)
         logp = predictors[plan.index](x, meta.seg_ids, meta.dense_rows, cand)
-        if probe is None and not meta.padded and (x.is_cuda or best_first_launcher.interpreted):  # one launch
+        if _kernels(meta, x, probe):
             rule = dict(k=plan.keep) if fixed else dict(threshold=math.log(cfg.keep_threshold), k_min=cfg.k_min,
                                                         k_max=k_max)
             index, count, _ = best_first_select(dynamicvit.keep_scores(logp), x, meta.dense_rows, meta.lengths, P,
@@ -175,10 +180,10 @@ def _select_pre(plan: StagePlan, cfg: PruningConfig, x, meta, predictors, P: int
             return dynamicvit.select_topk(score, valid, P, plan.keep)
         return dynamicvit.select_threshold(score, valid, P, threshold=cfg.keep_threshold, k_min=cfg.k_min,
                                            k_max=k_max)
-    if probe is None and not meta.padded and (x.is_cuda or select_launcher.interpreted):  # one Triton launch
+    if _kernels(meta, x, probe):
         if fixed:
-            index, _ = l2_select(x, meta.dense_rows, meta.lengths, P, P + plan.keep, k=plan.keep)
-            return Selection(index, fixed_count(meta.batch, P + plan.keep, x.device), P + plan.keep, True)
+            index, _ = l2_select(x, meta.dense_rows, meta.lengths, P, plan.width_out, k=plan.keep)
+            return Selection(index, fixed_count(meta.batch, plan.width_out, x.device), plan.width_out, True)
         t = None if cfg.thresholds is None else cfg.thresholds[plan.index]
         width = P + min(meta.max_seqlen - P, meta.max_seqlen if k_max is None else k_max)
         index, count = l2_select(x, meta.dense_rows, meta.lengths, P, width, threshold=t,
@@ -215,10 +220,10 @@ def _select_mid(plan: StagePlan, cfg: PruningConfig, y, q, k, v, scale, meta, P:
     fixed = cfg.variant == "fixed"
     k_max = cfg.stage_k_max(plan.index)
     if cfg.method == "evit":
-        if probe is None and not meta.padded and (y.is_cuda or best_first_launcher.interpreted):  # one Triton launch
+        if _kernels(meta, y, probe):
             opts = dict(k=plan.keep) if fixed else dict(mass=cfg.mass, k_min=cfg.k_min, k_max=k_max)
             index, count, extra = best_first_select(score, y, meta.dense_rows, meta.lengths, P, plan.width_out,
-                                              fuse=cfg.fuse, **opts)
+                                                    fuse=cfg.fuse, **opts)
             if fixed:
                 count = fixed_count(meta.batch, plan.width_out, y.device)
             return Selection(index, count, plan.width_out, fixed, extra)
@@ -231,13 +236,12 @@ def _select_mid(plan: StagePlan, cfg: PruningConfig, y, q, k, v, scale, meta, P:
                                 k_max=k_max)
     # ATS significance up to a positive per-image factor (normalisation cancels in the min-max CDF)
     v_norm = threshold_l2.l2_scores(v.reshape(v.shape[0], -1))
-    if fixed and probe is None and not meta.padded and (y.is_cuda or best_first_launcher.interpreted):
-        index, _, _ = best_first_select(score, y, meta.dense_rows, meta.lengths, P, plan.width_out, k=plan.keep,
-                                        row_weight=v_norm, ascending=True)  # one launch
-        return Selection(index, fixed_count(meta.batch, plan.width_out, y.device), plan.width_out, True)
-    if not fixed and probe is None and not meta.padded and (y.is_cuda or best_first_launcher.interpreted):
-        index, count = ats_select(score, v_norm, meta.dense_rows, meta.lengths, P, plan.width_out,
-                                  cfg.num_samples)  # one launch
+    if _kernels(meta, y, probe):
+        if fixed:
+            index, _, _ = best_first_select(score, y, meta.dense_rows, meta.lengths, P, plan.width_out, k=plan.keep,
+                                            row_weight=v_norm, ascending=True)
+            return Selection(index, fixed_count(meta.batch, plan.width_out, y.device), plan.width_out, True)
+        index, count = ats_select(score, v_norm, meta.dense_rows, meta.lengths, P, plan.width_out, cfg.num_samples)
         return Selection(index, count, plan.width_out, False)
     sig = score * dense_view(v_norm, meta)
     if probe is not None:
@@ -253,7 +257,7 @@ def _apply(plan: StagePlan, sel, x, tok, meta: RaggedMeta):
     """Compact the rows ``x`` and gather the dense token ids ``tok: (B, L (+1))`` (last column -1 when the
     selection may point at an appended token)."""
     width = None
-    if not meta.padded and (x.is_cuda or compact_launcher.interpreted):  # one Triton launch
+    if _kernels(meta, x):  # one launch: rows, cu_seqlens, dense view, token ids
         if sel.width != plan.width_out:
             raise RuntimeError(f"stage {plan.index}: selection width {sel.width} != planned {plan.width_out}")
         extra = None if sel.extra is None else sel.extra.to(x.dtype)
