@@ -58,10 +58,45 @@ def l2_select_fwd(
     tl.store(COUNT + b, count.to(tl.int64))
 
 
+@triton.jit
+def _scores(SCORE, WEIGHT, DENSE_ROWS, b, idx, mask, stride_s, stride_dr, BY_ROW: tl.constexpr,
+            HAS_WEIGHT: tl.constexpr):
+    """fp32 scores of positions ``idx`` of image ``b`` (0 where ``mask`` is false)."""
+    if BY_ROW:
+        a = tl.load(SCORE + tl.load(DENSE_ROWS + b * stride_dr + idx, mask=mask, other=0) * stride_s, mask=mask,
+                    other=0.0).to(tl.float32)
+    else:
+        a = tl.load(SCORE + b * stride_s + idx, mask=mask, other=0.0).to(tl.float32)
+    if HAS_WEIGHT:
+        a = a * tl.load(WEIGHT + tl.load(DENSE_ROWS + b * stride_dr + idx, mask=mask, other=0), mask=mask, other=0.0)
+    return a
+
+
+@triton.jit(do_not_specialize=["L", "P", "stride_s", "stride_dr"])
+def best_first_rank_fwd(SCORE, WEIGHT, DENSE_ROWS, LENGTHS, RANK, BEFORE, L, P, stride_s, stride_dr,
+                        MASS_RULE: tl.constexpr, BY_ROW: tl.constexpr, HAS_WEIGHT: tl.constexpr,
+                        BLOCK_I: tl.constexpr, BLOCK_L: tl.constexpr):
+    """``RANK[b, i]``: candidates better than ``i`` (higher score, or equal score and lower position);
+    ``BEFORE[b, i]`` (``MASS_RULE``): their score sum. One (image, slice of BLOCK_I positions) program
+    compares its slice with every position in one tile."""
+    b = tl.program_id(0)
+    ii = tl.program_id(1) * BLOCK_I + tl.arange(0, BLOCK_I)
+    js = tl.arange(0, BLOCK_L)
+    n_b = tl.load(LENGTHS + b).to(tl.int32)
+    ci = (ii >= P) & (ii < n_b)
+    cj = (js >= P) & (js < n_b)
+    ai = _scores(SCORE, WEIGHT, DENSE_ROWS, b, ii, ci, stride_s, stride_dr, BY_ROW, HAS_WEIGHT)
+    aj = _scores(SCORE, WEIGHT, DENSE_ROWS, b, js, cj, stride_s, stride_dr, BY_ROW, HAS_WEIGHT)
+    better = ((aj[None, :] > ai[:, None]) | ((aj[None, :] == ai[:, None]) & (js[None, :] < ii[:, None]))) & cj[None, :]
+    tl.store(RANK + b * L + ii, tl.sum(better.to(tl.int32), axis=1), mask=ii < L)
+    if MASS_RULE:
+        tl.store(BEFORE + b * L + ii, tl.sum(tl.where(better, aj[None, :], 0.0), axis=1), mask=ii < L)
+
+
 @triton.jit(do_not_specialize=["B", "L", "W", "C", "P", "stride_s", "stride_y", "stride_dr", "K", "K_MIN", "K_MAX",
                                "MASS", "T"])
 def best_first_select_fwd(
-    SCORE, WEIGHT, Y, DENSE_ROWS, LENGTHS, INDEX, COUNT, EXTRA,
+    SCORE, WEIGHT, Y, DENSE_ROWS, LENGTHS, RANK, BEFORE, INDEX, COUNT, EXTRA,
     B, L, W, C, P, stride_s, stride_y, stride_dr,
     K, K_MIN, K_MAX, MASS, T,
     RULE: tl.constexpr,  # 0: the K best; 1: attention mass MASS (EViT); 2: score > T (DynamicViT)
@@ -71,43 +106,22 @@ def best_first_select_fwd(
     FUSE: tl.constexpr,
     BLOCK_L: tl.constexpr,
     BLOCK_C: tl.constexpr,
-    BLOCK_J: tl.constexpr,
 ):
-    """Best-first selection (EViT, DynamicViT) of one image per program: ranks by score (descending, ties:
-    lower position first), ``num`` kept by ``RULE`` (clamped to ``[K_MIN, K_MAX]`` and the candidates for
-    rules 1 and 2), kept tokens written best first, then (``FUSE``) the fused token (index ``L``, value
-    ``EXTRA[b] = sum of score * y`` over the dropped candidates, fp32) when something was dropped.
+    """Best-first selection (EViT, DynamicViT) of one image per program, from the ranks (and better-score
+    sums) of :func:`best_first_rank_fwd`: ``num`` kept by ``RULE`` (clamped to ``[K_MIN, K_MAX]`` and the
+    candidates for rules 1 and 2), kept tokens written best first, then (``FUSE``) the fused token (index
+    ``L``, value ``EXTRA[b] = sum of score * y`` over the dropped candidates, fp32) when something was
+    dropped; the fused token's channels are split over the programs of the second grid axis.
     """
     b = tl.program_id(0)
     pid_c = tl.program_id(1)  # channel block of the fused token; block 0 also writes index and count
     pos = tl.arange(0, BLOCK_L)
     n_b = tl.load(LENGTHS + b).to(tl.int32)
     cand = (pos >= P) & (pos < n_b)
-    if BY_ROW:
-        a = tl.load(SCORE + tl.load(DENSE_ROWS + b * stride_dr + pos, mask=cand, other=0) * stride_s, mask=cand,
-                    other=0.0).to(tl.float32)
-    else:
-        a = tl.load(SCORE + b * stride_s + pos, mask=cand, other=0.0).to(tl.float32)
-    if HAS_WEIGHT:
-        a = a * tl.load(WEIGHT + tl.load(DENSE_ROWS + b * stride_dr + pos, mask=cand, other=0), mask=cand, other=0.0)
-    rank = tl.zeros([BLOCK_L], dtype=tl.int32)
-    before = tl.zeros([BLOCK_L], dtype=tl.float32)  # attention mass of the better candidates
-    for j0 in range(0, L, BLOCK_J):
-        js = j0 + tl.arange(0, BLOCK_J)
-        cj = (js >= P) & (js < n_b)
-        if BY_ROW:
-            aj = tl.load(SCORE + tl.load(DENSE_ROWS + b * stride_dr + js, mask=cj, other=0) * stride_s, mask=cj,
-                         other=0.0).to(tl.float32)
-        else:
-            aj = tl.load(SCORE + b * stride_s + js, mask=cj, other=0.0).to(tl.float32)
-        if HAS_WEIGHT:
-            aj = aj * tl.load(WEIGHT + tl.load(DENSE_ROWS + b * stride_dr + js, mask=cj, other=0), mask=cj,
-                              other=0.0)
-        better = ((aj[None, :] > a[:, None]) | ((aj[None, :] == a[:, None]) & (js[None, :] < pos[:, None]))) \
-            & cj[None, :]
-        rank += tl.sum(better.to(tl.int32), axis=1)
-        if RULE == 1:
-            before += tl.sum(tl.where(better, aj[None, :], 0.0), axis=1)
+    a = _scores(SCORE, WEIGHT, DENSE_ROWS, b, pos, cand, stride_s, stride_dr, BY_ROW, HAS_WEIGHT)
+    rank = tl.load(RANK + b * L + pos, mask=cand, other=0)
+    if RULE == 1:
+        before = tl.load(BEFORE + b * L + pos, mask=cand, other=0.0)
     avail = tl.maximum(n_b - P, 0)
     if RULE == 0:
         num = tl.minimum(avail, K)

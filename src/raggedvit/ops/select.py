@@ -1,5 +1,5 @@
-"""One-launch selections: ``l2_select`` (Threshold-L2), ``best_first_select`` (EViT with its fused token,
-DynamicViT, fixed-count ATS) and ``ats_select`` (ATS sampling).
+"""Selections in a few launches: ``l2_select`` (Threshold-L2), ``best_first_select`` (EViT with its fused
+token, DynamicViT, fixed-count ATS) and ``ats_select`` (ATS sampling).
 
 The torch paths (:mod:`raggedvit.pruning.threshold_l2`, ``.evit``, ``.dynamicvit``) spend a dozen small ops per
 stage (norms, dense gathers, masks, sorts, cumsums, clamps, a batched matmul for the fused token); each op
@@ -11,11 +11,19 @@ from __future__ import annotations
 
 import torch
 
-from ..kernels.select import ats_cdf_fwd, ats_hits_fwd, ats_index_fwd, best_first_select_fwd, l2_select_fwd
+from ..kernels.select import (
+    ats_cdf_fwd,
+    ats_hits_fwd,
+    ats_index_fwd,
+    best_first_rank_fwd,
+    best_first_select_fwd,
+    l2_select_fwd,
+)
 from .launch import DirectLauncher, raw_stream
 
 launcher = DirectLauncher(l2_select_fwd, "l2_select")
 best_first_launcher = DirectLauncher(best_first_select_fwd, "best_first_select")
+best_first_rank_launcher = DirectLauncher(best_first_rank_fwd, "best_first_rank")
 ats_launchers = (DirectLauncher(ats_cdf_fwd, "ats_cdf"), DirectLauncher(ats_hits_fwd, "ats_hits"),
                  DirectLauncher(ats_index_fwd, "ats_index"))
 _BIG = 1 << 30
@@ -138,16 +146,21 @@ def best_first_select(score: torch.Tensor, y: torch.Tensor, dense_rows: torch.Te
     index = torch.empty(batch, width, dtype=torch.int64, device=y.device)
     count = torch.empty(batch, dtype=torch.int64, device=y.device)
     extra = torch.empty(batch, C, dtype=y.dtype, device=y.device) if fuse else None
-    block_l, block_j = _blocks(L)
+    block_l = max(16, 1 << (L - 1).bit_length())
+    block_i = max(1, min(64, _PAIRS // block_l))
     block_c = max(8, min(64, 4096 // block_l))
+    rank = torch.empty(batch, L, dtype=torch.int32, device=y.device)
+    before = torch.empty(batch, L, dtype=torch.float32, device=y.device) if rules[0] == 1 else rank
+    weight = score if row_weight is None else row_weight
+    _launch(best_first_rank_launcher, dev, (batch, -(-L // block_i)),
+            (score, weight, dense_rows, lengths, rank, before), (L, num_prefix, score.stride(0), dense_rows.stride(0)),
+            (rules[0] == 1, by_row, row_weight is not None, block_i, block_l), (y.dtype, score.dtype))
     ints = (batch, L, width, C, num_prefix, score.stride(0), y.stride(0), dense_rows.stride(0),
             k or 0, k_min, _BIG if k_max is None else k_max, float(mass or 0.0), float(threshold or 0.0))
-    tensors = (score, score if row_weight is None else row_weight, y, dense_rows, lengths, index, count,
-               extra if fuse else count)
-    # small batches split the fused token's channels over programs (each repeats the cheap ranking) to fill
-    # the GPU; large ones already have a program per image per SM
+    tensors = (score, weight, y, dense_rows, lengths, rank, before, index, count, extra if fuse else count)
+    # small batches split the fused token's channels over programs to fill the GPU
     grid = (batch, max(1, min(-(-C // block_c), 128 // batch)) if fuse else 1)
-    flags = (rules[0], by_row, row_weight is not None, ascending, fuse, block_l, block_c, block_j)
+    flags = (rules[0], by_row, row_weight is not None, ascending, fuse, block_l, block_c)
     _launch(best_first_launcher, dev, grid, tensors, ints, flags, (y.dtype, score.dtype))
     return index, count, extra
 
