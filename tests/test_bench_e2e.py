@@ -101,7 +101,7 @@ def _args(tmp_path, *extra):
 def test_cli_cpu_writes_valid_json(tmp_path, capsys):
     args = _args(tmp_path, "--models", "deit_tiny", "--img-sizes", "64", "--batches", "2", "--methods", "evit",
                  "--variants", "adaptive", "--pipelines", "dense,padded_sdpa,raggedvit_eager,raggedvit_graph,oracle",
-                 "--budget", "0.01", "--calib-images", "2", "--lengths-dist", "uniform:0.3:0.9")
+                 "--budget", "0.01", "--calib-images", "2", "--lengths-dist", "uniform:0.3:0.9", "--live-rows", "off")
     assert e2e.main(args) == 0
     files = sorted(tmp_path.glob("e2e-cpu-*.json"))
     assert len(files) == 1 and files[0].with_suffix(".md").exists()
@@ -114,7 +114,7 @@ def test_cli_cpu_writes_valid_json(tmp_path, capsys):
     rows = data["rows"]
     assert {r["method"] for r in rows} == {"evit", "lengths"}
     for r in rows:
-        assert r["pipeline"] in e2e.PIPELINES
+        assert r["pipeline"] in e2e.PIPELINES and r["live_rows"] == "off"
         if r["pipeline"] in ("raggedvit_graph", "oracle"):
             assert r["status"].startswith("unavailable: CUDA graphs need a CUDA device")
             continue
@@ -139,3 +139,5 @@ def test_quick_grid_shapes():
     assert g["models"] == ["deit_tiny"] and set(g["pipelines"]) == set(e2e.CPU_PIPELINES)
     with pytest.raises(SystemExit):
         e2e._grid(parser.parse_args(["--pipelines", "bogus"]), torch.device("cpu"))
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--live-rows", "maybe"])

@@ -230,15 +230,15 @@ def test_packed_forward_is_static_and_sync_free(method, opts):
     pruned = raggedvit.prune(model, method, attention="reference", **extra, **opts).eval()
     runs = []
     with torch.no_grad():
-        for scale in (0.5, 2.0):  # different image statistics: different kept counts
+        for scale in (0.25, 1.0, 4.0, 16.0):  # different image statistics: different kept counts
             images = make_images(2, SMALL) * scale
             rec = _Recorder()
             with rec:
                 pruned(images)
             runs.append((rec.shapes, [k.tolist() for k in pruned.last_stats.kept]))
-    assert runs[0][0] == runs[1][0]
+    assert all(r[0] == runs[0][0] for r in runs)
     if opts.get("variant", "adaptive" if method in ("ats", "threshold_l2") else "fixed") == "adaptive":
-        assert runs[0][1] != runs[1][1], "the two batches should keep different counts"
+        assert any(r[1] != runs[0][1] for r in runs), "the batches should keep different counts"
 
 
 def test_stats_shapes_and_types():

@@ -59,7 +59,19 @@ CASES = [
     ("evit", dict(variant="adaptive", mass=0.8)),
     ("ats", dict(num_samples=120)),
     ("dynamicvit", dict(variant="adaptive")),
+    ("threshold_l2", dict(alpha=1.0, live_rows=True)),  # the LiveRows kernels (TMA tiles forced below)
+    ("evit", dict(variant="adaptive", live_rows=True)),
 ]
+
+
+@pytest.fixture(autouse=True)
+def _large_tiles_for_live_rows(monkeypatch):
+    """Small test batches would run the small-tile configuration of ragged_linear: force the large one
+    (persistent, TMA on sm90+) so that graph and sync tests cover it."""
+    from raggedvit.ops import linear as linear_mod
+
+    small = linear_mod._config
+    monkeypatch.setattr(linear_mod, "_config", lambda dt, m, n, ok: small(dt, 1 << 20, 1 << 20, ok))
 
 
 def _sharp_fp16(method, opts):
@@ -80,7 +92,8 @@ def _images(n, generator):
 
 
 @requires_gpu
-@pytest.mark.parametrize("method,opts", CASES, ids=[f"{m}-{o.get('variant', '')}" for m, o in CASES])
+@pytest.mark.parametrize("method,opts", CASES,
+                         ids=[f"{m}-{o.get('variant', '')}-{o.get('live_rows', 'auto')}" for m, o in CASES])
 def test_replay_equals_eager_100_batches(method, opts):
     """One capture, 100 replays on fresh random images: logits and kept counts equal the eager forward."""
     pruned = _sharp_fp16(method, opts)
@@ -113,7 +126,8 @@ def test_graphed_cache_reuses_capture():
 
 
 @requires_gpu
-@pytest.mark.parametrize("method,opts", CASES[:4], ids=[m for m, _ in CASES[:4]])
+@pytest.mark.parametrize("method,opts", CASES[:4] + CASES[5:], ids=[f"{m}-{o.get('live_rows', 'auto')}"
+                                                                    for m, o in CASES[:4] + CASES[5:]])
 def test_zero_syncs_eager_and_replay(method, opts):
     """torch.cuda.set_sync_debug_mode('error'): the eager packed forward and the graph replay never sync."""
     pruned = _sharp_fp16(method, opts)

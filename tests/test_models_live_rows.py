@@ -1,4 +1,4 @@
-"""``prune(..., live_rows=True)``: Linear layers on the live rows of adaptive buffers equal the plain modules."""
+"""``prune(..., live_rows=True)``: the fused token-wise kernels on the live rows equal timm's modules."""
 
 from __future__ import annotations
 
@@ -7,13 +7,13 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 
 import raggedvit
-from raggedvit.models.forward import fusable_mlp
+from raggedvit.models.forward import live_rows_unsupported
 
 from conftest import DEVICE, ON_GPU
 
 
-def _tiny_vit() -> VisionTransformer:
-    model = VisionTransformer(img_size=64, patch_size=16, embed_dim=64, depth=4, num_heads=2, num_classes=10)
+def _tiny_vit(**kw) -> VisionTransformer:
+    model = VisionTransformer(img_size=64, patch_size=16, embed_dim=64, depth=4, num_heads=2, num_classes=10, **kw)
     model = model.to(DEVICE).eval()
     with torch.no_grad():
         for blk in model.blocks:
@@ -21,24 +21,70 @@ def _tiny_vit() -> VisionTransformer:
     return model
 
 
-@pytest.mark.parametrize("method,opts", [("threshold_l2", {"variant": "adaptive", "alpha": 1.0}),
-                                         ("ats", {"stages": (1, 2)})])
-def test_live_rows_equal_full_rows(method, opts):
+@pytest.mark.parametrize("method,opts", [
+    ("none", {}),
+    ("threshold_l2", {"variant": "adaptive", "alpha": 1.0}),
+    ("ats", {}),
+    ("evit", {"variant": "adaptive", "mass": 0.8}),
+    ("dynamicvit", {"variant": "fixed", "keep_rate": 0.6}),
+])
+def test_live_rows_equal_timm_modules(method, opts):
     model = _tiny_vit()
-    opts = {"stages": (1, 2), **opts}
+    if method != "none":
+        opts = {"stages": (1, 2), **opts}
     attention = "triton" if ON_GPU else "reference"
     full = raggedvit.prune(model, method, attention=attention, live_rows=False, **opts)
     live = raggedvit.prune(model, method, attention=attention, live_rows=True, **opts)
+    if method == "dynamicvit":
+        live.score_predictor = full.score_predictor
     x = torch.randn(3, 3, 64, 64, device=DEVICE) * torch.tensor([0.3, 2.0, 6.0], device=DEVICE).view(3, 1, 1, 1)
     with torch.no_grad():
         want, got = full(x), live(x)
     torch.testing.assert_close(got, want, rtol=0, atol=1e-4 if ON_GPU else 1e-5)  # GPU: TF32-free fp32 GEMMs differ
     for a, b in zip(live.last_stats.kept, full.last_stats.kept):
         assert torch.equal(a, b)
-    assert not live.last_stats.final_meta.uniform  # an adaptive buffer: the live-row path ran
-    assert fusable_mlp(model.blocks[0].mlp)
 
 
-def test_live_rows_option_is_checked():
+def test_live_rows_options_are_checked():
+    model = _tiny_vit()
     with pytest.raises(ValueError, match="live_rows"):
-        raggedvit.prune(_tiny_vit(), "ats", live_rows="yes", stages=(1, 2))
+        raggedvit.prune(model, "ats", live_rows="yes", stages=(1, 2))
+    with pytest.raises(ValueError, match="packed"):
+        raggedvit.prune(model, "ats", live_rows=True, layout="padded", stages=(1, 2))
+    scaled = _tiny_vit(init_values=1e-5)  # layer scale: not a plain pre-norm block
+    assert "layer scale" in live_rows_unsupported(scaled.blocks[0])
+    with pytest.raises(ValueError, match="block 0: layer scale"):
+        raggedvit.prune(scaled, "ats", live_rows=True, stages=(1, 2))
+    live = raggedvit.prune(model, "ats", live_rows=True, attention="triton" if ON_GPU else "reference", stages=(1, 2))
+    with pytest.raises(RuntimeError, match="no_grad"):
+        live(torch.randn(1, 3, 64, 64, device=DEVICE))
+    assert raggedvit.prune(scaled, "ats", stages=(1, 2)).live_rows is False  # "auto" where it cannot run
+    assert raggedvit.prune(model, "ats", layout="padded", stages=(1, 2)).live_rows is False
+    assert raggedvit.prune(model, "ats", stages=(1, 2)).live_rows == "auto"
+    with pytest.raises(ValueError, match="live_rows"):
+        raggedvit.prune(model, "ats", live_rows=1, stages=(1, 2))
+
+
+def test_auto_picks_stages_by_buffer_rows(monkeypatch):
+    """``live_rows="auto"`` runs the kernels on buffers of >= AUTO_MIN_ROWS rows with unused rows and of
+    >= AUTO_MIN_ROWS_FULL rows without; the results equal timm's modules either way."""
+    from raggedvit.models import forward, pruned
+    from raggedvit.ops.layernorm import launcher as ln_launcher
+
+    monkeypatch.setattr(pruned, "_auto_applies", lambda images: True)  # CPU: the interpreter
+
+    model = _tiny_vit()
+    attention = "triton" if ON_GPU else "reference"
+    opts = dict(stages=(1, 2), variant="adaptive", alpha=1.0)
+    full = raggedvit.prune(model, "threshold_l2", attention=attention, live_rows=False, **opts)
+    auto = raggedvit.prune(model, "threshold_l2", attention=attention, **opts)
+    x = torch.randn(4, 3, 64, 64, device=DEVICE) * torch.tensor([0.3, 2.0, 6.0, 1.0], device=DEVICE).view(4, 1, 1, 1)
+    with torch.no_grad():
+        want = full(x)
+        for min_rows, min_full, expected in [(10**6, 10**6, 0), (1, 10**6, 3 * 2), (1, 1, 4 * 2)]:  # 2 LN per block
+            monkeypatch.setattr(forward, "AUTO_MIN_ROWS", min_rows)
+            monkeypatch.setattr(forward, "AUTO_MIN_ROWS_FULL", min_full)
+            before = ln_launcher.stats["direct"] + ln_launcher.stats.get("jit", 0)
+            got = auto(x)
+            assert ln_launcher.stats["direct"] + ln_launcher.stats.get("jit", 0) - before == expected
+            torch.testing.assert_close(got, want, rtol=0, atol=1e-4 if ON_GPU else 1e-5)

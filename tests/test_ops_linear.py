@@ -6,47 +6,66 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from raggedvit.ops.linear import launcher, ragged_linear
+from raggedvit.ops import linear as linear_mod
+from raggedvit.ops.linear import Config, launcher, ragged_linear
 
 from conftest import DEVICE, ON_GPU, requires_gpu
 from helpers import assert_close_report
 
 
-def _ref(x, w, b, live, gelu):
+def _ref(x, w, b, live, gelu, res=None):
     y = F.linear(x.double(), w.double(), None if b is None else b.double())
     y = F.gelu(y) if gelu else y
-    y[live:] = 0
-    return y
+    return y if res is None else y + res.double()
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("gelu,bias", [(False, True), (True, True), (False, False)])
-def test_matches_fp64_on_live_rows_and_zeroes_the_rest(dtype, gelu, bias):
-    m, k, n, live = 77, 40, 72, 45  # live rows end inside a tile; K and N not multiples of the tile
+@pytest.mark.parametrize("gelu,bias,res", [(False, True, False), (True, True, False), (False, False, False),
+                                            (False, True, True)])
+@pytest.mark.parametrize("k", [40, 64])
+@pytest.mark.parametrize("tma", [False, True])
+def test_matches_fp64_on_live_rows_and_leaves_the_rest(dtype, gelu, bias, res, k, tma, monkeypatch):
+    if launcher.interpreted:  # small tiles; the TMA path in the interpreter too
+        cfg = Config(32, 32, 32, 4, 1, 0, tma and dtype != torch.float32)
+        monkeypatch.setattr(linear_mod, "_config", lambda *a: cfg)
+    elif tma:  # GPU: force the large-tile configuration (TMA on sm90+)
+        monkeypatch.setattr(linear_mod, "_config", lambda dt, m, n, ok: Config(128, 128, 64, 8, 4, 1, ok)
+                            if dt != torch.float32 else Config(64, 64, 32, 4, 3, 0, False))
+    m, n, live = 77, 72, 45  # live rows end inside a tile; N not a multiple of the tile; K = 40 neither
     x = torch.randn(m, k, device=DEVICE).to(dtype)
+    x[live:] = float("nan")  # rows past the live count must not be read
     w = (torch.randn(n, k, device=DEVICE) / k**0.5).to(dtype)
     b = torch.randn(n, device=DEVICE).to(dtype) if bias else None
-    out = torch.full((m, n), float("nan"), dtype=dtype, device=DEVICE)
-    got = ragged_linear(x, w, b, torch.tensor([live], dtype=torch.int32, device=DEVICE), gelu=gelu, out=out)
-    want = _ref(x, w, b, live, gelu)
+    r = torch.randn(m, n, device=DEVICE).to(dtype) if res else None
+    out = torch.full((m, n), 7.0, dtype=dtype, device=DEVICE)
+    got = ragged_linear(x, w, b, torch.tensor([live], dtype=torch.int32, device=DEVICE), gelu=gelu, residual=r,
+                        out=out)
+    want = _ref(x, w, b, live, gelu, r)
     y_torch = F.linear(x, w, b)
     y_torch = F.gelu(y_torch) if gelu else y_torch
+    y_torch = y_torch if r is None else y_torch + r
     torch_err = (y_torch.double()[:live] - want[:live]).abs().max()
     if launcher.interpreted and dtype == torch.bfloat16:  # the interpreter truncates fp32 -> bf16
         truncated = (want[:live].float().view(torch.int32) & -65536).view(torch.float32)
         torch_err = max(torch_err, (truncated.double() - want[:live]).abs().max())
     tol = 1e-5 if dtype == torch.float32 else 2 * max(float(torch_err), torch.finfo(dtype).eps)
-    assert_close_report(got, want, tol, f"{dtype} gelu={gelu}")
-    assert (got[live:] == 0).all()
+    assert_close_report(got[:live], want[:live], tol, f"{dtype} gelu={gelu} res={res}")
+    assert (got[live:] == 7).all()
 
 
-def test_strided_input_rows_and_zero_live():
+def test_strided_input_rows_residual_in_place_and_zero_live():
     x = torch.randn(20, 64, device=DEVICE)[:, :48]  # row stride 64, K = 48
     w = torch.randn(32, 48, device=DEVICE)
-    got = ragged_linear(x, w, None, torch.zeros(1, dtype=torch.int32, device=DEVICE))
-    assert (got == 0).all()
+    out = torch.full((20, 32), 3.0, device=DEVICE)
+    got = ragged_linear(x, w, None, torch.zeros(1, dtype=torch.int32, device=DEVICE), out=out)
+    assert (got == 3).all()
     got = ragged_linear(x, w, None, torch.tensor([20], dtype=torch.int32, device=DEVICE))
     assert_close_report(got, _ref(x, w, None, 20, False), 1e-4, "strided")
+    r = torch.randn(20, 40, device=DEVICE)[:, :32]  # residual with row stride 40, updated in place
+    want = _ref(x, w, None, 30, False, r)  # live_rows past M is clamped to M
+    got = ragged_linear(x, w, None, torch.tensor([30], dtype=torch.int32, device=DEVICE), residual=r, out=r)
+    assert got is r
+    assert_close_report(r, want, 1e-4, "residual in place")
 
 
 @pytest.mark.parametrize("bad,exc,msg", [
@@ -54,13 +73,16 @@ def test_strided_input_rows_and_zero_live():
     (dict(w=torch.randn(8, 5)), ValueError, "weight"),
     (dict(b=torch.randn(7)), ValueError, "bias"),
     (dict(x=torch.randn(4, 6, dtype=torch.float64)), TypeError, "dtype"),
+    (dict(res=torch.randn(4, 7)), ValueError, "residual"),
+    (dict(res=torch.randn(4, 8), gelu=True), ValueError, "combined"),
 ])
 def test_bad_input(bad, exc, msg):
-    args = dict(x=torch.randn(4, 6), w=torch.randn(8, 6), b=torch.randn(8), live=torch.tensor([2], dtype=torch.int32))
+    args = dict(x=torch.randn(4, 6), w=torch.randn(8, 6), b=torch.randn(8), live=torch.tensor([2], dtype=torch.int32),
+                res=None, gelu=False)
     args.update(bad)
-    args = {k: v.to(DEVICE) for k, v in args.items()}
+    args = {k: v.to(DEVICE) if isinstance(v, torch.Tensor) else v for k, v in args.items()}
     with pytest.raises(exc, match=msg):
-        ragged_linear(args["x"], args["w"], args["b"], args["live"])
+        ragged_linear(args["x"], args["w"], args["b"], args["live"], residual=args["res"], gelu=args["gelu"])
 
 
 @requires_gpu
@@ -71,6 +93,7 @@ def test_graph_replay_follows_the_live_count():
     live = torch.tensor([300], dtype=torch.int32, device=DEVICE)
     out = torch.empty(512, 1536, device=DEVICE, dtype=torch.float16)
     ragged_linear(x, w, b, live, gelu=True, out=out)
+    out.fill_(5)
     g = torch.cuda.CUDAGraph()
     with torch.cuda.graph(g):
         ragged_linear(x, w, b, live, gelu=True, out=out)
@@ -80,5 +103,5 @@ def test_graph_replay_follows_the_live_count():
         torch.cuda.synchronize()
         want = F.gelu(F.linear(x, w, b))
         torch.testing.assert_close(out[:n], want[:n], atol=2e-2, rtol=2e-2)
-        assert (out[n:] == 0).all()
+        assert (out[max(n, 300):] == 5).all()  # rows never live since the fill are untouched
     assert launcher.stats["direct"] >= 1 or not ON_GPU

@@ -13,6 +13,9 @@ for every pipeline of a point):
   ``--nested-max-batch``).
 * ``raggedvit_eager`` / ``raggedvit_graph``: the packed layout with raggedvit's Triton kernel, eager and
   captured whole (:mod:`raggedvit.models.graph`).
+
+Every packed pipeline (FA2, varlen_attn, NestedTensor and raggedvit alike) runs ``prune(live_rows=...)`` as
+``--live-rows`` says (default ``auto``), so they differ in attention only.
 * ``oracle``: timm blocks on dense tensors at exactly the kept counts (mean per stage for adaptive
   methods), CUDA graph, no scoring cost (:mod:`.oracle`); ``oracle_capacity`` (adaptive only): the same at
   the packed buffer widths, i.e. the rows raggedvit's token-wise layers process.
@@ -84,6 +87,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--device", help="default: cuda if available, else cpu")
     a("--budget", type=float, help="seconds of timing per pipeline (default 0.6, quick 0.3, cpu 0.1)")
     a("--calib-images", type=int, help="calibration images (default 64 on GPU, 8 on CPU)")
+    a("--live-rows", default="auto", choices=["auto", "on", "off"],
+      help="prune(live_rows=...) of every packed pipeline: fused token-wise kernels on the live rows")
     a("--nested-max-batch", type=int, default=8, help="skip packed_nested above this batch (very slow)")
     a("--seed", type=int, default=0)
     a("--out", default="benchmarks/results", help="output folder")
@@ -173,7 +178,8 @@ class Point:
         self.n0 = self.dims.num_prefix + self.dims.num_patches
 
     def pruned(self, layout, attention="triton"):
-        return prune(self.model, self.pm, layout=layout, attention=attention, **self.options).eval()
+        live = self.ctx["live_rows"] if layout == "packed" else False
+        return prune(self.model, self.pm, layout=layout, attention=attention, live_rows=live, **self.options).eval()
 
     def run(self, pipeline: str) -> dict:
         row = dict(self.base, pipeline=pipeline, batch=self.batch, status="ok")
@@ -303,6 +309,7 @@ def main(args) -> int:
               "unavailable; raggedvit_eager runs the 'reference' attention backend")
     grid = _grid(args, device)
     ctx = dict(device=device, dtype=dtype, seed=args.seed, nested_max_batch=args.nested_max_batch,
+               live_rows={"auto": "auto", "on": True, "off": False}[args.live_rows],
                budget=args.budget or (0.1 if cpu else 0.3 if args.quick else 0.6))
     calib_n = args.calib_images or (4 if cpu else 64)
     points = [(m, s, c, b, kr) for m in grid["models"] for s in grid["img_sizes"] for c in grid["combos"]
@@ -324,7 +331,7 @@ def main(args) -> int:
                                                 checkpoint=args.checkpoint)
         model, ckpt = models[(mname, img)]
         base = dict(model=mname, img_size=img, method=method, variant=variant, dtype=str(dtype).removeprefix("torch."),
-                    _point=pi)
+                    live_rows=args.live_rows, _point=pi)
         opts = cal.point_options(model, ckpt, method, variant, batch, base, cache=calib, keep_rate=kr,
                                  k_max=args.k_max, lengths_dist=args.lengths_dist, seed=args.seed,
                                  calib_images=calib_n, attention="reference" if cpu else "triton")

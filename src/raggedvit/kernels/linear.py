@@ -1,78 +1,124 @@
-"""Triton kernel: ``y = act(x @ w.T + b)`` on the live rows of a fixed-capacity token buffer.
+"""Triton kernel: ``y = [res +] act(x @ w.T + b)`` on the live rows of a fixed-capacity token buffer.
 
 A packed pruned batch lives in a buffer sized for the worst case (a static capacity, so the forward can be
 captured in a CUDA graph) while only the first ``live`` rows hold tokens; ``live`` is a device scalar
-(``cu_seqlens[-1]``), never read by the host. Row tiles at or past ``live`` skip the matrix product and
-store zeros, so the work tracks the tokens actually kept, not the capacity. Rows past ``live`` inside the
-last live tile are zeroed too: every output row is defined.
+(``cu_seqlens[-1]``), never read by the host. Programs stride over the output tiles of the live rows only
+(their number is computed on the device from ``live``), so the work tracks the tokens actually kept, not
+the capacity. Rows at or past ``live`` are never written, nor read (``TMA``) or read only as clamped
+duplicates of live rows (pointer loads).
 
-x: ``(M, K)``, w: ``(N, K)`` (``nn.Linear.weight``), b: ``(N,)``, y: ``(M, N)``; unit stride along K / N.
-fp16 and bf16 (fp32 accumulation), fp32 (IEEE products). ``GELU`` is the exact (erf) GELU of ``nn.GELU()``.
+x: ``(M, K)``, w: ``(N, K)`` (``nn.Linear.weight``), b: ``(N,)``, res and y: ``(M, N)``; unit stride along
+K / N. ``N`` and ``K`` (layer widths, never token counts) are compile-time constants. fp16 and bf16 (fp32
+accumulation), fp32 (IEEE products). ``TMA`` (Hopper and newer, 16-byte aligned rows): tiles move through
+tensor descriptors whose row count is ``live``, so out-of-range rows and columns are zero-filled on load
+and clipped on store; otherwise pointer loads. ``GELU`` is the exact (erf) GELU of ``nn.GELU()`` with a
+rational erf (absolute error < 1.5e-7, far below fp16/bf16 rounding).
 """
 
 import triton
 import triton.language as tl
 
 
-@triton.jit(do_not_specialize=["M"])
+@triton.jit
+def _erf(x):
+    """erf(x), Abramowitz & Stegun 7.1.26 (absolute error < 1.5e-7): one exp and one division."""
+    a = tl.abs(x)
+    t = tl.fdiv(tl.full(a.shape, 1.0, tl.float32), 1.0 + 0.3275911 * a)
+    p = ((((1.061405429 * t - 1.453152027) * t + 1.421413741) * t - 0.284496736) * t + 0.254829592) * t
+    y = 1.0 - p * tl.exp(-a * a)
+    return tl.where(x >= 0, y, -y)
+
+
+@triton.jit
+def _tile(tile, num_pid_m, NUM_PID_N: tl.constexpr, GROUP_M: tl.constexpr):
+    """(row tile, column tile) of linear tile ``tile`` in grouped order (neighbours share weight tiles in L2)."""
+    group = GROUP_M * NUM_PID_N
+    first_m = (tile // group) * GROUP_M
+    group_m = tl.minimum(num_pid_m - first_m, GROUP_M)
+    return first_m + (tile % group) % group_m, (tile % group) // group_m
+
+
+@triton.jit(do_not_specialize=["M", "PROGRAMS"])
 def ragged_linear_fwd(
     X,
     W,
     BIAS,
+    RES,
     Y,
-    LIVE,  # pointer to one int32: rows [0, live) are computed, the rest zero-filled
+    LIVE,  # pointer to one int32: rows [0, live) are computed, the others left untouched
     M,
-    N,
-    K,
+    PROGRAMS,  # the grid size: programs stride over the tiles
     stride_xm,
     stride_wn,
+    stride_rm,
     stride_ym,
+    N: tl.constexpr,
+    K: tl.constexpr,
     HAS_BIAS: tl.constexpr,
     GELU: tl.constexpr,
+    HAS_RES: tl.constexpr,
     IS_FP32: tl.constexpr,
     UPCAST_DOT: tl.constexpr,  # interpreter only (its bf16 tl.dot is wrong): multiply in fp32
+    TMA: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    num_pid_m = tl.cdiv(M, BLOCK_M)
-    num_pid_n = tl.cdiv(N, BLOCK_N)
-    group = GROUP_M * num_pid_n  # grouped tile order: neighbouring programs share weight tiles in L2
-    first_m = (pid // group) * GROUP_M
-    group_m = tl.minimum(num_pid_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % group) % group_m
-    pid_n = (pid % group) // group_m
-
-    live = tl.load(LIVE)
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    y_ptrs = Y + rows[:, None].to(tl.int64) * stride_ym + cols[None, :]
-    out_mask = (rows[:, None] < M) & (cols[None, :] < N)
-    if pid_m * BLOCK_M >= live:
-        tl.store(y_ptrs, tl.zeros([BLOCK_M, BLOCK_N], dtype=Y.dtype.element_ty), mask=out_mask)
-    else:
-        ks = tl.arange(0, BLOCK_K)
-        x_ptrs = X + rows[:, None].to(tl.int64) * stride_xm + ks[None, :]
-        w_ptrs = W + cols[None, :].to(tl.int64) * stride_wn + ks[:, None]
-        row_ok = rows[:, None] < live
-        col_ok = cols[None, :] < N
+    NUM_PID_N: tl.constexpr = (N + BLOCK_N - 1) // BLOCK_N
+    live = tl.minimum(tl.load(LIVE), M)
+    num_pid_m = tl.cdiv(live, BLOCK_M)
+    ks = tl.arange(0, BLOCK_K)
+    if TMA:
+        x_desc = tl.make_tensor_descriptor(X, [live, K], [stride_xm, 1], [BLOCK_M, BLOCK_K])
+        w_desc = tl.make_tensor_descriptor(W, [N, K], [stride_wn, 1], [BLOCK_N, BLOCK_K])
+        y_desc = tl.make_tensor_descriptor(Y, [live, N], [stride_ym, 1], [BLOCK_M, BLOCK_N])
+        if HAS_RES:
+            r_desc = tl.make_tensor_descriptor(RES, [live, N], [stride_rm, 1], [BLOCK_M, BLOCK_N])
+    tile_out = tl.program_id(0) - PROGRAMS  # a second counter for the epilogue (keeps the loop pipelinable)
+    for tile in tl.range(tl.program_id(0), num_pid_m * NUM_PID_N, PROGRAMS, flatten=True):
+        pid_m, pid_n = _tile(tile, num_pid_m, NUM_PID_N, GROUP_M)
+        rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        rows_in = tl.where(rows < live, rows, 0).to(tl.int64)  # clamped: pointer loads need no row mask
+        cols_in = tl.where(cols < N, cols, 0)
         acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
         for k0 in range(0, K, BLOCK_K):
-            a = tl.load(x_ptrs, mask=row_ok & (ks[None, :] < K - k0), other=0.0)
-            b = tl.load(w_ptrs, mask=col_ok & (ks[:, None] < K - k0), other=0.0)
+            if TMA:
+                a = x_desc.load([pid_m * BLOCK_M, k0])
+                b = w_desc.load([pid_n * BLOCK_N, k0]).T
+            else:
+                kk = k0 + ks
+                a_ptrs = X + rows_in[:, None] * stride_xm + kk[None, :]
+                b_ptrs = W + cols_in[None, :] * stride_wn + kk[:, None]
+                if K % BLOCK_K == 0:
+                    a = tl.load(a_ptrs)
+                    b = tl.load(b_ptrs)
+                else:
+                    a = tl.load(a_ptrs, mask=kk[None, :] < K, other=0.0)
+                    b = tl.load(b_ptrs, mask=kk[:, None] < K, other=0.0)
             if IS_FP32:
                 acc = tl.dot(a, b, acc, input_precision="ieee")
             elif UPCAST_DOT:
                 acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
             else:
                 acc = tl.dot(a, b, acc)
-            x_ptrs += BLOCK_K
-            w_ptrs += BLOCK_K
+        tile_out += PROGRAMS
+        pid_m, pid_n = _tile(tile_out, num_pid_m, NUM_PID_N, GROUP_M)
+        rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         if HAS_BIAS:
             acc += tl.load(BIAS + cols, mask=cols < N, other=0.0).to(tl.float32)[None, :]
         if GELU:
-            acc = 0.5 * acc * (1.0 + tl.math.erf(acc * 0.7071067811865476))
-        acc = tl.where(row_ok, acc, 0.0)
-        tl.store(y_ptrs, acc.to(Y.dtype.element_ty), mask=out_mask)
+            acc = 0.5 * acc * (1.0 + _erf(acc * 0.7071067811865476))
+        if TMA:
+            if HAS_RES:
+                acc += r_desc.load([pid_m * BLOCK_M, pid_n * BLOCK_N]).to(tl.float32)
+            y_desc.store([pid_m * BLOCK_M, pid_n * BLOCK_N], acc.to(Y.dtype.element_ty))
+        else:
+            mask = (rows[:, None] < live) & (cols[None, :] < N)
+            if HAS_RES:
+                r_ptrs = RES + rows[:, None].to(tl.int64) * stride_rm + cols[None, :]
+                acc += tl.load(r_ptrs, mask=mask, other=0.0).to(tl.float32)
+            y_ptrs = Y + rows[:, None].to(tl.int64) * stride_ym + cols[None, :]
+            tl.store(y_ptrs, acc.to(Y.dtype.element_ty), mask=mask)

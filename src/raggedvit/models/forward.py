@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from ..ops.cls_attention import cls_attention_mean
 from ..ops.compact import compact_packed
 from ..ops.compact import launcher as compact_launcher
+from ..ops.layernorm import ragged_layer_norm
 from ..ops.linear import ragged_linear
 from ..ops.select import ats_select, best_first_select, l2_select
 from ..pruning import ats, dynamicvit, evit, threshold_l2
@@ -106,14 +107,23 @@ def _kernels(meta: RaggedMeta, t: torch.Tensor, probe=None) -> bool:
     return probe is None and not meta.padded and (t.is_cuda or compact_launcher.interpreted)
 
 
-def _live_linear(meta: RaggedMeta):
-    """``linear(module, x, gelu=False)`` that computes only the live rows of a packed buffer (zeros past
-    ``cu_seqlens[-1]``, read on the device by :func:`raggedvit.ops.linear.ragged_linear`)."""
-    live = meta.cu_seqlens[-1:]
+class LiveRows:
+    """The token-wise layers of a plain pre-norm block on the live rows of a packed buffer: LayerNorm
+    (:func:`~raggedvit.ops.layernorm.ragged_layer_norm`), qkv, proj + residual, fc1 + GELU, fc2 + residual
+    (:func:`~raggedvit.ops.linear.ragged_linear`). ``live``: the live row count on the device
+    (``cu_seqlens[-1:]``); rows past it are neither read nor written."""
 
-    def linear(mod, x, gelu: bool = False):
-        return ragged_linear(x, mod.weight, mod.bias, live, gelu=gelu)
-    return linear
+    __slots__ = ("live",)
+
+    def __init__(self, live: torch.Tensor) -> None:
+        self.live = live
+
+    def norm(self, mod: torch.nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
+        return ragged_layer_norm(x, mod.weight, mod.bias, self.live, eps=mod.eps)
+
+    def linear(self, mod: torch.nn.Linear, x: torch.Tensor, gelu: bool = False,
+               residual: torch.Tensor | None = None) -> torch.Tensor:
+        return ragged_linear(x, mod.weight, mod.bias, self.live, gelu=gelu, residual=residual)
 
 
 def fusable_mlp(mlp) -> bool:
@@ -121,32 +131,69 @@ def fusable_mlp(mlp) -> bool:
     act, norm = getattr(mlp, "act", None), getattr(mlp, "norm", None)
     return (isinstance(getattr(mlp, "fc1", None), torch.nn.Linear) and isinstance(getattr(mlp, "fc2", None),
             torch.nn.Linear) and isinstance(act, torch.nn.GELU) and act.approximate == "none"
-            and (norm is None or isinstance(norm, torch.nn.Identity)) and not mlp.training)
+            and (norm is None or isinstance(norm, torch.nn.Identity)))
 
 
-def _mlp(mlp, h: torch.Tensor, linear) -> torch.Tensor:
-    if linear is None:
-        return mlp(h)
-    return linear(mlp.fc2, linear(mlp.fc1, h, gelu=True))
+def live_rows_unsupported(blk) -> str | None:
+    """Why :class:`LiveRows` cannot run timm block ``blk`` (None if it can): it needs a plain pre-norm block,
+    ``x + proj(attn(LN(x)))`` then ``x + fc2(gelu(fc1(LN(x))))``, without layer scale or attention gates."""
+    attn = getattr(blk, "attn", None)
+    checks = {
+        "norm1/norm2 are not nn.LayerNorm over the last dim": all(
+            isinstance(getattr(blk, n, None), torch.nn.LayerNorm) and len(getattr(blk, n).normalized_shape) == 1
+            for n in ("norm1", "norm2")),
+        "layer scale (ls1/ls2) is used": all(isinstance(getattr(blk, n, None), torch.nn.Identity)
+                                             for n in ("ls1", "ls2")),
+        "attn.proj is not nn.Linear or attn has a norm/gate": isinstance(getattr(attn, "proj", None), torch.nn.Linear)
+        and isinstance(getattr(attn, "qkv", None), torch.nn.Linear)
+        and isinstance(getattr(attn, "norm", torch.nn.Identity()), torch.nn.Identity)
+        and getattr(attn, "gate", None) is None,
+        "the MLP is not fc2(GELU(fc1(x)))": fusable_mlp(getattr(blk, "mlp", None)),
+    }
+    bad = [why for why, ok in checks.items() if not ok]
+    return "; ".join(bad) or None
 
 
-def _attention_half(blk, x: torch.Tensor, meta: RaggedMeta, attend: Attend, linear=None):
+AUTO_MIN_ROWS = 1024  # live_rows="auto": buffers with unused rows (adaptive stages) from this many rows
+AUTO_MIN_ROWS_FULL = 32768  # ... and buffers without (fixed stages, before pruning), where only the fusion pays
+
+
+def _live_rows(mode: bool | str, meta: RaggedMeta) -> LiveRows | None:
+    """:class:`LiveRows` for a packed stage buffer, or None for timm's modules. ``mode``: True, False or
+    ``"auto"`` (by buffer size: on an H100 the Triton kernels lose to cuBLAS on small buffers, while on
+    large ones skipping the unused rows and fusing GELU and the residual adds win; see ``bench e2e``)."""
+    if mode is True or (mode == "auto" and meta.capacity >= (AUTO_MIN_ROWS_FULL if meta.uniform else AUTO_MIN_ROWS)):
+        return LiveRows(meta.cu_seqlens[-1:])
+    return None
+
+
+def _mlp_half(blk, y: torch.Tensor, rows: LiveRows | None) -> torch.Tensor:
+    """``y + drop_path2(ls2(mlp(norm2(y))))`` on rows (fused kernels on the live rows when ``rows`` is set)."""
+    if rows is None:
+        return y + blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(y))))
+    mlp = blk.mlp
+    return rows.linear(mlp.fc2, rows.linear(mlp.fc1, rows.norm(blk.norm2, y), gelu=True), residual=y)
+
+
+def _attention_half(blk, x: torch.Tensor, meta: RaggedMeta, attend: Attend, rows: LiveRows | None = None):
     """``y = x + drop_path1(ls1(attn(norm1(x))))`` on rows; also returns q, k, v ``(R, H, D)``.
 
-    ``linear``: None (the modules themselves) or :func:`_live_linear` for buffers with unused rows."""
+    ``rows``: None (timm's modules) or :class:`LiveRows` (fused kernels on the live rows)."""
     attn = blk.attn
-    h = blk.norm1(x)
+    h = blk.norm1(x) if rows is None else rows.norm(blk.norm1, x)
     R = x.shape[0]
     H, D = attn.num_heads, attn.head_dim
-    q, k, v = (attn.qkv(h) if linear is None else linear(attn.qkv, h)).view(R, 3, H, D).unbind(1)
+    q, k, v = (attn.qkv(h) if rows is None else rows.linear(attn.qkv, h)).view(R, 3, H, D).unbind(1)
     q, k = attn.q_norm(q), attn.k_norm(k)
     scale = float(getattr(attn, "scale", D ** -0.5))
     o = attend(q, k, v, meta, scale).reshape(R, H * D)
+    if rows is not None:
+        return rows.linear(attn.proj, o, residual=x), q, k, v, scale
     o = attn.norm(o) if hasattr(attn, "norm") else o
     gate = getattr(attn, "gate", None)
     if gate is not None:
         o = o * gate(h).sigmoid()
-    o = attn.proj_drop(attn.proj(o) if linear is None else linear(attn.proj, o))
+    o = attn.proj_drop(attn.proj(o))
     return x + blk.drop_path1(blk.ls1(o)), q, k, v, scale
 
 
@@ -282,11 +329,12 @@ def _apply(plan: StagePlan, sel, x, tok, meta: RaggedMeta):
 
 def run(model, images: torch.Tensor, cfg: PruningConfig, plans: tuple[StagePlan, ...], predictors, *,
         packed: bool, attend: Attend, probe: Probe | None = None,
-        live_rows: bool = False) -> tuple[torch.Tensor, PruneStats]:
+        live_rows: bool | str = False) -> tuple[torch.Tensor, PruneStats]:
     """Pruned forward up to the final norm. Returns ``(prefix, stats)``, ``prefix: (B, P, C)`` final-normed
     prefix tokens (what timm's ``forward_head`` reads). ``probe(stage, scores (B, L), candidates (B, L))`` sees
-    each stage's scores (calibration; ``None`` in normal use). ``live_rows`` (packed only): after a stage
-    whose buffer has unused rows (adaptive counts), the Linear layers compute only the live rows.
+    each stage's scores (calibration; ``None`` in normal use). ``live_rows`` (packed only, inference, blocks
+    that :func:`live_rows_unsupported` accepts): True, False or ``"auto"``: whether the token-wise layers of
+    a stage run as :class:`LiveRows` kernels, on the live rows only (see :func:`_live_rows`).
     The packed layout on CUDA (or under the Triton interpreter) selects and compacts with the one-launch
     kernels of :mod:`raggedvit.ops.select` / :mod:`raggedvit.ops.compact`; the padded baseline, CPU runs and
     calibration probes use the torch functions of :mod:`raggedvit.pruning`."""
@@ -299,6 +347,8 @@ def run(model, images: torch.Tensor, cfg: PruningConfig, plans: tuple[StagePlan,
         B, 1))  # (B, L) original token id of every dense position
     by_block = {p.block: p for p in plans}
     kept = []
+    live_rows = live_rows if packed else False
+    rows = None
     for i, blk in enumerate(model.blocks):
         plan = by_block.get(i)
         if plan is not None and not plan.mid:
@@ -308,8 +358,10 @@ def run(model, images: torch.Tensor, cfg: PruningConfig, plans: tuple[StagePlan,
                 sel = _select_pre(plan, cfg, x, meta, predictors, P, probe)
                 x, tok, meta = _apply(plan, sel, x, tok, meta)
                 kept.append(sel.count)
-        linear = _live_linear(meta) if live_rows and packed and not meta.uniform else None
-        y, q, k, v, scale = _attention_half(blk, x, meta, attend, linear)
+                rows = None
+        if live_rows and rows is None:
+            rows = _live_rows(live_rows, meta)
+        y, q, k, v, scale = _attention_half(blk, x, meta, attend, rows)
         if plan is not None and plan.mid:
             if plan.noop:
                 kept.append(meta.lengths)
@@ -317,8 +369,8 @@ def run(model, images: torch.Tensor, cfg: PruningConfig, plans: tuple[StagePlan,
                 sel = _select_mid(plan, cfg, y, q, k, v, scale, meta, P, probe)
                 y, tok, meta = _apply(plan, sel, y, tok, meta)
                 kept.append(sel.count)
-                linear = _live_linear(meta) if live_rows and packed and not meta.uniform else None
-        x = y + blk.drop_path2(blk.ls2(_mlp(blk.mlp, blk.norm2(y), linear if fusable_mlp(blk.mlp) else None)))
+                rows = _live_rows(live_rows, meta) if live_rows else None
+        x = _mlp_half(blk, y, rows)
     prefix = model.norm(dense_view(x, meta)[:, :P] if meta.dense_identity else x[meta.dense_rows[:, :P]])
     stats = PruneStats(tuple(p.block for p in plans), tuple(kept), tuple(p.width_out for p in plans), meta, tok, P,
                        N0 - P)

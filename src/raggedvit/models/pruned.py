@@ -15,7 +15,7 @@ from torch import nn
 from ..ops.backends import get_backend
 from ..pruning import dynamicvit
 from .config import LAYOUTS, PruningConfig, StagePlan, make_config, plan_stages
-from .forward import PruneStats, attend_packed, attend_padded, run
+from .forward import PruneStats, attend_packed, attend_padded, live_rows_unsupported, run
 
 __all__ = ["PrunedViT", "prune", "check_model"]
 
@@ -88,7 +88,7 @@ class PrunedViT(nn.Module):
         self.plan = plan
         self.layout = layout
         self.attention = attention
-        self.live_rows = False  # see prune(live_rows=...)
+        self.live_rows: bool | str = False  # see prune(live_rows=...)
         self.num_prefix_tokens = model.num_prefix_tokens
         self.num_patches = model.patch_embed.num_patches
         self.last_stats: PruneStats | None = None
@@ -113,10 +113,18 @@ class PrunedViT(nn.Module):
 
     def forward_features(self, images: torch.Tensor, *, probe=None) -> torch.Tensor:
         """``(B, 3, H, W)`` images -> ``(B, P, C)`` final-normed prefix tokens (CLS, and DIST if distilled)."""
+        live = self.live_rows
+        if live and (self.training or torch.is_grad_enabled()):
+            if live is True:
+                raise RuntimeError("PrunedViT: live_rows=True runs forward-only kernels: call eval() and run under "
+                                   "torch.no_grad() or torch.inference_mode()")
+            live = False
+        if live == "auto" and not _auto_applies(images):
+            live = False
         prefix, stats = run(self.backbone, images, self.pruning_config, self.plan,
                             getattr(self, "score_predictor", None), packed=self.layout == "packed",
                             attend=self._attend(images.device), probe=probe,
-                            live_rows=self.live_rows)
+                            live_rows=live)
         self.last_stats = stats
         return prefix
 
@@ -134,8 +142,13 @@ class PrunedViT(nn.Module):
                f"attention={self.attention!r}"
 
 
+def _auto_applies(images: torch.Tensor) -> bool:
+    """``live_rows="auto"`` is a speed policy: CUDA only (under the Triton interpreter the kernels are slow)."""
+    return images.is_cuda
+
+
 def prune(model: nn.Module, method: str, *, layout: str = "packed", attention: str = "triton",
-          live_rows: bool = False, **options) -> PrunedViT:
+          live_rows: bool | str = "auto", **options) -> PrunedViT:
     """Token-pruned view of a timm DeiT/ViT that shares its weights.
 
     Args:
@@ -147,12 +160,14 @@ def prune(model: nn.Module, method: str, *, layout: str = "packed", attention: s
             ``(B, max_kept, C)`` grid padded to the batch maximum, SDPA with a key-padding mask.
         attention: packed layout only: a backend name of :func:`raggedvit.ops.backends.get_backend`
             (``"triton"``, ``"reference"``, ...). Ignored by the padded layout (always SDPA).
-        live_rows: packed layout only: after an adaptive stage (whose static buffer holds more rows than
-            tokens), run the Linear layers with :func:`raggedvit.ops.linear.ragged_linear`, which reads the live
-            row count on the device and skips the tiles past it (and fuses fc1 + GELU). Off by default: on an
-            H100 its Triton GEMM costs ~1.6x cuBLAS per live row, so at the ~63% row use of Threshold-L2 at
-            keep 0.7 it was neutral at batch 256 and 3-8% slower at batch 1-8 (``bench e2e``); it pays when
-            buffers are mostly empty (aggressive pruning, large batch). On CPU it needs the Triton interpreter.
+        live_rows: packed layout, inference: run the token-wise layers of a stage as Triton kernels that read
+            the live row count on the device and touch only the live rows of the static buffer
+            (:class:`~raggedvit.models.forward.LiveRows`: LayerNorm, qkv, proj + residual, fc1 + GELU,
+            fc2 + residual) instead of timm's modules on every buffer row. ``True``: every stage (needs plain
+            pre-norm blocks, i.e. DeiT/ViT without layer scale, CUDA or the Triton interpreter, eval mode and
+            no autograd: errors otherwise); ``False``: never; ``"auto"`` (default): on CUDA, in eval under
+            ``torch.no_grad()``/``inference_mode()``, for supported blocks, on the stages whose buffer is large
+            enough to gain: >= 1024 rows with unused rows (adaptive stages), >= 32768 rows otherwise.
         **options: keyword-only method options (defaults from the spec):
 
             * all methods but ``"none"``: ``variant`` (``"fixed"`` or ``"adaptive"``; default ``"fixed"``
@@ -197,8 +212,17 @@ def prune(model: nn.Module, method: str, *, layout: str = "packed", attention: s
                 isinstance(p, nn.Module) and _predictor_width(p) in (None, embed_dim) for p in predictors)):
             raise ValueError(f"prune: predictors must be an nn.ModuleList of {len(config.stages)} "
                              f"Predictor({embed_dim})-like modules (one per stage), got {predictors!r:.200}")
-    if not isinstance(live_rows, bool):
-        raise ValueError(f"prune: live_rows must be True or False, got {live_rows!r}")
+    if not (isinstance(live_rows, bool) or live_rows == "auto"):
+        raise ValueError(f"prune: live_rows must be True, False or 'auto', got {live_rows!r}")
+    if live_rows == "auto" and (layout != "packed" or any(live_rows_unsupported(b) for b in model.blocks)):
+        live_rows = False
+    if live_rows is True:
+        if layout != "packed":
+            raise ValueError("prune: live_rows=True needs layout='packed'")
+        for i, blk in enumerate(model.blocks):
+            why = live_rows_unsupported(blk)
+            if why is not None:
+                raise ValueError(f"prune: live_rows=True cannot run block {i}: {why}")
     pruned = PrunedViT(model, config, plan, layout, attention, predictors)
     pruned.live_rows = live_rows
     return pruned

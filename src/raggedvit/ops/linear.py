@@ -1,14 +1,19 @@
-"""``ragged_linear``: a Linear (+ optional exact GELU) over the live rows of a capacity buffer.
+"""``ragged_linear``: a Linear (+ exact GELU or + a residual) over the live rows of a capacity buffer.
 
-Used by the packed pipeline for adaptive pruning, whose token buffers are sized for the worst case so that
-shapes stay static (CUDA graphs) while the live row count stays on the device. ``torch.nn.functional.linear``
-would multiply every capacity row; :func:`ragged_linear` skips row tiles past the live count.
-Forward only. See :mod:`raggedvit.kernels.linear` for the kernel.
+Used by the packed pipeline, whose token buffers are sized for the worst case so that shapes stay static
+(CUDA graphs) while the live row count stays on the device. ``torch.nn.functional.linear`` would multiply
+every capacity row; :func:`ragged_linear` visits only the row tiles below the live count, and fuses the
+bias, fc1's GELU or the block's residual add into the same pass. Forward only. See
+:mod:`raggedvit.kernels.linear` for the kernel.
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
+import triton
+from triton.runtime import _allocation
 
 from ..kernels.linear import ragged_linear_fwd
 from .launch import DirectLauncher, raw_stream
@@ -17,18 +22,58 @@ launcher = DirectLauncher(ragged_linear_fwd, "ragged_linear")
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
-def _config(dtype: torch.dtype, m: int, n: int) -> tuple[int, int, int, int, int]:
-    """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) from the dtype and the buffer's static shape.
+_SMS: dict[int, int] = {}
+_TMA_OK: dict[int, bool] = {}
+
+
+class Config(NamedTuple):
+    """Launch configuration: tile sizes, warps, pipeline stages, programs per SM (0: one per tile), TMA."""
+
+    block_m: int
+    block_n: int
+    block_k: int
+    num_warps: int
+    num_stages: int
+    per_sm: int
+    tma: bool
+
+
+def _config(dtype: torch.dtype, m: int, n: int, tma_ok: bool) -> Config:
+    """The launch configuration from the dtype and the buffer's static shape (best of a sweep on an H100).
 
     ``m`` is the buffer capacity (a host int fixed per batch size and stage), never the live row count, so
-    a captured graph and a sweep of lengths keep one compiled variant per shape class (two at most)."""
+    a captured graph and a sweep of lengths keep one compiled variant per shape class (two at most).
+    ``tma_ok``: the GPU has TMA (sm90+) and the tensors meet its 16-byte alignment rules."""
     if launcher.interpreted:
-        return 32, 32, 32, 4, 1
+        return Config(32, 32, 32, 4, 1, 0, False)
     if dtype == torch.float32:
-        return 64, 64, 32, 4, 3
+        return Config(64, 64, 32, 4, 3, 0, False)
     if m * n < 128 * 256 * 264:  # under two waves of large tiles on 132 SMs: small tiles keep SMs busy
-        return 64, 64, 64, 4, 3
-    return 128, (256 if n >= 256 else 64), 64, 8, 3  # best of 8 configs on an H100 (deit-S/B shapes)
+        return Config(64, 64, 64, 4, 3, 0, False)
+    if tma_ok:  # persistent, one program per SM, TMA tiles
+        return Config(128, 128, 64, 8, 4, 1, True)
+    return Config(128, 128, 64, 8, 3, 0, False)
+
+
+def _tma_ok(dev: int, tensors: tuple[torch.Tensor, ...]) -> bool:
+    """TMA descriptors can address these tensors on this device: sm90+, 16-byte aligned bases and row strides."""
+    if dev < 0:
+        return False
+    ok = _TMA_OK.get(dev)
+    if ok is None:
+        ok = _TMA_OK.setdefault(dev, torch.cuda.get_device_capability(dev)[0] >= 9)
+    return ok and not any((t.data_ptr() | t.stride(0) * t.element_size()) & 15 for t in tensors)
+
+
+def _torch_allocator(size: int, alignment: int, stream) -> torch.Tensor:
+    return torch.empty(size, dtype=torch.int8, device="cuda")
+
+
+def _ensure_allocator() -> None:
+    """TMA descriptors built on the device need a few bytes of scratch per program, which Triton obtains
+    from ``triton.set_allocator``: install a torch-backed allocator unless the caller set one."""
+    if isinstance(_allocation._allocator.get(), _allocation.NullAllocator):
+        triton.set_allocator(_torch_allocator)
 
 
 def _fail(msg: str, kind: type[Exception] = ValueError) -> None:
@@ -42,21 +87,24 @@ def ragged_linear(
     live_rows: torch.Tensor,
     *,
     gelu: bool = False,
+    residual: torch.Tensor | None = None,
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``act(x @ weight.T + bias)`` for rows ``[0, live_rows)`` of ``x``; zeros for the other rows.
+    """``residual + act(x @ weight.T + bias)`` for rows ``[0, live_rows)`` of ``x``; other rows not written.
 
     Args:
         x: ``(M, K)`` rows (the capacity buffer), last stride 1; fp16, bf16 or fp32.
         weight: ``(N, K)`` as in ``nn.Linear``, contiguous, same dtype and device.
         bias: ``(N,)`` or None.
         live_rows: int32 tensor with one element on the device (e.g. ``cu_seqlens[-1:]``): the number of live
-            rows. Read by the kernel only; the host never waits for it.
+            rows (clamped to ``M``). Read by the kernel only; the host never waits for it.
         gelu: apply the exact (erf) GELU, as ``nn.GELU()`` does.
-        out: optional ``(M, N)`` output, last stride 1.
+        residual: optional ``(M, N)`` tensor (last stride 1) added after the bias (not with ``gelu``).
+        out: optional ``(M, N)`` output, last stride 1 (may be ``residual`` itself).
 
     Returns:
-        ``(M, N)`` in ``x.dtype``; rows at and past ``live_rows`` are zero.
+        ``(M, N)`` in ``x.dtype``. Rows at and past ``live_rows`` are neither read nor written: with
+        ``out=None`` they hold whatever the allocator returned.
     """
     if not all(isinstance(t, torch.Tensor) for t in (x, weight, live_rows)):
         _fail("x, weight and live_rows must be tensors", TypeError)
@@ -65,45 +113,55 @@ def ragged_linear(
               f"{None if bias is None else bias.dtype}", TypeError)
     if x.dim() != 2 or weight.dim() != 2 or x.shape[1] != weight.shape[1]:
         _fail(f"need x (M, K) and weight (N, K), got {tuple(x.shape)} and {tuple(weight.shape)}")
-    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
-        _fail(f"bias must be ({weight.shape[0]},), got {tuple(bias.shape)}")
+    M, K = x.shape
+    N = weight.shape[0]
+    if bias is not None and tuple(bias.shape) != (N,):
+        _fail(f"bias must be ({N},), got {tuple(bias.shape)}")
     if live_rows.dtype != torch.int32 or live_rows.numel() != 1:
         _fail(f"live_rows must be a one-element int32 tensor, got {live_rows.dtype} {tuple(live_rows.shape)}",
               TypeError)
     if x.stride(1) != 1 or not weight.is_contiguous() or (bias is not None and not bias.is_contiguous()):
         _fail("x needs stride 1 along K; weight and bias must be contiguous")
     dev = x.get_device()
-    if any(t.get_device() != dev for t in (weight, live_rows) + (() if bias is None else (bias,))):
-        _fail("x, weight, bias and live_rows must be on one device")
+    extra = tuple(t for t in (bias, residual, out) if t is not None)
+    if any(t.get_device() != dev for t in (weight, live_rows) + extra):
+        _fail("x, weight, bias, residual, out and live_rows must be on one device")
     if dev < 0 and not launcher.interpreted:
         _fail("CPU tensors need the Triton interpreter (TRITON_INTERPRET=1); use torch.nn.functional.linear")
-    M, K = x.shape
-    N = weight.shape[0]
+    for name, t in (("residual", residual), ("out", out)):
+        if t is not None and (t.shape != (M, N) or t.dtype != x.dtype or t.stride(1) != 1):
+            _fail(f"{name} must be ({M}, {N}) {x.dtype} with last stride 1, got {tuple(t.shape)} {t.dtype}")
+    if gelu and residual is not None:
+        _fail("gelu and residual cannot be combined")
     if out is None:
         out = torch.empty(M, N, dtype=x.dtype, device=x.device)
-    elif out.shape != (M, N) or out.dtype != x.dtype or out.get_device() != dev or out.stride(1) != 1:
-        _fail(f"out must be ({M}, {N}) {x.dtype} on x's device with last stride 1")
     if M == 0 or N == 0:
         return out
-    bm, bn, bk, num_warps, num_stages = _config(x.dtype, M, N)
-    grid = (triton_cdiv(M, bm) * triton_cdiv(N, bn), 1, 1)
+    cfg = _config(x.dtype, M, N, _tma_ok(dev, (x, weight, out) + (() if residual is None else (residual,))))
+    tiles = -(-M // cfg.block_m) * -(-N // cfg.block_n)
+    if dev >= 0 and cfg.per_sm:
+        sms = _SMS.get(dev) or _SMS.setdefault(dev, torch.cuda.get_device_properties(dev).multi_processor_count)
+        programs = min(tiles, sms * cfg.per_sm)
+    elif dev < 0:
+        programs = min(tiles, 4)  # the interpreter: a few programs, each walking several tiles
+    else:
+        programs = tiles
+    if cfg.tma and dev >= 0:
+        _ensure_allocator()
     b = weight if bias is None else bias
-    rest = (M, N, K, x.stride(0), weight.stride(0), out.stride(0), bias is not None, gelu, x.dtype == torch.float32,
-            launcher.interpreted and x.dtype == torch.bfloat16, bm, bn, bk, 8)  # M is per call, the rest per key
-    ptrs = (x.data_ptr(), weight.data_ptr(), b.data_ptr(), out.data_ptr(), live_rows.data_ptr())
-    key = (x.dtype, dev, N, K, bm, x.stride(0), out.stride(0), bias is not None, gelu) if all(
-        p % 16 == 0 for p in ptrs[:4]) and ptrs[4] % 4 == 0 else None
+    r = out if residual is None else residual
+    rest = (x.stride(0), weight.stride(0), r.stride(0), out.stride(0), N, K, bias is not None, gelu,
+            residual is not None, x.dtype == torch.float32, launcher.interpreted and x.dtype == torch.bfloat16,
+            cfg.tma, cfg.block_m, cfg.block_n, cfg.block_k, 8)  # determined by the key
+    ptrs = (x.data_ptr(), weight.data_ptr(), b.data_ptr(), r.data_ptr(), out.data_ptr(), live_rows.data_ptr())
+    key = (x.dtype, dev, N, K, cfg, x.stride(0), r.stride(0), out.stride(0), bias is not None, gelu,
+           residual is not None) if all(p % 16 == 0 for p in ptrs[:5]) and ptrs[5] % 4 == 0 else None
     entry = launcher.cache.get(key) if key is not None else None
     if entry is not None and launcher.usable(dev):
         call, prefix, constant = entry
-        call(grid[0], 1, 1, raw_stream(dev), *prefix, *ptrs, M, *constant)
+        call(programs, 1, 1, raw_stream(dev), *prefix, *ptrs, M, programs, *constant)
         launcher.direct_launches += 1
     else:
-        launcher.launch_jit(key, dev, grid, (x, weight, b, out, live_rows, *rest), n_per_call=6, num_warps=num_warps,
-                            num_stages=num_stages)
+        launcher.launch_jit(key, dev, (programs, 1, 1), (x, weight, b, r, out, live_rows, M, programs, *rest),
+                            n_per_call=8, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return out
-
-
-def triton_cdiv(a: int, b: int) -> int:
-    """Ceiling division on host ints (``triton.cdiv`` is a JIT function with host overhead)."""
-    return -(-a // b)

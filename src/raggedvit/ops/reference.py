@@ -46,6 +46,7 @@ def ragged_attention_reference(
     if total == 0 or batch == 0:
         return torch.zeros_like(q)
     qb, kb, vb = (t.to(compute)[rows] for t in (q, k, v))  # (batch, L, H, D)
+    vb = vb.masked_fill(~valid[:, :, None, None], 0.0)  # rows past a sequence may hold anything, NaN included
     scores = torch.einsum("blhd,bmhd->bhlm", qb, kb) * scale
     scores = scores.masked_fill(~valid[:, None, None, :], -math.inf)
     probs = torch.softmax(scores, dim=-1).nan_to_num(0.0)  # fully masked rows (length 0) give NaN

@@ -1,0 +1,81 @@
+"""``ragged_layer_norm``: ``nn.LayerNorm`` over the live rows of a capacity buffer (no host sync).
+
+See :mod:`raggedvit.kernels.layernorm`. Forward only; CUDA tensors, or CPU tensors under the Triton
+interpreter.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..kernels.layernorm import ragged_layer_norm_fwd
+from .launch import DirectLauncher, raw_stream
+
+launcher = DirectLauncher(ragged_layer_norm_fwd, "ragged_layer_norm")
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def _fail(msg: str, kind: type[Exception] = ValueError) -> None:
+    raise kind(f"ragged_layer_norm: {msg}")
+
+
+def ragged_layer_norm(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
+                      live_rows: torch.Tensor, *, eps: float = 1e-5, out: torch.Tensor | None = None
+                      ) -> torch.Tensor:
+    """``F.layer_norm(x, (C,), weight, bias, eps)`` on rows ``[0, live_rows)``; other rows not written.
+
+    Args:
+        x: ``(M, C)``, last stride 1; fp16, bf16 or fp32. ``C <= 8192``.
+        weight, bias: ``(C,)`` contiguous in ``x.dtype``, or None.
+        live_rows: one-element int32 device tensor (e.g. ``cu_seqlens[-1:]``), clamped to ``M``.
+        eps: added to the variance.
+        out: optional ``(M, C)`` output with last stride 1.
+
+    Returns:
+        ``(M, C)`` in ``x.dtype``; rows at and past ``live_rows`` hold what ``out`` (or the allocator) held.
+    """
+    if not isinstance(x, torch.Tensor) or not isinstance(live_rows, torch.Tensor):
+        _fail("x and live_rows must be tensors", TypeError)
+    if x.dtype not in _DTYPES or any(t is not None and t.dtype != x.dtype for t in (weight, bias)):
+        _fail(f"x, weight and bias need one dtype among fp16/bf16/fp32, got {x.dtype}", TypeError)
+    if x.dim() != 2 or x.stride(1) != 1:
+        _fail(f"x must be (M, C) with last stride 1, got {tuple(x.shape)} strides {x.stride()}")
+    M, C = x.shape
+    if C > 8192:
+        _fail(f"C = {C} > 8192")
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is not None and (tuple(t.shape) != (C,) or not t.is_contiguous()):
+            _fail(f"{name} must be contiguous ({C},), got {tuple(t.shape)}")
+    if live_rows.dtype != torch.int32 or live_rows.numel() != 1:
+        _fail(f"live_rows must be a one-element int32 tensor, got {live_rows.dtype} {tuple(live_rows.shape)}",
+              TypeError)
+    dev = x.get_device()
+    if any(t is not None and t.get_device() != dev for t in (weight, bias, live_rows, out)):
+        _fail("x, weight, bias, live_rows and out must be on one device")
+    if dev < 0 and not launcher.interpreted:
+        _fail("CPU tensors need the Triton interpreter (TRITON_INTERPRET=1); use torch.nn.functional.layer_norm")
+    if out is None:
+        out = torch.empty_like(x, memory_format=torch.contiguous_format)
+    elif out.shape != x.shape or out.dtype != x.dtype or out.stride(1) != 1:
+        _fail(f"out must be ({M}, {C}) {x.dtype} with last stride 1")
+    if M == 0 or C == 0:
+        return out
+    block_c = max(16, 1 << (C - 1).bit_length())
+    block_m = max(1, min(16, 4096 // block_c))
+    num_warps = 4 if block_c * block_m <= 4096 else 8
+    grid = -(-M // block_m)
+    w = x if weight is None else weight
+    b = x if bias is None else bias
+    ptrs = (x.data_ptr(), w.data_ptr(), b.data_ptr(), out.data_ptr(), live_rows.data_ptr())
+    rest = (x.stride(0), out.stride(0), float(eps), C, weight is not None, bias is not None, block_m, block_c)
+    key = (x.dtype, dev, C, x.stride(0), out.stride(0), float(eps), weight is not None, bias is not None) if all(
+        p % 16 == 0 for p in ptrs[:4]) and ptrs[4] % 4 == 0 else None
+    entry = launcher.cache.get(key) if key is not None else None
+    if entry is not None and launcher.usable(dev):
+        call, prefix, constant = entry
+        call(grid, 1, 1, raw_stream(dev), *prefix, *ptrs, M, *constant)
+        launcher.direct_launches += 1
+    else:
+        launcher.launch_jit(key, dev, (grid, 1, 1), (x, w, b, out, live_rows, M, *rest), n_per_call=6,
+                            num_warps=num_warps)
+    return out

@@ -1,0 +1,74 @@
+"""Tests for raggedvit.ops.layernorm (LayerNorm on the live rows; interpreter on CPU)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from raggedvit.ops.layernorm import launcher, ragged_layer_norm
+
+from conftest import DEVICE, requires_gpu
+from helpers import assert_close_report
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("C,affine", [(384, True), (72, True), (48, False)])
+def test_matches_fp64_on_live_rows_and_leaves_the_rest(dtype, C, affine):
+    M, live = 45, 29
+    x = (torch.randn(M, C, device=DEVICE) * 3 + 1).to(dtype)
+    x[live:] = float("nan")  # never read
+    w = torch.randn(C, device=DEVICE).to(dtype) if affine else None
+    b = torch.randn(C, device=DEVICE).to(dtype) if affine else None
+    out = torch.full((M, C), 7.0, dtype=dtype, device=DEVICE)
+    got = ragged_layer_norm(x, w, b, torch.tensor([live], dtype=torch.int32, device=DEVICE), eps=1e-6, out=out)
+    want = F.layer_norm(x[:live].double(), (C,), None if w is None else w.double(), None if b is None else b.double(),
+                        1e-6)
+    torch_err = (F.layer_norm(x[:live], (C,), w, b, 1e-6).double() - want).abs().max()
+    if launcher.interpreted and dtype == torch.bfloat16:  # the interpreter truncates fp32 -> bf16
+        truncated = (want.float().view(torch.int32) & -65536).view(torch.float32)
+        torch_err = max(torch_err, (truncated.double() - want).abs().max())
+    tol = 1e-5 if dtype == torch.float32 else 2 * max(float(torch_err), torch.finfo(dtype).eps)
+    assert_close_report(got[:live], want, tol, f"{dtype} C={C}")
+    assert (got[live:] == 7).all()
+
+
+def test_strided_rows_and_zero_live():
+    x = torch.randn(10, 80, device=DEVICE)[:, :64]
+    out = torch.full((10, 64), 2.0, device=DEVICE)
+    assert (ragged_layer_norm(x, None, None, torch.zeros(1, dtype=torch.int32, device=DEVICE), out=out) == 2).all()
+    got = ragged_layer_norm(x, None, None, torch.tensor([10], dtype=torch.int32, device=DEVICE))
+    assert_close_report(got, F.layer_norm(x.double(), (64,)), 1e-5, "strided")
+
+
+@pytest.mark.parametrize("bad,exc,msg", [
+    (dict(live=torch.tensor([3])), TypeError, "int32"),
+    (dict(w=torch.randn(5)), ValueError, "weight"),
+    (dict(x=torch.randn(4, 6, dtype=torch.float64)), TypeError, "dtype"),
+    (dict(x=torch.randn(6, 4).t()), ValueError, "stride"),
+])
+def test_bad_input(bad, exc, msg):
+    args = dict(x=torch.randn(4, 6), w=torch.randn(6), live=torch.tensor([2], dtype=torch.int32))
+    args.update(bad)
+    args = {k: v.to(DEVICE) for k, v in args.items()}
+    with pytest.raises(exc, match=msg):
+        ragged_layer_norm(args["x"], args["w"], None, args["live"])
+
+
+@requires_gpu
+def test_graph_replay_follows_the_live_count():
+    x = torch.randn(600, 384, device=DEVICE, dtype=torch.float16)
+    w, b = torch.randn(384, device=DEVICE, dtype=torch.float16), torch.randn(384, device=DEVICE, dtype=torch.float16)
+    live = torch.tensor([300], dtype=torch.int32, device=DEVICE)
+    out = torch.full_like(x, 5)
+    g = torch.cuda.CUDAGraph()
+    ragged_layer_norm(x, w, b, live, out=out)
+    out.fill_(5)
+    with torch.cuda.graph(g):
+        ragged_layer_norm(x, w, b, live, out=out)
+    for n in (0, 1, 17, 599):
+        live.fill_(n)
+        g.replay()
+        torch.cuda.synchronize()
+        torch.testing.assert_close(out[:n], F.layer_norm(x[:n], (384,), w, b), atol=1e-2, rtol=1e-2)
+    assert (out[599:] == 5).all()
