@@ -71,7 +71,7 @@ def _large_tiles_for_live_rows(monkeypatch):
     from raggedvit.ops import linear as linear_mod
 
     small = linear_mod._config
-    monkeypatch.setattr(linear_mod, "_config", lambda dt, m, n, ok: small(dt, 1 << 20, 1 << 20, ok))
+    monkeypatch.setattr(linear_mod, "_config", lambda dt, m, n, k, ok: small(dt, 1 << 20, 1 << 20, k, ok))
 
 
 def _sharp_fp16(method, opts):

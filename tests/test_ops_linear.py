@@ -29,7 +29,7 @@ def test_matches_fp64_on_live_rows_and_leaves_the_rest(dtype, gelu, bias, res, k
         cfg = Config(32, 32, 32, 4, 1, 0, tma and dtype != torch.float32)
         monkeypatch.setattr(linear_mod, "_config", lambda *a: cfg)
     elif tma:  # GPU: force the large-tile configuration (TMA on sm90+)
-        monkeypatch.setattr(linear_mod, "_config", lambda dt, m, n, ok: Config(128, 128, 64, 8, 4, 1, ok)
+        monkeypatch.setattr(linear_mod, "_config", lambda dt, m, n, k, ok: Config(128, 128, 64, 8, 4, 1, ok)
                             if dt != torch.float32 else Config(64, 64, 32, 4, 3, 0, False))
     m, n, live = 77, 72, 45  # live rows end inside a tile; N not a multiple of the tile; K = 40 neither
     x = torch.randn(m, k, device=DEVICE).to(dtype)

@@ -72,6 +72,17 @@ def _scores(SCORE, WEIGHT, DENSE_ROWS, b, idx, mask, stride_s, stride_dr, BY_ROW
     return a
 
 
+@triton.jit
+def _slice(LENGTHS, P, BLOCK_I: tl.constexpr, BLOCK_L: tl.constexpr):
+    """Prologue of an (image, slice) program: image ``b``, its slice ``ii`` of BLOCK_I positions, all
+    positions ``js`` (one tile of BLOCK_L), and their candidate masks (past the prefix, before the length)."""
+    b = tl.program_id(0)
+    ii = tl.program_id(1) * BLOCK_I + tl.arange(0, BLOCK_I)
+    js = tl.arange(0, BLOCK_L)
+    n_b = tl.load(LENGTHS + b).to(tl.int32)
+    return b, ii, js, (ii >= P) & (ii < n_b), (js >= P) & (js < n_b)
+
+
 @triton.jit(do_not_specialize=["L", "P", "stride_s", "stride_dr"])
 def best_first_rank_fwd(SCORE, WEIGHT, DENSE_ROWS, LENGTHS, RANK, BEFORE, L, P, stride_s, stride_dr,
                         MASS_RULE: tl.constexpr, BY_ROW: tl.constexpr, HAS_WEIGHT: tl.constexpr,
@@ -79,12 +90,7 @@ def best_first_rank_fwd(SCORE, WEIGHT, DENSE_ROWS, LENGTHS, RANK, BEFORE, L, P, 
     """``RANK[b, i]``: candidates better than ``i`` (higher score, or equal score and lower position);
     ``BEFORE[b, i]`` (``MASS_RULE``): their score sum. One (image, slice of BLOCK_I positions) program
     compares its slice with every position in one tile."""
-    b = tl.program_id(0)
-    ii = tl.program_id(1) * BLOCK_I + tl.arange(0, BLOCK_I)
-    js = tl.arange(0, BLOCK_L)
-    n_b = tl.load(LENGTHS + b).to(tl.int32)
-    ci = (ii >= P) & (ii < n_b)
-    cj = (js >= P) & (js < n_b)
+    b, ii, js, ci, cj = _slice(LENGTHS, P, BLOCK_I, BLOCK_L)
     ai = _scores(SCORE, WEIGHT, DENSE_ROWS, b, ii, ci, stride_s, stride_dr, BY_ROW, HAS_WEIGHT)
     aj = _scores(SCORE, WEIGHT, DENSE_ROWS, b, js, cj, stride_s, stride_dr, BY_ROW, HAS_WEIGHT)
     better = ((aj[None, :] > ai[:, None]) | ((aj[None, :] == ai[:, None]) & (js[None, :] < ii[:, None]))) & cj[None, :]
@@ -163,16 +169,9 @@ def ats_cdf_fwd(SCORE, WEIGHT, DENSE_ROWS, LENGTHS, CDF, RANK, L, P, stride_s, s
                 BLOCK_I: tl.constexpr, BLOCK_L: tl.constexpr):
     """``RANK[b, i]``: ascending significance rank (ties: lower position first); ``CDF[b, i]``: the sum of
     the significances of ranks ``<= RANK[b, i]``. Significance ``SCORE[b, l] * WEIGHT[row]``."""
-    b = tl.program_id(0)
-    ii = tl.program_id(1) * BLOCK_I + tl.arange(0, BLOCK_I)
-    js = tl.arange(0, BLOCK_L)
-    n_b = tl.load(LENGTHS + b).to(tl.int32)
-    ci = (ii >= P) & (ii < n_b)
-    cj = (js >= P) & (js < n_b)
-    ri = tl.load(DENSE_ROWS + b * stride_dr + ii, mask=ci, other=0)
-    rj = tl.load(DENSE_ROWS + b * stride_dr + js, mask=cj, other=0)
-    si = tl.load(SCORE + b * stride_s + ii, mask=ci, other=0.0) * tl.load(WEIGHT + ri, mask=ci, other=0.0)
-    sj = tl.load(SCORE + b * stride_s + js, mask=cj, other=0.0) * tl.load(WEIGHT + rj, mask=cj, other=0.0)
+    b, ii, js, ci, cj = _slice(LENGTHS, P, BLOCK_I, BLOCK_L)
+    si = _scores(SCORE, WEIGHT, DENSE_ROWS, b, ii, ci, stride_s, stride_dr, False, True)
+    sj = _scores(SCORE, WEIGHT, DENSE_ROWS, b, js, cj, stride_s, stride_dr, False, True)
     lower = ((sj[None, :] < si[:, None]) | ((sj[None, :] == si[:, None]) & (js[None, :] < ii[:, None]))) & cj[None, :]
     rank = tl.sum(lower.to(tl.int32), axis=1)
     cdf = tl.sum(tl.where(lower | ((js[None, :] == ii[:, None]) & cj[None, :]), sj[None, :], 0.0), axis=1)
@@ -186,12 +185,7 @@ def ats_hits_fwd(CDF, RANK, LENGTHS, KEEP, L, P, M,
     """``KEEP[b, i]``: candidate ``i`` is the first (lowest rank) of its normalised CDF value ``F`` and some
     sample point ``y_k = y0 + k (1 - y0) / (M - 1)`` (``y0 = min{F > 0}``) has that value as its nearest one
     (the lower value on equal distance)."""
-    b = tl.program_id(0)
-    ii = tl.program_id(1) * BLOCK_I + tl.arange(0, BLOCK_I)
-    js = tl.arange(0, BLOCK_L)
-    n_b = tl.load(LENGTHS + b).to(tl.int32)
-    ci = (ii >= P) & (ii < n_b)
-    cj = (js >= P) & (js < n_b)
+    b, ii, js, ci, cj = _slice(LENGTHS, P, BLOCK_I, BLOCK_L)
     cdf_j = tl.load(CDF + b * L + js, mask=cj, other=0.0)
     first = tl.min(tl.where(cj, cdf_j, float("inf")), axis=0)  # the CDF at rank 0 (the smallest value)
     den = tl.max(tl.where(cj, cdf_j, float("-inf")), axis=0) - first  # F = 1 exactly at the top rank

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from ..kernels.cls_attention import cls_attention_fwd
-from .launch import DirectLauncher, raw_stream
+from .launch import DirectLauncher
 
 launcher = DirectLauncher(cls_attention_fwd, "cls_attention_mean")
 _LOG2E = 1.4426950408889634
@@ -69,12 +69,6 @@ def cls_attention_mean(q: torch.Tensor, k: torch.Tensor, starts: torch.Tensor, e
                 float(scale) * _LOG2E, head_dim, block_d, block_n)
     ptrs = (q.data_ptr(), k.data_ptr(), starts.data_ptr(), ends.data_ptr(), per_head.data_ptr())
     key = (q.dtype, dev, constant) if not (ptrs[0] | ptrs[1] | ptrs[4]) & 15 and not (ptrs[2] | ptrs[3]) & 3 else None
-    entry = launcher.cache.get(key) if key is not None else None
-    if entry is not None and launcher.usable(dev):
-        call, prefix, cached = entry
-        call(batch, heads, 1, raw_stream(dev), *prefix, *ptrs, out_width, *cached)
-        launcher.direct_launches += 1
-    else:
-        launcher.launch_jit(key, dev, (batch, heads, 1), (q, k, starts, ends, per_head, out_width, *constant),
-                            n_per_call=6, num_warps=4)
+    launcher.launch(key, dev, (batch, heads, 1), ptrs, (out_width,),
+                    lambda: (q, k, starts, ends, per_head, out_width, *constant), num_warps=4)
     return torch.mean(per_head, dim=1, out=out)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from ..kernels.compact import compact_packed_fwd
-from .launch import DirectLauncher, raw_stream
+from .launch import DirectLauncher
 
 launcher = DirectLauncher(compact_packed_fwd, "compact_packed")
 _BLOCK_W = 32
@@ -63,13 +63,7 @@ def compact_packed(x: torch.Tensor, extra: torch.Tensor | None, dense_rows: torc
             out.stride(0))
     aligned = not any(p & 15 for p in ptrs)
     key = (x.dtype, dev, has_extra, block_b, block_c) if aligned else None
-    entry = launcher.cache.get(key) if key is not None else None
-    if entry is not None and launcher.usable(dev):
-        call, prefix, constant = entry
-        call(grid[0], grid[1], 1, raw_stream(dev), *prefix, *ptrs, *ints, *constant)
-        launcher.direct_launches += 1
-    else:
-        launcher.launch_jit(key, dev, grid, (x, e, dense_rows, index, count, tok, out, cu, rows, valid, new_tok,
-                                             *ints, has_extra, block_b, _BLOCK_W, block_c),
-                            n_per_call=len(ptrs) + len(ints), num_warps=4)
+    launcher.launch(key, dev, grid, ptrs, ints, lambda: (x, e, dense_rows, index, count, tok, out, cu, rows, valid,
+                                                         new_tok, *ints, has_extra, block_b, _BLOCK_W, block_c),
+                    num_warps=4)
     return out, cu, rows, valid.view(torch.bool), new_tok

@@ -79,16 +79,10 @@ class DirectLauncher:
         fn: the ``@triton.jit`` function.
         name: a label for error messages.
 
-    Hot path (done by the caller, to avoid a Python frame)::
-
-        entry = launcher.cache.get(key)
-        if entry is not None and launcher.usable(device_index):
-            call, prefix, constant = entry
-            call(gx, gy, gz, raw_stream(device_index), *prefix, *per_call_args, *constant)
-            launcher.direct_launches += 1
-
-    ``constant`` is the tail of the argument list that the key determines (strides, scalars, constexprs),
-    cached at the first launch; ``per_call_args`` are the leading ``n_per_call`` arguments (pointers...).
+    :meth:`launch` is the hot path: a cache lookup, then one call of Triton's launcher with the per-call
+    pointers and ints followed by ``constant``, the tail of the argument list that the key determines
+    (strides, scalars, constexprs), cached at the first launch. ``ragged_attention`` inlines the same steps
+    to save the Python frame.
     """
 
     def __init__(self, fn: Any, name: str):
@@ -110,6 +104,22 @@ class DirectLauncher:
         """Whether a cached kernel may be launched directly for tensors on ``device_index`` right now."""
         return (self._single_device or device_index == current_device()) and not hooks_installed()
 
+
+    def launch(self, key: tuple | None, device_index: int, grid: tuple[int, int, int], ptrs: tuple[int, ...],
+               ints: tuple, jit_args, **options: Any) -> None:
+        """Launch on ``grid``: directly when ``key`` is cached, else through :meth:`launch_jit`.
+
+        ``key``: what Triton specializes on (dtype, device, constexprs, strides, pointer alignment), or None
+        (never cached, e.g. misaligned pointers). ``ptrs`` / ``ints``: the leading per-call arguments (data
+        pointers, then ints such as lengths). ``jit_args``: a callable returning every kernel argument in
+        order (tensors for the pointers), called only on the JIT path."""
+        entry = self.cache.get(key) if key is not None else None
+        if entry is not None and self.usable(device_index):
+            call, prefix, constant = entry
+            call(grid[0], grid[1], grid[2], raw_stream(device_index), *prefix, *ptrs, *ints, *constant)
+            self.direct_launches += 1
+        else:
+            self.launch_jit(key, device_index, grid, jit_args(), n_per_call=len(ptrs) + len(ints), **options)
 
     def launch_jit(self, key: tuple | None, device_index: int, grid: tuple, args: tuple, *, n_per_call: int,
                    **options: Any) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from ..kernels.layernorm import ragged_layer_norm_fwd
-from .launch import DirectLauncher, raw_stream
+from .launch import DirectLauncher
 
 launcher = DirectLauncher(ragged_layer_norm_fwd, "ragged_layer_norm")
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -70,12 +70,6 @@ def ragged_layer_norm(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.
     rest = (x.stride(0), out.stride(0), float(eps), C, weight is not None, bias is not None, block_m, block_c)
     key = (x.dtype, dev, C, x.stride(0), out.stride(0), float(eps), weight is not None, bias is not None) if all(
         p % 16 == 0 for p in ptrs[:4]) and ptrs[4] % 4 == 0 else None
-    entry = launcher.cache.get(key) if key is not None else None
-    if entry is not None and launcher.usable(dev):
-        call, prefix, constant = entry
-        call(grid, 1, 1, raw_stream(dev), *prefix, *ptrs, M, *constant)
-        launcher.direct_launches += 1
-    else:
-        launcher.launch_jit(key, dev, (grid, 1, 1), (x, w, b, out, live_rows, M, *rest), n_per_call=6,
-                            num_warps=num_warps)
+    launcher.launch(key, dev, (grid, 1, 1), ptrs, (M,), lambda: (x, w, b, out, live_rows, M, *rest),
+                    num_warps=num_warps)
     return out

@@ -19,7 +19,7 @@ from ..kernels.select import (
     best_first_select_fwd,
     l2_select_fwd,
 )
-from .launch import DirectLauncher, raw_stream
+from .launch import DirectLauncher
 
 launcher = DirectLauncher(l2_select_fwd, "l2_select")
 best_first_launcher = DirectLauncher(best_first_select_fwd, "best_first_select")
@@ -34,14 +34,7 @@ def _launch(lau: DirectLauncher, dev: int, grid: tuple[int, int], tensors: tuple
     """Launch on ``grid``; the direct path once the key (dtype, device, constexprs, alignment) is cached."""
     ptrs = tuple(t.data_ptr() for t in tensors)
     key = (dtype, dev, flags) if not any(p & 15 for p in ptrs) else None
-    entry = lau.cache.get(key) if key is not None else None
-    if entry is not None and lau.usable(dev):
-        call, prefix, constant = entry
-        call(grid[0], grid[1], 1, raw_stream(dev), *prefix, *ptrs, *ints, *constant)
-        lau.direct_launches += 1
-    else:
-        lau.launch_jit(key, dev, (*grid, 1), (*tensors, *ints, *flags), n_per_call=len(ptrs) + len(ints),
-                       num_warps=8)
+    lau.launch(key, dev, (*grid, 1), ptrs, ints, lambda: (*tensors, *ints, *flags), num_warps=8)
 
 
 _PAIRS = 4096  # comparison tile size (see _blocks)
