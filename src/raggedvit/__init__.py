@@ -6,8 +6,16 @@ public attention functions) -> ``pruning`` (pure tensor functions on packed ragg
 """
 
 from .models import prune
-from .ops import check_cu_seqlens, ragged_attention, ragged_attention_reference, warmup
+from .ops import (
+                  check_cu_seqlens,
+                  ragged_attention,
+                  ragged_attention_reference,
+                  ragged_layer_norm,
+                  ragged_linear,
+                  warmup,
+)
 
 __version__ = "0.1.0"
 
-__all__ = ["prune", "ragged_attention", "ragged_attention_reference", "check_cu_seqlens", "warmup", "__version__"]
+__all__ = ["prune", "ragged_attention", "ragged_attention_reference", "check_cu_seqlens", "warmup", "ragged_linear",
+           "ragged_layer_norm", "__version__"]

@@ -1,6 +1,10 @@
-"""Ops: launchers, ``torch.library`` registration and the public attention functions."""
+"""Ops: launchers, ``torch.library`` registration, the public attention functions and the live-row
+token-wise ops (LayerNorm, Linear + GELU / residual)."""
 
 from .attention import check_cu_seqlens, ragged_attention, warmup
+from .layernorm import ragged_layer_norm
+from .linear import ragged_linear
 from .reference import ragged_attention_reference
 
-__all__ = ["ragged_attention", "ragged_attention_reference", "check_cu_seqlens", "warmup"]
+__all__ = ["ragged_attention", "ragged_attention_reference", "check_cu_seqlens", "warmup", "ragged_linear",
+           "ragged_layer_norm"]
