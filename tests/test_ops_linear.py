@@ -85,6 +85,26 @@ def test_bad_input(bad, exc, msg):
         ragged_linear(args["x"], args["w"], args["b"], args["live"], residual=args["res"], gelu=args["gelu"])
 
 
+@pytest.mark.parametrize("tma", [False, True])
+def test_live_counts_0_1_and_past_capacity(tma, monkeypatch):
+    """Zero, one and more live rows than the buffer holds (clamped), for both the pointer and the TMA path."""
+    small = linear_mod._config
+    monkeypatch.setattr(linear_mod, "_config", lambda dt, m, n, k, ok: (Config(32, 32, 32, 4, 1, 0, tma) if
+                                                                           launcher.interpreted else
+                                                                           small(dt, 1 << 20, 1 << 20, k, ok and tma)))
+    dtype = torch.float16 if ON_GPU else torch.float32
+    x = torch.randn(300, 64, device=DEVICE).to(dtype)
+    w = (torch.randn(96, 64, device=DEVICE) / 8).to(dtype)
+    r = torch.randn(300, 96, device=DEVICE).to(dtype)
+    tol = 2e-2 if ON_GPU else 1e-4
+    for n in (0, 1, 1000):
+        out = torch.full((300, 96), 7.0, device=DEVICE, dtype=dtype)
+        ragged_linear(x, w, None, torch.tensor([n], dtype=torch.int32, device=DEVICE), residual=r, out=out)
+        live = min(n, 300)
+        assert_close_report(out[:live], _ref(x, w, None, live, False, r)[:live], tol, f"live={n}")
+        assert (out[live:] == 7).all()
+
+
 @requires_gpu
 def test_graph_replay_follows_the_live_count():
     x = torch.randn(512, 384, device=DEVICE, dtype=torch.float16)

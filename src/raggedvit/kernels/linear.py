@@ -70,11 +70,12 @@ def ragged_linear_fwd(
     num_pid_m = tl.cdiv(live, BLOCK_M)
     ks = tl.arange(0, BLOCK_K)
     if TMA:
-        x_desc = tl.make_tensor_descriptor(X, [live, K], [stride_xm, 1], [BLOCK_M, BLOCK_K])
+        rows_d = tl.maximum(live, 1)  # no zero-sized descriptor (with live == 0 no tile is visited)
+        x_desc = tl.make_tensor_descriptor(X, [rows_d, K], [stride_xm, 1], [BLOCK_M, BLOCK_K])
         w_desc = tl.make_tensor_descriptor(W, [N, K], [stride_wn, 1], [BLOCK_N, BLOCK_K])
-        y_desc = tl.make_tensor_descriptor(Y, [live, N], [stride_ym, 1], [BLOCK_M, BLOCK_N])
+        y_desc = tl.make_tensor_descriptor(Y, [rows_d, N], [stride_ym, 1], [BLOCK_M, BLOCK_N])
         if HAS_RES:
-            r_desc = tl.make_tensor_descriptor(RES, [live, N], [stride_rm, 1], [BLOCK_M, BLOCK_N])
+            r_desc = tl.make_tensor_descriptor(RES, [rows_d, N], [stride_rm, 1], [BLOCK_M, BLOCK_N])
     tile_out = tl.program_id(0) - PROGRAMS  # a second counter for the epilogue (keeps the loop pipelinable)
     for tile in tl.range(tl.program_id(0), num_pid_m * NUM_PID_N, PROGRAMS, flatten=True):
         pid_m, pid_n = _tile(tile, num_pid_m, NUM_PID_N, GROUP_M)
