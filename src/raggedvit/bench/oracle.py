@@ -1,6 +1,7 @@
 """The oracle: timm's own blocks run on dense ``(B, n)`` token tensors at given per-stage counts.
 
-No scoring, no selection, no metadata: at a stage the token tensor is simply cut to its first ``n``
+No scoring, no selection, no metadata (the patch embedding is raggedvit's, as in the pruned forward:
+:func:`raggedvit.models.forward.patch_embed`): at a stage the token tensor is simply cut to its first ``n``
 tokens (one contiguous copy), PRE stages before the block, MID stages (EViT, ATS) between the block's
 attention and its MLP, exactly where the pruned model changes its token count. Captured in a CUDA graph
 this is the practical ceiling of a pruned model built from timm blocks (``docs/anchors.md``): a pipeline
@@ -16,6 +17,8 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+
+from ..models.forward import patch_embed
 
 __all__ = ["OracleViT", "oracle_widths"]
 
@@ -47,7 +50,7 @@ class OracleViT(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """``(B, 3, H, W)`` -> logits ``(B, num_classes)``."""
         m = self.backbone
-        x = m.norm_pre(m.patch_drop(m._pos_embed(m.patch_embed(images))))
+        x = m.norm_pre(m.patch_drop(m._pos_embed(patch_embed(m.patch_embed, images))))
         for i, blk in enumerate(m.blocks):
             w = self.cuts.get(i)
             if w is None:
