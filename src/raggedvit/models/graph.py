@@ -16,13 +16,14 @@ Usage::
 
 Rows past the live total: a packed stage buffer holds ``batch * width_out`` rows, ``width_out`` being the
 plan's per-image bound (exact for fixed-count variants; the previous width, or ``k_max``, for adaptive
-ones). Rows past ``cu_seqlens[-1]`` are zero after each compaction and are skipped by the attention
-kernel (its grid covers ``max_seqlen`` per image, the lengths come from ``cu_seqlens``), but the token-wise
-layers (LayerNorm, qkv, proj, MLP) run on every row of the buffer, so the waste is bounded by
-``batch * width_out - live total`` rows per block: zero for fixed variants, up to the per-image bound for
-adaptive ones. ``raggedvit bench e2e`` reports the measured row utilisation (live rows / buffer rows)
-and the cost of the waste (oracle at the capacity widths vs oracle at the kept counts) next to every
-speed figure.
+ones). Rows past ``cu_seqlens[-1]`` are skipped by the attention kernel (its grid covers ``max_seqlen``
+per image, the lengths come from ``cu_seqlens``). The token-wise layers (LayerNorm, qkv, proj, MLP) skip
+them too where ``prune(live_rows=...)`` runs :class:`~raggedvit.models.forward.LiveRows` (by default on
+CUDA for buffers with unused rows from 1024 rows): their Triton kernels read the live row count on the
+device and visit only the live tiles. Elsewhere timm's modules run on every buffer row, so the waste is
+bounded by ``batch * width_out - live total`` rows per block: zero for fixed variants, up to the
+per-image bound for adaptive ones. ``raggedvit bench e2e`` reports the measured row utilisation (live
+rows / buffer rows) and an ``oracle_capacity`` run at the buffer widths next to every speed figure.
 
 A captured graph holds the addresses of the model's parameters: after ``model.to(...)``/``.half()`` capture
 again (in-place weight updates such as ``load_state_dict`` are seen by later replays).
