@@ -228,6 +228,12 @@ def test_one_compile_across_length_sweep_and_direct_launches():
     assert len(launcher.cache) == keys, "a length or batch change caused a new compile"
     assert launcher.stats["jit"] == jit_before
     assert launcher.stats["direct"] == direct_before + 20
+    # an explicit scale (as the pruned forward passes timm's attn.scale) is part of the key: direct after once
+    for _ in range(3):
+        raggedvit.ragged_attention(q, k, v, cu, 197, scale=0.125)
+    assert launcher.stats["jit"] == jit_before + 1 and launcher.stats["direct"] == direct_before + 22
+    torch.testing.assert_close(raggedvit.ragged_attention(q, k, v, cu, 197, scale=0.3),
+                               raggedvit.ragged_attention_reference(q, k, v, cu, 197, scale=0.3), atol=2e-3, rtol=0)
 
 
 @requires_gpu

@@ -139,8 +139,9 @@ def _launch(q, k, v, out, cu_seqlens, max_seqlen: int, scale: float | None, vari
     gx, gy, gz = min((max_seqlen + block_m - 1) // block_m, 65535), cu_seqlens.shape[0], shape[1]
     # Triton specializes on strides (divisibility by 16, == 1) and 16-byte pointer alignment. Strides do not
     # depend on the token count, so keying on their values keeps the key set small.
-    key = (q.dtype, shape[2], dev, sq, sk, sv, so) if ((qp | kp | vp | op | cp) & 15) == 0 else None
-    entry = launcher.cache.get(key) if key is not None and scale is None else None
+    scale = None if scale is None else float(scale)  # part of the key: one cached launch per model scale
+    key = (q.dtype, shape[2], dev, sq, sk, sv, so, scale) if ((qp | kp | vp | op | cp) & 15) == 0 else None
+    entry = launcher.cache.get(key) if key is not None else None
     if entry is not None and launcher.usable(dev):
         call, prefix, constant = entry  # pointers as ints: the launcher then skips cuPointerGetAttribute
         call(gx, gy, gz, raw_stream(dev), *prefix, qp, kp, vp, op, cp, shape[0], *constant)
@@ -148,7 +149,7 @@ def _launch(q, k, v, out, cu_seqlens, max_seqlen: int, scale: float | None, vari
         return
     qk_scale = default_scale if scale is None else float(scale) * _LOG2E
     constant = (sq[0], sq[1], sk[0], sk[1], sv[0], sv[1], so[0], so[1], qk_scale, *tail)
-    launcher.launch_jit(key if scale is None else None, dev, (gx, gy, gz),
+    launcher.launch_jit(key, dev, (gx, gy, gz),
                         (q, k, v, out, cu_seqlens, shape[0], *constant), n_per_call=6, **options)
 
 
@@ -246,8 +247,8 @@ def ragged_attention(
         so = out.stride()
         # The direct launch, inlined (the common case); _launch does the same plus the JIT path.
         qp, kp, vp, op, cp = q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), cu_seqlens.data_ptr()
-        if scale is None and not (qp | kp | vp | op | cp) & 15:
-            entry = launcher.cache.get((dt, shape[2], dev, sq, sk, sv, so))
+        if not (qp | kp | vp | op | cp) & 15:
+            entry = launcher.cache.get((dt, shape[2], dev, sq, sk, sv, so, scale))
             if entry is not None and (launcher._single_device or dev == current_device()) and not hooks_installed():
                 call, prefix, constant = entry
                 call(min((max_seqlen + variant[0] - 1) // variant[0], 65535), cs[0], shape[1], raw_stream(dev),
