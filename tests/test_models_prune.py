@@ -165,6 +165,8 @@ def test_packed_equals_padded_and_reference(case, name):
         pytest.skip("one fixed case per method family is enough for the distilled model")
     model, preds = make_model(name, img_size=SMALL)
     images = make_images(3, SMALL) * torch.tensor([0.5, 1.0, 2.0]).view(3, 1, 1, 1)  # spread: ragged counts
+    blobs = F.interpolate(torch.randn(3, 3, 3, 3), size=(SMALL, SMALL), mode="bilinear", align_corners=False)
+    images = images + blobs * torch.tensor([0.0, 2.0, 5.0]).view(3, 1, 1, 1)  # and per-image structure (relative rules)
     packed = _build(model, preds, method, opts, attention="reference")
     padded = _build(model, preds, method, opts, layout="padded")
     with torch.no_grad():
