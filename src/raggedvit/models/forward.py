@@ -87,10 +87,11 @@ class PruneStats:
 def patch_embed(pe, images: torch.Tensor) -> torch.Tensor:
     """timm ``PatchEmbed`` of ``images`` as one copy and one GEMM when its conv has stride == kernel size.
 
-    A non-overlapping patch conv is a matrix product of the flattened patches with the flattened kernel;
-    cuDNN's algorithm for it in fp16 took 55 us at batch 1 and 410 us at batch 64 on an H100 (DeiT-S), a
-    copy + cuBLAS GEMM a fraction of that. Anything else (padding, dynamic sizes, other output formats,
-    an image size other than the model's) goes through ``pe`` itself."""
+    A non-overlapping patch conv is a matrix product of the flattened patches with the flattened kernel.
+    On an H100 (DeiT-S, fp16, CUDA graph) cuDNN's algorithm for the conv took 48 us at batch 1 and 1,709 us
+    at batch 256, copy + cuBLAS GEMM 6 and 182 us (``benchmarks/results/patch-embed-*.log``). Anything else
+    (padding, dynamic sizes, other output formats, an image size other than the model's) goes through ``pe``
+    itself."""
     proj = getattr(pe, "proj", None)
     B, C, H, W = images.shape
     if not (isinstance(proj, torch.nn.Conv2d) and getattr(pe, "flatten", False) and proj.groups == 1
