@@ -10,6 +10,7 @@ import torch
 
 from ..kernels.layernorm import ragged_layer_norm_fwd
 from .launch import DirectLauncher
+from .linear import check_live_rows
 
 launcher = DirectLauncher(ragged_layer_norm_fwd, "ragged_layer_norm")
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -46,9 +47,7 @@ def ragged_layer_norm(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.
     for name, t in (("weight", weight), ("bias", bias)):
         if t is not None and (tuple(t.shape) != (C,) or not t.is_contiguous()):
             _fail(f"{name} must be contiguous ({C},), got {tuple(t.shape)}")
-    if live_rows.dtype != torch.int32 or live_rows.numel() != 1:
-        _fail(f"live_rows must be a one-element int32 tensor, got {live_rows.dtype} {tuple(live_rows.shape)}",
-              TypeError)
+    check_live_rows("ragged_layer_norm", live_rows)
     dev = x.get_device()
     if any(t is not None and t.get_device() != dev for t in (weight, bias, live_rows, out)):
         _fail("x, weight, bias, live_rows and out must be on one device")

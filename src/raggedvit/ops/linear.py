@@ -56,14 +56,23 @@ def _config(dtype: torch.dtype, m: int, n: int, k: int, tma_ok: bool) -> Config:
     return Config(128, 128, 64, 8, 3, 0, False)
 
 
-def _tma_ok(dev: int, tensors: tuple[torch.Tensor, ...]) -> bool:
-    """TMA descriptors can address these tensors on this device: sm90+, 16-byte aligned bases and row strides."""
+def _tma_ok(dev: int, ptrs: tuple[int, ...], row_bytes: tuple[int, ...]) -> bool:
+    """TMA descriptors can address these tensors on this device: sm90+, 16-byte aligned bases (``ptrs``) and
+    row strides (``row_bytes``)."""
     if dev < 0:
         return False
     ok = _TMA_OK.get(dev)
     if ok is None:
         ok = _TMA_OK.setdefault(dev, torch.cuda.get_device_capability(dev)[0] >= 9)
-    return ok and not any((t.data_ptr() | t.stride(0) * t.element_size()) & 15 for t in tensors)
+    return ok and not any(v & 15 for v in ptrs + row_bytes)
+
+
+def check_live_rows(op: str, live_rows: torch.Tensor) -> None:
+    """TypeError unless ``live_rows`` is a one-element int32 tensor (the device-side live row count that the
+    live-row ops read); ``op`` names the caller in the message."""
+    if live_rows.dtype != torch.int32 or live_rows.numel() != 1:
+        raise TypeError(f"{op}: live_rows must be a one-element int32 tensor, got {live_rows.dtype} "
+                        f"{tuple(live_rows.shape)}")
 
 
 def _torch_allocator(size: int, alignment: int, stream) -> torch.Tensor:
@@ -118,9 +127,7 @@ def ragged_linear(
     N = weight.shape[0]
     if bias is not None and tuple(bias.shape) != (N,):
         _fail(f"bias must be ({N},), got {tuple(bias.shape)}")
-    if live_rows.dtype != torch.int32 or live_rows.numel() != 1:
-        _fail(f"live_rows must be a one-element int32 tensor, got {live_rows.dtype} {tuple(live_rows.shape)}",
-              TypeError)
+    check_live_rows("ragged_linear", live_rows)
     if x.stride(1) != 1 or not weight.is_contiguous() or (bias is not None and not bias.is_contiguous()):
         _fail("x needs stride 1 along K; weight and bias must be contiguous")
     dev = x.get_device()
@@ -138,7 +145,13 @@ def ragged_linear(
         out = torch.empty(M, N, dtype=x.dtype, device=x.device)
     if M == 0 or N == 0:
         return out
-    cfg = _config(x.dtype, M, N, K, _tma_ok(dev, (x, weight, out) + (() if residual is None else (residual,))))
+    b = weight if bias is None else bias
+    r = out if residual is None else residual
+    ptrs = (x.data_ptr(), weight.data_ptr(), b.data_ptr(), r.data_ptr(), out.data_ptr(), live_rows.data_ptr())
+    size = x.element_size()
+    cfg = _config(x.dtype, M, N, K, _tma_ok(dev, (ptrs[0], ptrs[1], ptrs[3], ptrs[4]),
+                                            (x.stride(0) * size, weight.stride(0) * size, r.stride(0) * size,
+                                             out.stride(0) * size)))
     tiles = -(-M // cfg.block_m) * -(-N // cfg.block_n)
     if dev >= 0 and cfg.per_sm:
         sms = _SMS.get(dev) or _SMS.setdefault(dev, torch.cuda.get_device_properties(dev).multi_processor_count)
@@ -149,12 +162,9 @@ def ragged_linear(
         programs = tiles
     if cfg.tma and dev >= 0:
         _ensure_allocator()
-    b = weight if bias is None else bias
-    r = out if residual is None else residual
     rest = (x.stride(0), weight.stride(0), r.stride(0), out.stride(0), N, K, bias is not None, gelu,
             residual is not None, x.dtype == torch.float32, launcher.interpreted and x.dtype == torch.bfloat16,
             cfg.tma, cfg.block_m, cfg.block_n, cfg.block_k, 8)  # determined by the key
-    ptrs = (x.data_ptr(), weight.data_ptr(), b.data_ptr(), r.data_ptr(), out.data_ptr(), live_rows.data_ptr())
     key = (x.dtype, dev, N, K, cfg, x.stride(0), r.stride(0), out.stride(0), bias is not None, gelu,
            residual is not None) if all(p % 16 == 0 for p in ptrs[:5]) and ptrs[5] % 4 == 0 else None
     launcher.launch(key, dev, (programs, 1, 1), ptrs, (M, programs),
