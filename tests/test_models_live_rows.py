@@ -7,7 +7,7 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 
 import raggedvit
-from raggedvit.models.forward import live_rows_unsupported
+from raggedvit.models.live_rows import live_rows_unsupported
 
 from conftest import DEVICE, ON_GPU
 
@@ -68,7 +68,7 @@ def test_live_rows_options_are_checked():
 def test_auto_picks_stages_by_buffer_rows(monkeypatch):
     """``live_rows="auto"`` runs the kernels on buffers of >= AUTO_MIN_ROWS rows with unused rows and of
     >= AUTO_MIN_ROWS_FULL rows without; the results equal timm's modules either way."""
-    from raggedvit.models import forward, pruned
+    from raggedvit.models import live_rows, pruned
     from raggedvit.ops.layernorm import launcher as ln_launcher
 
     monkeypatch.setattr(pruned, "_auto_applies", lambda images: True)  # CPU: the interpreter
@@ -82,8 +82,8 @@ def test_auto_picks_stages_by_buffer_rows(monkeypatch):
     with torch.no_grad():
         want = full(x)
         for min_rows, min_full, expected in [(10**6, 10**6, 0), (1, 10**6, 3 * 2), (1, 1, 4 * 2)]:  # 2 LN per block
-            monkeypatch.setattr(forward, "AUTO_MIN_ROWS", min_rows)
-            monkeypatch.setattr(forward, "AUTO_MIN_ROWS_FULL", min_full)
+            monkeypatch.setattr(live_rows, "AUTO_MIN_ROWS", min_rows)
+            monkeypatch.setattr(live_rows, "AUTO_MIN_ROWS_FULL", min_full)
             before = ln_launcher.stats["direct"] + ln_launcher.stats.get("jit", 0)
             got = auto(x)
             assert ln_launcher.stats["direct"] + ln_launcher.stats.get("jit", 0) - before == expected

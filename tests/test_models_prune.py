@@ -166,7 +166,7 @@ def test_packed_equals_padded_and_reference(case, name):
     model, preds = make_model(name, img_size=SMALL)
     packed = _build(model, preds, method, opts, attention="reference")
     padded = _build(model, preds, method, opts, layout="padded")
-    adaptive = method != "none" and packed.pruning_config.variant == "adaptive"
+    adaptive = method != "none" and packed.method.variant == "adaptive"
     for _ in range(8):  # fresh images until an adaptive rule keeps different counts per image (a real ragged batch)
         images = make_images(3, SMALL) * torch.tensor([0.5, 1.0, 2.0]).view(3, 1, 1, 1)
         blobs = F.interpolate(torch.randn(3, 3, 3, 3), size=(SMALL, SMALL), mode="bilinear", align_corners=False)

@@ -1,21 +1,38 @@
 """Threshold-L2 calibration: per-stage absolute thresholds that keep a target fraction of tokens.
 
 Stage by stage (spec section 4.2): run the model with the thresholds found so far (later stages keep
-everything), pool the L2 scores of the patch tokens still present at stage ``s`` over the calibration
-images, and set ``T_s`` to their ``(1 - keep_rate)`` quantile. Offline tool: reads values back to the host.
+everything), pool the L2 scores the method reports (:meth:`~raggedvit.pruning.ThresholdL2.scores`) for the
+patch tokens still present at stage ``s`` over the calibration images, and set ``T_s`` to their
+``(1 - keep_rate)`` quantile. Offline tool: reads values back to the host.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from ..pruning.threshold_l2 import quantile_threshold
+from ..pruning.ragged import Selection
+from ..pruning.stage import StageInput
+from ..pruning.threshold_l2 import ThresholdL2, quantile_threshold
 from .pruned import prune
 
 __all__ = ["calibrate_thresholds"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Recording(ThresholdL2):
+    """:class:`ThresholdL2` that also keeps, at stage ``record``, the scores of the candidates (host fp32)."""
+
+    record: int = 0
+    pooled: list = field(default_factory=list, compare=False, repr=False)
+
+    def select(self, inp: StageInput) -> Selection:
+        if inp.plan.index == self.record:
+            self.pooled.append(self.scores(inp)[inp.candidates()].float().cpu())
+        return super().select(inp)
 
 
 def _batches(images, batch_size: int, device: torch.device) -> Iterable[torch.Tensor]:
@@ -38,7 +55,7 @@ def calibrate_thresholds(model: nn.Module, images, *, keep_rate: float | tuple[f
             image batches or ``(images, labels)`` pairs (e.g. a DataLoader); iterated once per stage and moved
             to the model's device.
         keep_rate: per-stage keep fraction of the tokens present at that stage (a float or one per stage).
-        stages, k_min, k_max: as for ``prune``.
+        stages, k_min, k_max: as for :class:`~raggedvit.pruning.ThresholdL2`.
 
     Returns:
         ``tuple`` of host floats, one per stage.
@@ -50,15 +67,9 @@ def calibrate_thresholds(model: nn.Module, images, *, keep_rate: float | tuple[f
     found: list[float] = []
     for s in range(len(stages)):
         thresholds = tuple(found) + (0.0,) * (len(stages) - s)  # norms are >= 0: later stages keep all
-        pruned = prune(model, "threshold_l2", layout="padded", stages=stages, thresholds=thresholds,
-                       k_min=k_min, k_max=k_max).eval()
-        pooled: list[torch.Tensor] = []
-
-        def probe(stage, scores, cand, s=s, pooled=pooled):
-            if stage == s:
-                pooled.append(scores[cand].float().cpu())
-
+        method = _Recording(stages=stages, thresholds=thresholds, k_min=k_min, k_max=k_max, record=s)
+        pruned = prune(model, method, layout="padded").eval()
         for batch in _batches(images, batch_size, device):
-            pruned.forward_features(batch, probe=probe)
-        found.append(quantile_threshold(torch.cat(pooled), rates[s]))
+            pruned.forward_features(batch)
+        found.append(quantile_threshold(torch.cat(method.pooled), rates[s]))
     return tuple(found)

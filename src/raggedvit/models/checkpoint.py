@@ -14,6 +14,7 @@ from collections.abc import Mapping
 
 import torch
 
+from ..pruning.dynamicvit import DynamicViT
 from .pruned import PrunedViT
 
 __all__ = ["load_dynamicvit_checkpoint"]
@@ -32,7 +33,7 @@ def load_dynamicvit_checkpoint(pruned: PrunedViT, checkpoint: str | os.PathLike 
     Returns:
         ``load_state_dict``'s ``(missing_keys, unexpected_keys)``.
     """
-    if not isinstance(pruned, PrunedViT) or pruned.pruning_config.method != "dynamicvit":
+    if not isinstance(pruned, PrunedViT) or not isinstance(pruned.method, DynamicViT):
         raise ValueError("load_dynamicvit_checkpoint: need a model from prune(model, 'dynamicvit')")
     if isinstance(checkpoint, Mapping):
         state = checkpoint

@@ -1,7 +1,7 @@
 """CUDA-graph capture of a whole packed pruned forward (patch embedding to logits), replayed for new images.
 
 The packed layout of :class:`~raggedvit.models.pruned.PrunedViT` has static capacities: every buffer is
-sized from host integers of the stage plan (:class:`~raggedvit.models.config.StagePlan`), ``cu_seqlens``
+sized from host integers of the stage plan (:class:`~raggedvit.pruning.StagePlan`), ``cu_seqlens``
 and the kept counts stay on the device, and the attention backend reads the true lengths from
 ``cu_seqlens``. Nothing reads a device value back, so one capture per (model, method, batch, dtype,
 device) serves every later batch of images: only the *values* in the captured buffers change.
@@ -9,7 +9,7 @@ device) serves every later batch of images: only the *values* in the captured bu
 Usage::
 
     from raggedvit.models.graph import capture
-    pruned = raggedvit.prune(model.half().cuda().eval(), "ats")
+    pruned = raggedvit.prune(model.half().cuda().eval(), method)
     graphed = capture(pruned, batch=64)       # warm-up (compiles Triton), capture
     logits = graphed(images)                  # copy in, replay, static logits (clone to keep them)
     graphed.stats.kept                        # per-stage kept counts of this replay (device tensors)
@@ -18,7 +18,7 @@ Rows past the live total: a packed stage buffer holds ``batch * width_out`` rows
 plan's per-image bound (exact for fixed-count variants; the previous width, or ``k_max``, for adaptive
 ones). Rows past ``cu_seqlens[-1]`` are skipped by the attention kernel (its grid covers ``max_seqlen``
 per image, the lengths come from ``cu_seqlens``). The token-wise layers (LayerNorm, qkv, proj, MLP) skip
-them too where ``prune(live_rows=...)`` runs :class:`~raggedvit.models.forward.LiveRows` (by default on
+them too where ``prune(live_rows=...)`` runs :class:`~raggedvit.models.live_rows.LiveRows` (by default on
 CUDA for buffers with unused rows from 1024 rows): their Triton kernels read the live row count on the
 device and visit only the live tiles. Elsewhere timm's modules run on every buffer row, so the waste is
 bounded by ``batch * width_out - live total`` rows per block: zero for fixed variants, up to the
@@ -37,8 +37,8 @@ import weakref
 import torch
 
 from ..ops.backends import BACKENDS, get_backend
-from .forward import PruneStats
 from .pruned import PrunedViT
+from .stats import PruneStats
 
 __all__ = ["GraphedViT", "capture", "graphed", "clear_cache", "check_graphable", "graph_safe_backends"]
 
@@ -153,12 +153,8 @@ class GraphedViT:
         self.graph.replay()
         return self.output.clone() if clone else self.output
 
-    def kept(self) -> tuple[torch.Tensor, ...]:
-        """Per-stage ``(batch,)`` kept tokens of the last replay (device tensors, prefix tokens included)."""
-        return self.stats.kept
-
     def __repr__(self) -> str:
-        return (f"GraphedViT({self.model.pruning_config.method!r}, batch={self.batch}, dtype={self.dtype}, "
+        return (f"GraphedViT({self.model.method!r}, batch={self.batch}, dtype={self.dtype}, "
                 f"device={self.device}, capture_s={self.capture_s:.3f})")
 
 

@@ -13,11 +13,16 @@ import torch
 from torch import nn
 
 from ..ops.backends import get_backend
-from ..pruning import dynamicvit
-from .config import LAYOUTS, PruningConfig, StagePlan, make_config, plan_stages
-from .forward import PruneStats, attend_packed, attend_padded, live_rows_unsupported, run
+from ..pruning.method import Method
+from ..pruning.registry import make_method
+from ..pruning.stage import StagePlan
+from .forward import attend_packed, attend_padded, run
+from .live_rows import live_rows_unsupported
+from .stats import PruneStats
 
-__all__ = ["PrunedViT", "prune", "check_model"]
+__all__ = ["PrunedViT", "prune", "check_model", "LAYOUTS"]
+
+LAYOUTS = ("packed", "padded")
 
 
 def check_model(model: nn.Module) -> None:
@@ -51,29 +56,23 @@ def check_model(model: nn.Module) -> None:
         raise ValueError(f"prune: unsupported {type(model).__name__}: {'; '.join(problems)}")
 
 
-def _predictor_width(p: nn.Module) -> int | None:
-    """Input width of a :class:`~raggedvit.pruning.dynamicvit.Predictor`; None for other modules (any
-    ``nn.Module`` with its call signature is accepted)."""
-    return p.in_conv[1].in_features if isinstance(p, dynamicvit.Predictor) else None
-
-
 class PrunedViT(nn.Module):
     """A pruned view of a timm ViT. Build it with :func:`raggedvit.prune`.
 
     ``forward(images: (B, 3, H, W)) -> logits (B, num_classes)`` (timm's head convention: distilled models
     average the CLS and DIST heads in eval). After each forward, :attr:`last_stats` holds a
-    :class:`~raggedvit.models.forward.PruneStats` (kept tokens per stage, surviving patches).
+    :class:`~raggedvit.models.stats.PruneStats` (kept tokens per stage, surviving patches).
 
     Attributes:
-        pruning_config: the validated :class:`~raggedvit.models.config.PruningConfig`.
-        plan: host-side stage schedule (:class:`~raggedvit.models.config.StagePlan` per stage).
+        method: the :class:`~raggedvit.pruning.Method`, its model-dependent defaults resolved.
+        plan: host-side stage schedule (:class:`~raggedvit.pruning.StagePlan` per stage).
         layout: ``"packed"`` or ``"padded"``.
         attention: backend name (packed layout).
         backbone: the timm model this view shares its weights with.
     """
 
-    def __init__(self, model: nn.Module, config: PruningConfig, plan: tuple[StagePlan, ...], layout: str,
-                 attention: str, predictors: nn.ModuleList | None) -> None:
+    def __init__(self, model: nn.Module, method: Method, plan: tuple[StagePlan, ...], layout: str,
+                 attention: str, modules: nn.Module | None) -> None:
         super().__init__()
         object.__setattr__(self, "backbone", model)  # not a submodule: its children are registered below
         for name, p in model.named_parameters(recurse=False):
@@ -82,9 +81,9 @@ class PrunedViT(nn.Module):
             self.register_buffer(name, b, persistent=name not in model._non_persistent_buffers_set)
         for name, m in model.named_children():
             self.add_module(name, m)
-        if predictors is not None:
-            self.score_predictor = predictors
-        self.pruning_config = config
+        if modules is not None:  # the method's own modules (state-dict keys under method.module_name)
+            self.add_module(method.module_name, modules)
+        self.method = method
         self.plan = plan
         self.layout = layout
         self.attention = attention
@@ -111,7 +110,7 @@ class PrunedViT(nn.Module):
             self._checked_device = device
         return attend_packed(self._backend)
 
-    def forward_features(self, images: torch.Tensor, *, probe=None) -> torch.Tensor:
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
         """``(B, 3, H, W)`` images -> ``(B, P, C)`` final-normed prefix tokens (CLS, and DIST if distilled)."""
         live = self.live_rows
         if live and (self.training or torch.is_grad_enabled()):
@@ -121,10 +120,9 @@ class PrunedViT(nn.Module):
             live = False
         if live == "auto" and not _auto_applies(images):
             live = False
-        prefix, stats = run(self.backbone, images, self.pruning_config, self.plan,
-                            getattr(self, "score_predictor", None), packed=self.layout == "packed",
-                            attend=self._attend(images.device), probe=probe,
-                            live_rows=live)
+        name = self.method.module_name
+        prefix, stats = run(self.backbone, images, self.method, self.plan, getattr(self, name) if name else None,
+                            packed=self.layout == "packed", attend=self._attend(images.device), live_rows=live)
         self.last_stats = stats
         return prefix
 
@@ -137,9 +135,7 @@ class PrunedViT(nn.Module):
         return self.forward_head(self.forward_features(images))
 
     def extra_repr(self) -> str:
-        c = self.pruning_config
-        return f"method={c.method!r}, variant={c.variant!r}, stages={c.stages}, layout={self.layout!r}, " \
-               f"attention={self.attention!r}"
+        return f"method={self.method!r}, layout={self.layout!r}, attention={self.attention!r}"
 
 
 def _auto_applies(images: torch.Tensor) -> bool:
@@ -147,14 +143,18 @@ def _auto_applies(images: torch.Tensor) -> bool:
     return images.is_cuda
 
 
-def prune(model: nn.Module, method: str, *, layout: str = "packed", attention: str = "triton",
+def prune(model: nn.Module, method: str | Method, *, layout: str = "packed", attention: str = "triton",
           live_rows: bool | str = "auto", **options) -> PrunedViT:
     """Token-pruned view of a timm DeiT/ViT that shares its weights.
+
+    ``method`` is a method object (``prune(model, M(keep_rate=0.5))``) or a name of the registry
+    :data:`raggedvit.pruning.METHODS` with the method class's fields as keywords (``prune(model, M.name,
+    keep_rate=0.5)``: the same model). The classes document their options.
 
     Args:
         model: a timm ``VisionTransformer`` / ``VisionTransformerDistilled`` (``deit_{tiny,small,base}_patch16_224``,
             ``deit_base_patch16_384``, the ``_distilled`` variants with CLS + DIST prefix tokens, ...).
-        method: ``"none"``, ``"threshold_l2"``, ``"dynamicvit"``, ``"evit"`` or ``"ats"``.
+        method: a :class:`~raggedvit.pruning.Method` object or a registered name.
         layout: ``"packed"``: token rows ``(total, C)`` + ``cu_seqlens`` through the whole network, static
             capacities, no host sync (CUDA-graph ready); ``"padded"``: the baseline, kept tokens in a
             ``(B, max_kept, C)`` grid padded to the batch maximum, SDPA with a key-padding mask.
@@ -162,31 +162,13 @@ def prune(model: nn.Module, method: str, *, layout: str = "packed", attention: s
             (``"triton"``, ``"reference"``, ...). Ignored by the padded layout (always SDPA).
         live_rows: packed layout, inference: run the token-wise layers of a stage as Triton kernels that read
             the live row count on the device and touch only the live rows of the static buffer
-            (:class:`~raggedvit.models.forward.LiveRows`: LayerNorm, qkv, proj + residual, fc1 + GELU,
+            (:class:`~raggedvit.models.live_rows.LiveRows`: LayerNorm, qkv, proj + residual, fc1 + GELU,
             fc2 + residual) instead of timm's modules on every buffer row. ``True``: every stage (needs plain
             pre-norm blocks, i.e. DeiT/ViT without layer scale, CUDA or the Triton interpreter, eval mode and
             no autograd: errors otherwise); ``False``: never; ``"auto"`` (default): on CUDA, in eval under
             ``torch.no_grad()``/``inference_mode()``, for supported blocks, on the stages whose buffer is large
             enough to gain: >= 1024 rows with unused rows (adaptive stages), >= 32768 rows otherwise.
-        **options: keyword-only method options (defaults from the spec):
-
-            * all methods but ``"none"``: ``variant`` (``"fixed"`` or ``"adaptive"``; default ``"fixed"``
-              for dynamicvit/evit, ``"adaptive"`` for ats/threshold_l2), ``stages`` (block indices,
-              default ``(3, 6, 9)``, ATS ``(3, ..., 11)``), ``keep_rate`` in (0, 1] (default 0.7; ATS
-              fixed 0.9 per stage).
-            * ``dynamicvit``: ``keep_threshold=0.5`` (adaptive: keep ``p_keep > threshold``), ``k_min=1``,
-              ``k_max=None``, ``predictors`` (an ``nn.ModuleList`` of one module per stage with the call signature
-              of :class:`~raggedvit.pruning.dynamicvit.Predictor`, ``(x, seg_ids, dense_rows, cand) -> (R, 2)``
-              log-probabilities, to share; default random init; see :func:`load_dynamicvit_checkpoint`).
-            * ``evit``: ``fuse=True``, ``mass`` (adaptive attention-mass fraction, default ``keep_rate``),
-              ``k_min=1``, ``k_max=None``.
-            * ``k_max`` (adaptive variants of dynamicvit, evit, threshold_l2): an int for every stage, or a
-              tuple with one int (or None) per stage; it also caps that stage's buffer (``StagePlan.width_out``),
-              so a per-stage cap shrinks the packed buffers of adaptive stages.
-            * ``ats``: ``num_samples`` (default ``num_patches``: 196 at 224 px).
-            * ``threshold_l2``: ``thresholds`` (absolute, one per stage: see
-              :func:`calibrate_thresholds`) or ``alpha=1.0`` (relative: ``alpha`` x the image's mean
-              norm), ``k_min=1``, ``k_max=None``. Fixed variant: top-k with DynamicViT's schedule.
+        **options: fields of the method's class (with a method object: fields to replace).
 
     Returns:
         :class:`PrunedViT`. Per-stage kept counts of the last forward: ``pruned.last_stats``.
@@ -199,19 +181,13 @@ def prune(model: nn.Module, method: str, *, layout: str = "packed", attention: s
     if layout not in LAYOUTS:
         raise ValueError(f"prune: unknown layout {layout!r}; valid: {', '.join(LAYOUTS)}")
     get_backend(attention)  # ValueError listing the valid backends
-    num_patches = model.patch_embed.num_patches
-    config, predictors = make_config(method, depth=len(model.blocks), num_patches=num_patches, **options)
-    plan = plan_stages(config, model.num_prefix_tokens, num_patches)
-    if method == "dynamicvit":
-        embed_dim = model.embed_dim
-        if predictors is None:
-            predictors = dynamicvit.make_predictors(embed_dim, len(config.stages))
-            ref = next(model.parameters())
-            predictors.to(device=ref.device, dtype=ref.dtype)
-        elif not (isinstance(predictors, nn.ModuleList) and len(predictors) == len(config.stages) and all(
-                isinstance(p, nn.Module) and _predictor_width(p) in (None, embed_dim) for p in predictors)):
-            raise ValueError(f"prune: predictors must be an nn.ModuleList of {len(config.stages)} "
-                             f"Predictor({embed_dim})-like modules (one per stage), got {predictors!r:.200}")
+    try:
+        method = make_method(method, **options)
+        method, plan = method.bind(depth=len(model.blocks), num_prefix=model.num_prefix_tokens,
+                                   num_patches=model.patch_embed.num_patches)
+        modules = method.modules(model)
+    except ValueError as e:
+        raise ValueError(f"prune: {e}") from None
     if not (isinstance(live_rows, bool) or live_rows == "auto"):
         raise ValueError(f"prune: live_rows must be True, False or 'auto', got {live_rows!r}")
     if live_rows == "auto" and (layout != "packed" or any(live_rows_unsupported(b) for b in model.blocks)):
@@ -223,6 +199,6 @@ def prune(model: nn.Module, method: str, *, layout: str = "packed", attention: s
             why = live_rows_unsupported(blk)
             if why is not None:
                 raise ValueError(f"prune: live_rows=True cannot run block {i}: {why}")
-    pruned = PrunedViT(model, config, plan, layout, attention, predictors)
+    pruned = PrunedViT(model, method, plan, layout, attention, modules)
     pruned.live_rows = live_rows
     return pruned

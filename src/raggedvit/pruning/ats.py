@@ -14,16 +14,85 @@ instead of the head sum, no division by the image total) selects the same tokens
 
 Defined pad-free: each image's result depends only on its own tokens (the official padded batching lets
 pads change an image's lowest kept token; spec section 3.3). Fixed-count ablation: :func:`select_topk`.
+:class:`ATS` is the method object (``prune(model, ATS(...))``).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
+from typing import ClassVar
+
 import torch
 
-from .ragged import Selection, cached, const
+from ..ops.select import ats_select, best_first_select
+from .evit import num_keep
+from .method import Pruner, check_int
+from .ragged import Selection, cached, const, dense_view
 from .selection import candidate_scores, fixed_count, num_candidates, prefixed
+from .stage import MID, StageInput
+from .threshold_l2 import l2_scores
 
-__all__ = ["significance", "sample_points", "select_sampling", "select_topk", "max_kept"]
+__all__ = ["ATS", "significance", "sample_points", "select_sampling", "select_topk", "max_kept"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ATS(Pruner):
+    """ATS inside blocks ``stages`` (between attention and MLP).
+
+    Args:
+        variant: ``"adaptive"`` (default: inverse-transform sampling, per-image counts) or ``"fixed"`` (the
+            ``ceil(keep_rate * n)`` most significant tokens per stage, an ablation).
+        stages: block indices (default 3..11).
+        keep_rate: fixed variant: keep fraction per stage.
+        num_samples: adaptive: sample points per stage (None: the model's patch count, 196 at 224 px).
+    """
+
+    name: ClassVar[str] = "ats"
+    site: ClassVar[str] = MID
+    variant: str = "adaptive"
+    stages: tuple[int, ...] = tuple(range(3, 12))
+    keep_rate: float = 0.9
+    num_samples: int | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_int(self.name, "num_samples", self.num_samples, 2, allow_none=True)
+
+    def resolve(self, num_patches: int) -> ATS:
+        if self.num_samples is not None:
+            return self
+        return replace(self, num_samples=check_int(self.name, "num_samples", num_patches, 2))
+
+    def fixed_keep(self, stage: int, n: int, num_patches: int) -> int:
+        return num_keep(n, self.keep_rate)
+
+    def adaptive_bound(self, stage: int, n: int) -> int:
+        return max_kept(n, self.num_samples)
+
+    def select(self, inp: StageInput) -> Selection:
+        plan, y, meta, P = inp.plan, inp.x, inp.meta, inp.num_prefix
+        # significance up to a positive per-image factor (the head mean; normalisation cancels in the CDF)
+        score = inp.cls_mean()
+        v = inp.qkv[2]
+        v_norm = l2_scores(v.reshape(v.shape[0], -1))
+        if inp.kernels:
+            if self.fixed:
+                index, _, _ = best_first_select(score, y, meta.dense_rows, meta.lengths, P, plan.width_out,
+                                                k=plan.keep, row_weight=v_norm, ascending=True)
+                return Selection(index, fixed_count(meta.batch, plan.width_out, y.device), plan.width_out, True)
+            index, count = ats_select(score, v_norm, meta.dense_rows, meta.lengths, P, plan.width_out,
+                                      self.num_samples)
+            return Selection(index, count, plan.width_out, False)
+        sig = score * dense_view(v_norm, meta)
+        if self.fixed:
+            return select_topk(sig, inp.valid, P, plan.keep)
+        return select_sampling(sig, inp.valid, P, num_samples=self.num_samples)
+
+    def scores(self, inp: StageInput) -> torch.Tensor:
+        """``(B, L)`` :func:`significance` (normalised over each image's candidates, 0 elsewhere)."""
+        v = inp.qkv[2]
+        v_norm = dense_view(l2_scores(v.reshape(v.shape[0], -1)), inp.meta)
+        return significance(inp.cls_mean()[:, :, None], v_norm, inp.candidates())
 
 
 def significance(cls_probs: torch.Tensor, v_norm: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:

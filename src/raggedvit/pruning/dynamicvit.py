@@ -9,20 +9,27 @@
   ``k_max``, in descending-score order (:func:`select_threshold`).
 
 Predictors need training (there is no official DeiT-Tiny checkpoint); random-init ones prune arbitrarily.
+:class:`DynamicViT` is the method object (``prune(model, DynamicViT(...))``).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .ragged import Selection, const
+from ..ops.select import best_first_select
+from .method import BoundedPruner, check_rate, keep_counts
+from .ragged import Selection, const, dense_view
 from .selection import candidate_scores, clamp_count, fixed_count, num_candidates, prefixed
+from .stage import StageInput
 
-__all__ = ["Predictor", "make_predictors", "keep_counts", "keep_scores", "select_topk", "select_threshold"]
+__all__ = ["DynamicViT", "Predictor", "make_predictors", "keep_counts", "keep_scores", "select_topk",
+           "select_threshold"]
 
 
 class Predictor(nn.Module):
@@ -67,15 +74,6 @@ def make_predictors(embed_dim: int, num_stages: int = 3) -> nn.ModuleList:
     return nn.ModuleList(Predictor(embed_dim) for _ in range(num_stages))
 
 
-def keep_counts(num_patches: int, keep_rate: float, num_stages: int = 3) -> tuple[int, ...]:
-    """Patch tokens kept after each stage, ``int(num_patches * keep_rate ** (s + 1))`` in Python float64.
-
-    >>> keep_counts(196, 0.7)
-    (137, 96, 67)
-    """
-    return tuple(int(num_patches * keep_rate ** (s + 1)) for s in range(num_stages))
-
-
 def keep_scores(log_probs: torch.Tensor) -> torch.Tensor:
     """Keep score ``log p_keep`` (channel 0) of predictor outputs ``(..., 2)``."""
     return log_probs[..., 0]
@@ -107,3 +105,67 @@ def select_threshold(score: torch.Tensor, valid: torch.Tensor | None, num_prefix
     num = clamp_count(passing, k_min, k_max, num_candidates(valid, num_prefix), width)
     bound = width if k_max is None else min(width, k_max)
     return Selection(prefixed(order[:, :bound], num_prefix), num + num_prefix, num_prefix + bound, False)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DynamicViT(BoundedPruner):
+    """DynamicViT before blocks ``stages``.
+
+    Args:
+        variant: ``"fixed"`` (default: DynamicViT's schedule, :func:`keep_counts`) or ``"adaptive"``.
+        stages, keep_rate, k_min, k_max: see :class:`~.method.BoundedPruner`.
+        keep_threshold: adaptive: keep ``p_keep > keep_threshold``, in (0, 1).
+        predictors: an ``nn.ModuleList`` of one module per stage with :class:`Predictor`'s call signature,
+            ``(x, seg_ids, dense_rows, cand) -> (R, 2)`` log-probabilities, shared with the caller; None:
+            random init (see :func:`raggedvit.load_dynamicvit_checkpoint`). Registered on the pruned model as
+            ``score_predictor`` (the official checkpoint layout).
+    """
+
+    name: ClassVar[str] = "dynamicvit"
+    module_name: ClassVar[str] = "score_predictor"
+    keep_threshold: float = 0.5
+    predictors: nn.ModuleList | None = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if check_rate(self.name, "keep_threshold", self.keep_threshold) >= 1.0:
+            raise ValueError(f"{self.name}: keep_threshold must be < 1 (p_keep > threshold)")
+
+    def modules(self, model: nn.Module) -> nn.ModuleList:
+        """The predictors (random ones on ``model``'s device and dtype when none were given)."""
+        embed_dim, n = model.embed_dim, len(self.stages)
+        p = self.predictors
+        if p is None:
+            ref = next(model.parameters())
+            return make_predictors(embed_dim, n).to(device=ref.device, dtype=ref.dtype)
+        if not (isinstance(p, nn.ModuleList) and len(p) == n and all(
+                isinstance(m, nn.Module) and _width(m) in (None, embed_dim) for m in p)):
+            raise ValueError(f"{self.name}: predictors must be an nn.ModuleList of {n} Predictor({embed_dim})-like "
+                             f"modules (one per stage), got {p!r:.200}")
+        return p
+
+    def select(self, inp: StageInput) -> Selection:
+        plan, x, meta, P = inp.plan, inp.x, inp.meta, inp.num_prefix
+        rows = keep_scores(inp.module(x, meta.seg_ids, meta.dense_rows, inp.candidates()))
+        k_max = self.stage_k_max(plan.index)
+        if inp.kernels:
+            rule = dict(k=plan.keep) if self.fixed else dict(threshold=math.log(self.keep_threshold),
+                                                             k_min=self.k_min, k_max=k_max)
+            index, count, _ = best_first_select(rows, x, meta.dense_rows, meta.lengths, P, plan.width_out, **rule)
+            if self.fixed:
+                count = fixed_count(meta.batch, plan.width_out, x.device)
+            return Selection(index, count, plan.width_out, self.fixed)
+        score = dense_view(rows, meta)
+        if self.fixed:
+            return select_topk(score, inp.valid, P, plan.keep)
+        return select_threshold(score, inp.valid, P, threshold=self.keep_threshold, k_min=self.k_min, k_max=k_max)
+
+    def scores(self, inp: StageInput) -> torch.Tensor:
+        """``(B, L)`` keep log-probabilities of the stage's predictor."""
+        meta = inp.meta
+        return dense_view(keep_scores(inp.module(inp.x, meta.seg_ids, meta.dense_rows, inp.candidates())), meta)
+
+
+def _width(p: nn.Module) -> int | None:
+    """Input width of a :class:`Predictor`; None for other modules (any module with its call signature)."""
+    return p.in_conv[1].in_features if isinstance(p, Predictor) else None

@@ -12,18 +12,24 @@ With fusion the dropped tokens are folded into one token ``sum_{dropped} a_j * y
 when something was dropped). Distilled models: the DIST token is a prefix token, never a candidate.
 ``valid=None`` means every position is live (uniform batch; no masking ops). The fused token is computed
 from the sorted dropped tail (a gather and one batched matmul), never multiplying a garbage row by 0.
+:class:`EViT` is the method object (``prune(model, EViT(...))``).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
-from .ragged import Selection, arange, cached, const
+from ..ops.select import best_first_select
+from .method import BoundedPruner, check_rate
+from .ragged import Selection, arange, cached, const, dense_view
 from .selection import candidate_scores, clamp_count, fixed_count, num_candidates, prefixed
+from .stage import MID, StageInput
 
-__all__ = ["num_keep", "cls_scores", "fused_token", "select_topk", "select_mass"]
+__all__ = ["EViT", "num_keep", "fused_token", "select_topk", "select_mass"]
 
 
 def num_keep(num_tokens: int, keep_rate: float) -> int:
@@ -31,9 +37,64 @@ def num_keep(num_tokens: int, keep_rate: float) -> int:
     return math.ceil(keep_rate * num_tokens)
 
 
-def cls_scores(cls_probs: torch.Tensor) -> torch.Tensor:
-    """Head-mean CLS attention ``(B, L)`` from ``cls_probs: (B, L, H)``."""
-    return cls_probs.mean(dim=2)
+@dataclass(frozen=True, kw_only=True)
+class EViT(BoundedPruner):
+    """EViT inside blocks ``stages`` (between attention and MLP).
+
+    Args:
+        variant: ``"fixed"`` (default: ``ceil(keep_rate * n)`` per stage) or ``"adaptive"`` (attention mass).
+        stages, keep_rate, k_min, k_max: see :class:`~.method.BoundedPruner`.
+        fuse: fold the dropped tokens into one appended token.
+        mass: adaptive: the attention-mass fraction to keep (None: ``keep_rate``).
+    """
+
+    name: ClassVar[str] = "evit"
+    site: ClassVar[str] = MID
+    fuse: bool = True
+    mass: float | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not isinstance(self.fuse, bool):
+            raise ValueError(f"{self.name}: fuse must be a bool, got {self.fuse!r}")
+        if self.mass is not None:
+            object.__setattr__(self, "mass", check_rate(self.name, "mass", self.mass))
+
+    @property
+    def target_mass(self) -> float:
+        """The adaptive variant's attention-mass fraction."""
+        return self.keep_rate if self.mass is None else self.mass
+
+    def fixed_keep(self, stage: int, n: int, num_patches: int) -> int:
+        return num_keep(n, self.keep_rate)
+
+    def appended(self) -> int:
+        return int(self.fuse)
+
+    def adaptive_bound(self, stage: int, n: int) -> int:
+        cap = super().adaptive_bound(stage, n)
+        return min(n, cap + 1) if self.fuse else cap
+
+    def select(self, inp: StageInput) -> Selection:
+        plan, y, meta, P = inp.plan, inp.x, inp.meta, inp.num_prefix
+        score = inp.cls_mean()
+        k_max = self.stage_k_max(plan.index)
+        if inp.kernels:
+            rule = dict(k=plan.keep) if self.fixed else dict(mass=self.target_mass, k_min=self.k_min, k_max=k_max)
+            index, count, extra = best_first_select(score, y, meta.dense_rows, meta.lengths, P, plan.width_out,
+                                                    fuse=self.fuse, **rule)
+            if self.fixed:
+                count = fixed_count(meta.batch, plan.width_out, y.device)
+            return Selection(index, count, plan.width_out, self.fixed, extra)
+        y_dense = dense_view(y, meta) if self.fuse else None
+        if self.fixed:
+            return select_topk(score, inp.valid, P, plan.keep, fuse=self.fuse, y_dense=y_dense)
+        return select_mass(score, inp.valid, P, mass=self.target_mass, fuse=self.fuse, y_dense=y_dense,
+                           k_min=self.k_min, k_max=k_max)
+
+    def scores(self, inp: StageInput) -> torch.Tensor:
+        """``(B, L)`` head-mean CLS attention of the block."""
+        return inp.cls_mean()
 
 
 def fused_token(score: torch.Tensor, dropped: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -26,7 +26,7 @@ from functools import cached_property
 import torch
 from torch.utils._python_dispatch import _disable_current_modes
 
-__all__ = ["RaggedMeta", "Selection", "packed_meta", "padded_meta", "uniform_meta", "meta_from_counts",
+__all__ = ["RaggedMeta", "Selection", "packed_meta", "padded_meta", "ragged_meta", "uniform_meta", "meta_from_counts",
            "dense_view", "compact", "cached", "arange", "const", "clear_cache"]
 
 _CACHE: dict = {}
@@ -69,7 +69,7 @@ def const(value: float | int | bool, dtype: torch.dtype, device: torch.device) -
     return cached(("const", value, dtype, device), lambda: torch.tensor(value, dtype=dtype, device=device))
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, kw_only=True)
 class RaggedMeta:
     """Layout of a ragged batch of token rows (one object per pruning stage, passed to every block).
 
@@ -154,7 +154,18 @@ def packed_meta(cu_seqlens: torch.Tensor, max_seqlen: int, capacity: int, *, uni
     dense_rows = cu_seqlens[:-1, None] + pos
     if capacity < batch * max_seqlen:  # else cu[b] + l <= (B - 1) L + L - 1 stays inside the buffer
         dense_rows = dense_rows.clamp(max=max(capacity - 1, 0))
-    return RaggedMeta(batch, max_seqlen, capacity, lengths, cu_seqlens, dense_rows, dense_valid, uniform)
+    return RaggedMeta(batch=batch, max_seqlen=max_seqlen, capacity=capacity, lengths=lengths, cu_seqlens=cu_seqlens,
+                      dense_rows=dense_rows, dense_valid=dense_valid, uniform=uniform)
+
+
+def ragged_meta(*, lengths: torch.Tensor, cu_seqlens: torch.Tensor, dense_rows: torch.Tensor,
+                dense_valid: torch.Tensor, max_seqlen: int) -> RaggedMeta:
+    """Packed metadata from fields already on the device (e.g. a compaction kernel's outputs), in
+    ``B * max_seqlen`` rows: ``lengths`` ``(B,)`` int64, ``cu_seqlens`` ``(B + 1,)`` int32, ``dense_rows`` /
+    ``dense_valid`` ``(B, max_seqlen)``. Not uniform (use :func:`uniform_meta` for equal lengths)."""
+    batch = lengths.shape[0]
+    return RaggedMeta(batch=batch, max_seqlen=max_seqlen, capacity=batch * max_seqlen, lengths=lengths,
+                      cu_seqlens=cu_seqlens, dense_rows=dense_rows, dense_valid=dense_valid, uniform=False)
 
 
 def meta_from_counts(count: torch.Tensor, width: int) -> RaggedMeta:
@@ -172,7 +183,8 @@ def padded_meta(lengths: torch.Tensor, width: int, *, uniform: bool = False) -> 
     lengths = lengths.long()
     dense_valid = arange(width, device) < lengths[:, None]
     dense_rows = arange(batch * width, device).view(batch, width)
-    return RaggedMeta(batch, width, batch * width, lengths, None, dense_rows, dense_valid, uniform)
+    return RaggedMeta(batch=batch, max_seqlen=width, capacity=batch * width, lengths=lengths, cu_seqlens=None,
+                      dense_rows=dense_rows, dense_valid=dense_valid, uniform=uniform)
 
 
 def uniform_meta(batch: int, seqlen: int, device: torch.device | str, *, packed: bool = True) -> RaggedMeta:

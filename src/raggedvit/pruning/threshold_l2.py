@@ -8,19 +8,78 @@ a dense ``(B, L)`` view, kept tokens in their existing relative order (stable co
   (:func:`select_threshold`; calibrate with :func:`quantile_threshold`);
 * fixed (ablation counterpart): the top ``k`` by score with DynamicViT's schedule (:func:`select_topk`).
 
-``valid=None`` means every position is live (uniform batch; no masking ops).
+``valid=None`` means every position is live (uniform batch; no masking ops). :class:`ThresholdL2` is the
+method object (``prune(model, ThresholdL2(...))``).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
-from .ragged import Selection, arange
+from ..ops.select import l2_select
+from .method import BoundedPruner
+from .ragged import Selection, arange, dense_view
 from .selection import candidate_scores, clamp_count, fixed_count, num_candidates, prefixed
+from .stage import StageInput
 
-__all__ = ["l2_scores", "select_threshold", "select_topk", "quantile_threshold"]
+__all__ = ["ThresholdL2", "l2_scores", "select_threshold", "select_topk", "quantile_threshold"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ThresholdL2(BoundedPruner):
+    """Threshold-L2 before blocks ``stages``.
+
+    Args:
+        variant: ``"adaptive"`` (default: keep norms ``>= T``) or ``"fixed"`` (top-k, DynamicViT's schedule).
+        stages, keep_rate, k_min, k_max: see :class:`~.method.BoundedPruner` (``keep_rate``: fixed variant).
+        thresholds: absolute ``T`` per stage (one number for every stage, or one per stage; see
+            :func:`raggedvit.models.calibrate_thresholds`). None: the relative rule.
+        alpha: relative rule ``T = alpha * mean`` of the image's candidate norms (when ``thresholds`` is None).
+    """
+
+    name: ClassVar[str] = "threshold_l2"
+    variant: str = "adaptive"
+    thresholds: float | tuple[float, ...] | None = None
+    alpha: float = 1.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        t = self.thresholds
+        if t is not None:
+            t = (t,) * len(self.stages) if isinstance(t, (int, float)) and not isinstance(t, bool) else tuple(t)
+            if len(t) != len(self.stages) or not all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in t):
+                raise ValueError(f"{self.name}: thresholds must be {len(self.stages)} finite numbers (one per "
+                                 f"stage), got {self.thresholds!r}")
+            object.__setattr__(self, "thresholds", tuple(float(v) for v in t))
+        a = self.alpha
+        if isinstance(a, bool) or not isinstance(a, (int, float)) or not math.isfinite(a) or not a >= 0:
+            raise ValueError(f"{self.name}: alpha must be a finite number >= 0, got {a!r}")
+
+    def select(self, inp: StageInput) -> Selection:
+        plan, x, meta, P = inp.plan, inp.x, inp.meta, inp.num_prefix
+        t = None if self.thresholds is None else self.thresholds[plan.index]
+        alpha = self.alpha if t is None else None
+        k_max = self.stage_k_max(plan.index)
+        if inp.kernels:
+            if self.fixed:
+                index, _ = l2_select(x, meta.dense_rows, meta.lengths, P, plan.width_out, k=plan.keep)
+                return Selection(index, fixed_count(meta.batch, plan.width_out, x.device), plan.width_out, True)
+            index, count = l2_select(x, meta.dense_rows, meta.lengths, P, plan.width_out, threshold=t, alpha=alpha,
+                                     k_min=self.k_min, k_max=k_max)
+            return Selection(index, count, plan.width_out, False)
+        score = self.scores(inp)
+        if self.fixed:
+            return select_topk(score, inp.valid, P, plan.keep)
+        return select_threshold(score, inp.valid, P, threshold=t, alpha=alpha, k_min=self.k_min, k_max=k_max)
+
+    def scores(self, inp: StageInput) -> torch.Tensor:
+        """``(B, L)`` L2 norms of the block input's rows."""
+        return dense_view(l2_scores(inp.x), inp.meta)
 
 
 def l2_scores(x: torch.Tensor) -> torch.Tensor:

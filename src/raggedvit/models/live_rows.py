@@ -1,0 +1,73 @@
+"""Live-row token-wise layers: a plain pre-norm block's LayerNorm, qkv, proj + residual, fc1 + GELU and
+fc2 + residual as Triton kernels that read the live row count on the device and touch only the live rows of
+a static packed buffer (``prune(live_rows=...)``)."""
+
+from __future__ import annotations
+
+import torch
+
+from ..ops.layernorm import ragged_layer_norm
+from ..ops.linear import ragged_linear
+from ..pruning.ragged import RaggedMeta
+
+__all__ = ["LiveRows", "fusable_mlp", "live_rows_unsupported", "live_rows_for", "AUTO_MIN_ROWS", "AUTO_MIN_ROWS_FULL"]
+
+
+class LiveRows:
+    """The token-wise layers of a plain pre-norm block on the live rows of a packed buffer: LayerNorm
+    (:func:`~raggedvit.ops.layernorm.ragged_layer_norm`), qkv, proj + residual, fc1 + GELU, fc2 + residual
+    (:func:`~raggedvit.ops.linear.ragged_linear`). ``live``: the live row count on the device
+    (``cu_seqlens[-1:]``); rows past it are neither read nor written."""
+
+    __slots__ = ("live",)
+
+    def __init__(self, live: torch.Tensor) -> None:
+        self.live = live
+
+    def norm(self, mod: torch.nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
+        return ragged_layer_norm(x, mod.weight, mod.bias, self.live, eps=mod.eps)
+
+    def linear(self, mod: torch.nn.Linear, x: torch.Tensor, gelu: bool = False,
+               residual: torch.Tensor | None = None) -> torch.Tensor:
+        return ragged_linear(x, mod.weight, mod.bias, self.live, gelu=gelu, residual=residual)
+
+
+def fusable_mlp(mlp) -> bool:
+    """timm ``Mlp`` whose forward is ``fc2(gelu(fc1(x)))`` in eval (exact GELU, no norm, no dropout)."""
+    act, norm = getattr(mlp, "act", None), getattr(mlp, "norm", None)
+    return (isinstance(getattr(mlp, "fc1", None), torch.nn.Linear) and isinstance(getattr(mlp, "fc2", None),
+            torch.nn.Linear) and isinstance(act, torch.nn.GELU) and act.approximate == "none"
+            and (norm is None or isinstance(norm, torch.nn.Identity)))
+
+
+def live_rows_unsupported(blk) -> str | None:
+    """Why :class:`LiveRows` cannot run timm block ``blk`` (None if it can): it needs a plain pre-norm block,
+    ``x + proj(attn(LN(x)))`` then ``x + fc2(gelu(fc1(LN(x))))``, without layer scale or attention gates."""
+    attn = getattr(blk, "attn", None)
+    checks = {
+        "norm1/norm2 are not nn.LayerNorm over the last dim": all(
+            isinstance(getattr(blk, n, None), torch.nn.LayerNorm) and len(getattr(blk, n).normalized_shape) == 1
+            for n in ("norm1", "norm2")),
+        "layer scale (ls1/ls2) is used": all(isinstance(getattr(blk, n, None), torch.nn.Identity)
+                                             for n in ("ls1", "ls2")),
+        "attn.proj is not nn.Linear or attn has a norm/gate": isinstance(getattr(attn, "proj", None), torch.nn.Linear)
+        and isinstance(getattr(attn, "qkv", None), torch.nn.Linear)
+        and isinstance(getattr(attn, "norm", torch.nn.Identity()), torch.nn.Identity)
+        and getattr(attn, "gate", None) is None,
+        "the MLP is not fc2(GELU(fc1(x)))": fusable_mlp(getattr(blk, "mlp", None)),
+    }
+    bad = [why for why, ok in checks.items() if not ok]
+    return "; ".join(bad) or None
+
+
+AUTO_MIN_ROWS = 1024  # live_rows="auto": buffers with unused rows (adaptive stages) from this many rows
+AUTO_MIN_ROWS_FULL = 32768  # ... and buffers without (fixed stages, before pruning), where only the fusion pays
+
+
+def live_rows_for(mode: bool | str, meta: RaggedMeta) -> LiveRows | None:
+    """:class:`LiveRows` for a packed stage buffer, or None for timm's modules. ``mode``: True, False or
+    ``"auto"`` (by buffer size: on an H100 the Triton kernels lose to cuBLAS on small buffers, while on
+    large ones skipping the unused rows and fusing GELU and the residual adds win; see ``bench e2e``)."""
+    if mode is True or (mode == "auto" and meta.capacity >= (AUTO_MIN_ROWS_FULL if meta.uniform else AUTO_MIN_ROWS)):
+        return LiveRows(meta.cu_seqlens[-1:])
+    return None
