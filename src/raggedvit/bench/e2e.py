@@ -43,6 +43,9 @@ import torch
 
 from .. import prune
 from ..ops.backends import get_backend
+from ..runtime.arguments import comma_list
+from ..runtime.device import environment, resolve_device, synchronize
+from ..runtime.errors import run_command
 from . import calibrate as cal
 from . import timing
 from .flops import tokens_per_block, vit_dims, vit_flops
@@ -63,21 +66,17 @@ QUICK_CPU = dict(models=["deit_tiny"], img_sizes=[224], combos=[("evit", "fixed"
 CPU_PIPELINES = ("dense", "padded_sdpa", "raggedvit_eager")
 
 
-def _csv(kind):
-    return lambda s: [kind(v) for v in s.split(",") if v]
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``raggedvit bench e2e``."""
     a = parser.add_argument
     a("--quick", action="store_true", help="small grid (< 5 min on an H100; < 60 s on a CPU)")
-    a("--models", type=_csv(str), help=f"comma list of {','.join(MODELS)}")
-    a("--img-sizes", type=_csv(int), help="comma list (224, 384)")
-    a("--methods", type=_csv(str), help=f"comma list of {','.join(METHODS)}")
-    a("--variants", type=_csv(str), help="comma list of fixed,adaptive")
-    a("--batches", type=_csv(int), help="comma list (default 1,4,16,64,256)")
-    a("--pipelines", type=_csv(str), help=f"comma list of {','.join(PIPELINES)}")
-    a("--keep-rate", type=_csv(float), help="per-stage keep rate(s) to calibrate to (default 0.7, ATS 0.9)")
+    a("--models", type=comma_list(str), help=f"comma list of {','.join(MODELS)}")
+    a("--img-sizes", type=comma_list(int), help="comma list (224, 384)")
+    a("--methods", type=comma_list(str), help=f"comma list of {','.join(METHODS)}")
+    a("--variants", type=comma_list(str), help="comma list of fixed,adaptive")
+    a("--batches", type=comma_list(int), help="comma list (default 1,4,16,64,256)")
+    a("--pipelines", type=comma_list(str), help=f"comma list of {','.join(PIPELINES)}")
+    a("--keep-rate", type=comma_list(float), help="per-stage keep rate(s) to calibrate to (default 0.7, ATS 0.9)")
     a("--k-max", type=int, help="cap on kept tokens per image for adaptive methods (all layouts alike; not ATS)")
     a("--lengths-dist", help="also run method 'lengths': per-image keep rates per stage drawn from e.g. "
       "uniform:0.3:1.0, normal:0.7:0.15, beta:4:2, const:0.7")
@@ -117,10 +116,6 @@ def _grid(args, device) -> dict:
     return g
 
 
-def _sync(device):
-    timing.synchronize(device)
-
-
 def _time(fn, device, budget: float) -> tuple[float, int]:
     """Median seconds per call of ``fn`` over 3 rounds (1 on CPU) of back-to-back calls, synced at both ends."""
     rounds = 3 if device.type == "cuda" else 1
@@ -128,11 +123,11 @@ def _time(fn, device, budget: float) -> tuple[float, int]:
                                 probe=rounds - 1 or 1)
     times = []
     for _ in range(rounds):
-        _sync(device)
+        synchronize(device)
         t0 = time.perf_counter()
         for _ in range(n):
             fn()
-        _sync(device)
+        synchronize(device)
         times.append((time.perf_counter() - t0) / n)
     return statistics.median(times), n
 
@@ -141,7 +136,7 @@ def _count_syncs(fn, device) -> int | None:
     """Synchronizing CUDA calls made by one ``fn()`` (torch's sync debug mode, 'warn'); None off CUDA."""
     if device.type != "cuda":
         return None
-    _sync(device)
+    synchronize(device)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         torch.cuda.set_sync_debug_mode("warn")
@@ -243,7 +238,7 @@ class Point:
                 call = replay
             else:
                 call = fn
-            _sync(dev)
+            synchronize(dev)
             logits = out.float().clone()
             if stats is not None:
                 kept = [k.tolist() for k in stats.kept]
@@ -298,7 +293,11 @@ def _finish(rows: list[dict]) -> None:
 
 def main(args) -> int:
     """Run the grid, write ``e2e-<gpu>-<stamp>.json`` + ``.md`` + plots under ``--out``; print a summary."""
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    return run_command("bench e2e", lambda: _run(args))
+
+
+def _run(args) -> int:
+    device = resolve_device(args.device or "auto")
     dtype = getattr(torch, args.dtype)
     cpu = device.type != "cuda"
     if cpu and dtype != torch.float32:
@@ -318,7 +317,7 @@ def main(args) -> int:
         m, s, meth, var, b = grid["extra"]
         points.append((m, s, (meth, var), b, None))
     from tqdm import tqdm
-    env = timing.environment(device)
+    env = environment(device)
     rows, models, calib, dense_cache = [], {}, {}, {}
     bar = tqdm(total=len(points) * len(grid["pipelines"]), desc="bench e2e", file=sys.stderr)
     for pi, (mname, img, (method, variant), batch, kr) in enumerate(points):

@@ -28,7 +28,7 @@ import math
 from collections import defaultdict
 from pathlib import Path
 
-from ..apps.runtime import UsageError, run_command
+from ..runtime.errors import UsageError, run_command
 
 KINDS = ("attention", "e2e")
 BASELINE = "padded_sdpa"
