@@ -46,6 +46,7 @@ from ..ops.backends import get_backend
 from ..runtime.arguments import comma_list
 from ..runtime.device import environment, resolve_device, synchronize
 from ..runtime.errors import run_command
+from ..runtime.loading import LoadedModel, load_model
 from . import calibrate as cal
 from . import timing
 from .flops import tokens_per_block, vit_dims, vit_flops
@@ -291,6 +292,14 @@ def _finish(rows: list[dict]) -> None:
                 r["select_share"] = 1.0 - o["latency_us"] / r["latency_us"]
 
 
+def _load_model(name: str, img_size: int, device, dtype, args) -> LoadedModel:
+    """``deit_{tiny,small,base}`` at ``img_size`` (timm's 384 model for deit_base at 384), eval mode: random weights
+    unless ``--pretrained`` or ``--checkpoint`` (loaded strictly: missing and unexpected keys are named)."""
+    full = "deit_base_patch16_384" if (name, img_size) == ("deit_base", 384) else f"{name}_patch16_224"
+    return load_model(full, weights="pretrained" if args.pretrained else "random", checkpoint=args.checkpoint,
+                      device=device, dtype=dtype, img_size=None if full.endswith(str(img_size)) else img_size)
+
+
 def main(args) -> int:
     """Run the grid, write ``e2e-<gpu>-<stamp>.json`` + ``.md`` + plots under ``--out``; print a summary."""
     return run_command("bench e2e", lambda: _run(args))
@@ -326,12 +335,12 @@ def _run(args) -> int:
             dense_cache, calib = {}, {}
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-            models[(mname, img)] = cal.load_model(mname, img, device, dtype, pretrained=args.pretrained,
-                                                checkpoint=args.checkpoint)
-        model, ckpt = models[(mname, img)]
+            models[(mname, img)] = _load_model(mname, img, device, dtype, args)
+        loaded = models[(mname, img)]
+        model = loaded.model
         base = dict(model=mname, img_size=img, method=method, variant=variant, dtype=str(dtype).removeprefix("torch."),
                     live_rows=args.live_rows, _point=pi)
-        opts = cal.point_options(model, ckpt, method, variant, batch, base, cache=calib, keep_rate=kr,
+        opts = cal.point_options(model, loaded.predictor_state, method, variant, batch, base, cache=calib, keep_rate=kr,
                                  k_max=args.k_max, lengths_dist=args.lengths_dist, seed=args.seed,
                                  calib_images=calib_n, attention="reference" if cpu else "triton")
         pt = Point(ctx, model, method, variant, batch, opts, base)
