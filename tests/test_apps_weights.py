@@ -6,8 +6,9 @@ import pytest
 import timm
 import torch
 
-from raggedvit.apps import runtime
-from raggedvit.apps.runtime import UsageError, load_model
+from raggedvit.runtime import loading
+from raggedvit.runtime.errors import UsageError
+from raggedvit.runtime.loading import load_model
 
 TINY = "deit_tiny_patch16_224"
 
@@ -63,8 +64,8 @@ def test_checkpoint_unreadable_and_missing(tmp_path):
 
 
 def test_dynamicvit_predictors_from_checkpoint(tmp_path, tiny_state):
-    from raggedvit.apps.methods import build_pruned
     from raggedvit.pruning.dynamicvit import make_predictors
+    from raggedvit.runtime.methods import build_pruned
 
     preds = make_predictors(192, 3)
     sd = dict(tiny_state) | {f"score_predictor.{k}": v for k, v in preds.state_dict().items()}
@@ -79,8 +80,8 @@ def test_dynamicvit_predictors_from_checkpoint(tmp_path, tiny_state):
 
 
 def test_pretrained_unreachable_falls_back_with_notice(monkeypatch, capsys):
-    monkeypatch.setattr(runtime, "_cached_pretrained_file", lambda cfg: None)
-    monkeypatch.setattr(runtime, "_hub_unreachable_reason", lambda timeout=3.0: "huggingface.co is unreachable (test)")
+    monkeypatch.setattr(loading, "_cached_pretrained_file", lambda cfg: None)
+    monkeypatch.setattr(loading, "_hub_unreachable_reason", lambda timeout=3.0: "huggingface.co is unreachable (test)")
     loaded = load_model(TINY, weights="auto")
     out = capsys.readouterr().out
     assert "NOTICE" in out and "RANDOM weights" in out and "--checkpoint" in out

@@ -9,6 +9,7 @@ import torch
 
 from raggedvit.bench import timing
 from raggedvit.cli import main
+from raggedvit.runtime.device import environment
 
 from conftest import ON_GPU
 
@@ -101,7 +102,7 @@ def test_lengths_are_seeded_ragged_and_bounded():
 
 
 def test_write_json_names_the_file(tmp_path):
-    env = timing.environment("cpu", command="x")
+    env = environment("cpu", command="x")
     path = timing.write_json({"kind": "t", "env": env}, tmp_path / "sub", "t", stamp="20260101-000000")
     assert path.name == "t-cpu-20260101-000000.json"
     assert json.loads(path.read_text())["env"]["command"] == "x"

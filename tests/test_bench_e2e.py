@@ -14,6 +14,9 @@ from raggedvit.bench import calibrate as cal
 from raggedvit.bench import e2e
 from raggedvit.bench.flops import ViTDims, mean_gflops, tokens_per_block, vit_dims, vit_flops
 from raggedvit.bench.oracle import OracleViT, oracle_widths
+from raggedvit.bench.pipelines import BASELINE, CPU_QUICK, PIPELINES, Pipeline
+from raggedvit.pruning.dynamicvit import make_predictors
+from raggedvit.runtime.errors import UsageError
 
 
 def _tiny(size=96, depth=4):
@@ -114,7 +117,7 @@ def test_cli_cpu_writes_valid_json(tmp_path, capsys):
     rows = data["rows"]
     assert {r["method"] for r in rows} == {"evit", "lengths"}
     for r in rows:
-        assert r["pipeline"] in e2e.PIPELINES and r["live_rows"] == "off"
+        assert r["pipeline"] in PIPELINES and r["live_rows"] == "off"
         if r["pipeline"] in ("raggedvit_graph", "oracle"):
             assert r["status"].startswith("unavailable: CUDA graphs need a CUDA device")
             continue
@@ -134,10 +137,60 @@ def test_quick_grid_shapes():
     e2e.add_arguments(parser)
     g = e2e._grid(parser.parse_args(["--quick"]), torch.device("cuda"))
     assert g["models"] == ["deit_small"] and g["batches"] == [1, 8, 64, 256] and g["extra"][1] == 384
-    assert set(g["pipelines"]) == set(e2e.PIPELINES)
+    assert set(g["pipelines"]) == set(PIPELINES)
     g = e2e._grid(parser.parse_args(["--quick"]), torch.device("cpu"))
-    assert g["models"] == ["deit_tiny"] and set(g["pipelines"]) == set(e2e.CPU_PIPELINES)
+    assert g["models"] == ["deit_tiny"]
+    assert set(g["pipelines"]) == set(CPU_QUICK) == {"dense", "padded_sdpa", "raggedvit_eager"}
     with pytest.raises(SystemExit):
         e2e._grid(parser.parse_args(["--pipelines", "bogus"]), torch.device("cpu"))
     with pytest.raises(SystemExit):
         parser.parse_args(["--live-rows", "maybe"])
+
+
+def test_checkpoint_loaded_strictly(tmp_path, capsys):
+    """``--checkpoint`` goes through the strict loader: a matching file loads (at --img-sizes), a file with
+    missing or unexpected keys stops the run naming them (it used to be loaded with strict=False)."""
+    state = timm.create_model("deit_tiny_patch16_224", img_size=64).state_dict()
+    good = tmp_path / "good.pth"
+    torch.save({"model": state}, good)
+    loaded = e2e._load_model("deit_tiny", 64, torch.device("cpu"), torch.float32, _args(tmp_path, "--checkpoint",
+                                                                                         str(good)))
+    assert loaded.predictor_state is None and loaded.model.patch_embed.img_size == (64, 64)
+    assert torch.equal(loaded.model.state_dict()["pos_embed"], state["pos_embed"])
+    bad = tmp_path / "bad.pth"
+    torch.save({k: v for k, v in state.items() if k != "head.bias"} | {"extra.weight": torch.zeros(1)}, bad)
+    args = _args(tmp_path, "--models", "deit_tiny", "--img-sizes", "64", "--batches", "2", "--methods", "evit",
+                 "--variants", "fixed", "--checkpoint", str(bad))
+    assert e2e.main(args) == 2
+    err = capsys.readouterr().err
+    assert "raggedvit bench e2e: error:" in err and "missing key(s): head.bias" in err, err
+    assert "unexpected key(s): extra.weight" in err and not list(tmp_path.glob("e2e-*.json"))
+
+
+def test_dynamicvit_predictors_from_checkpoint_state():
+    model = _tiny(depth=12)  # DynamicViT's default stages: blocks 3, 6, 9
+    preds = make_predictors(model.embed_dim, 3)
+    got = cal.dynamicvit_predictors(model, preds.state_dict())
+    assert all(torch.equal(a, b) for a, b in zip(got.state_dict().values(), preds.state_dict().values()))
+    state = {k: v for k, v in preds.state_dict().items() if not k.startswith("2.")}
+    with pytest.raises(UsageError, match=r"(?s)DynamicViT predictors do not fit.*Missing key\(s\).*2\.in_conv"):
+        cal.dynamicvit_predictors(model, state)
+
+
+def test_pipeline_table():
+    """The table says what e2e's former name tuples and prefix branches said (names and order, backends, graphs)."""
+    assert list(PIPELINES) == ["dense", "dense_graph", "padded_sdpa", "packed_fa2", "packed_fa2_graph",
+                               "packed_varlen_attn", "packed_nested", "raggedvit_eager", "raggedvit_graph", "oracle",
+                               "oracle_capacity"]
+    assert {n: p.backend for n, p in PIPELINES.items() if p.backend} == {
+        "packed_fa2": "fa2_varlen", "packed_fa2_graph": "fa2_varlen", "packed_varlen_attn": "varlen_attn",
+        "packed_nested": "nested_sdpa", "raggedvit_eager": "triton", "raggedvit_graph": "triton"}
+    assert {n for n, p in PIPELINES.items() if p.needs_cuda} == {"dense_graph", "packed_fa2_graph", "raggedvit_graph",
+                                                                 "oracle", "oracle_capacity"}
+    assert [n for n, p in PIPELINES.items() if p.backend_run(on_gpu=False) != p.backend] == ["raggedvit_eager"]
+    assert PIPELINES["raggedvit_eager"].backend_run(on_gpu=False) == "reference"
+    assert {p.layout for p in PIPELINES.values()} == {"dense", "padded", "packed", "oracle"}
+    assert PIPELINES[BASELINE].layout == "padded" and PIPELINES[BASELINE].mode == "best"
+    assert [n for n, p in PIPELINES.items() if p.capacity] == ["oracle_capacity"]
+    with pytest.raises(ValueError, match="layout 'diagonal'"):
+        Pipeline("x", "diagonal", None, "eager", "")

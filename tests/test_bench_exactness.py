@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from raggedvit.bench import exactness
+from raggedvit.runtime.photos import make_images
 
 pytest.importorskip("skimage")
 
@@ -23,16 +24,16 @@ def _main(argv: list[str]) -> int:
 
 
 def test_make_images_distinct_deterministic():
-    images, names = exactness.make_images(40, CFG, seed=0)
+    images, names = make_images(40, CFG, seed=0)
     assert images.shape == (40, 3, 64, 48) and images.dtype == torch.float32
     assert len(names) == 40 and len(set(names)) == 40
     flat = images.flatten(1)
     assert torch.unique(flat, dim=0).shape[0] == 40, "images are not distinct"
-    again, names_again = exactness.make_images(40, CFG, seed=0)
+    again, names_again = make_images(40, CFG, seed=0)
     assert torch.equal(images, again) and names == names_again
-    prefix, _ = exactness.make_images(15, CFG, seed=0)
+    prefix, _ = make_images(15, CFG, seed=0)
     assert torch.equal(prefix, images[:15])  # evaluated images never overlap the calibration tail
-    other, _ = exactness.make_images(40, CFG, seed=1)
+    other, _ = make_images(40, CFG, seed=1)
     fixed = sum("crop" not in n for n in names)  # the photos and their mirror images come first, unseeded
     assert fixed >= 2 and torch.equal(other[:fixed], images[:fixed]) and not torch.equal(other[fixed:], images[fixed:])
     assert any("flipped" in n for n in names) and any("crop" in n for n in names)

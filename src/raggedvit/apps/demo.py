@@ -21,19 +21,13 @@ from pathlib import Path
 
 import torch
 
-from .images import DEMO_PHOTOS, class_names, denormalize, load_demo_photos
-from .methods import LAYOUTS, add_method_arguments, build_pruned, check_layouts, check_methods
-from .runtime import (
-    UsageError,
-    add_common_arguments,
-    environment,
-    load_model,
-    resolve_attention,
-    resolve_device,
-    resolve_dtype,
-    run_command,
-    time_median,
-)
+from ..runtime.arguments import add_common_arguments
+from ..runtime.device import device_name, environment, resolve_attention, resolve_device, resolve_dtype, time_median
+from ..runtime.errors import UsageError, run_command
+from ..runtime.loading import load_model
+from ..runtime.methods import LAYOUTS, add_method_arguments, build_pruned, check_layouts, check_methods
+from ..runtime.photos import DEMO_PHOTOS, load_demo_photos
+from .images import class_names, denormalize
 
 
 def add_arguments(parser) -> None:
@@ -95,7 +89,7 @@ def _run(args) -> int:
     images = torch.stack([transform(img) for _, img in photos]).to(device=device, dtype=dtype)
     env = environment(device)
     print(f"raggedvit demo: {args.model}, {len(photos)} photos in one batch of {len(photos)}")
-    print(f"  device    : {device} ({env['device']}), {str(dtype).removeprefix('torch.')}; torch {env['torch']}, "
+    print(f"  device    : {device} ({device_name(device)}), {str(dtype).removeprefix('torch.')}; torch {env['torch']}, "
           f"triton {env['triton']}, timm {env['timm']}")
     print(f"  weights   : {loaded.weights}")
     print(f"  attention : packed layout -> {attention}: {attention_note}")
@@ -126,7 +120,7 @@ def _run(args) -> int:
                 if layout == "packed" and device.type == "cuda":
                     results.append(_run_graph(pruned, method, images, device, repeats))
     _print_predictions(names, results)
-    _print_summary(results, num_patches=_num_patches(model))
+    _print_summary(results, num_patches=int(model.patch_embed.num_patches))
     _print_layout_check(results)
     if out_dir is not None:
         pictures = denormalize(images, cfg["mean"], cfg["std"])
@@ -176,10 +170,6 @@ def _run_graph(pruned, method: str, images: torch.Tensor, device, repeats: int) 
     mask = graphed.stats.kept_patch_mask.detach().cpu()
     seconds = time_median(graphed.replay, device, repeats)
     return Result(method, "graph", logits, seconds, kept, tuple(graphed.stats.stage_blocks), mask)
-
-
-def _num_patches(model) -> int:
-    return int(model.patch_embed.num_patches)
 
 
 def _short(name: str, width: int) -> str:

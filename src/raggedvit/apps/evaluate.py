@@ -20,19 +20,12 @@ from pathlib import Path
 
 import torch
 
+from ..runtime.arguments import add_common_arguments
+from ..runtime.device import environment, resolve_attention, resolve_device, resolve_dtype, synchronize
+from ..runtime.errors import UsageError, run_command
+from ..runtime.loading import load_model
+from ..runtime.methods import LAYOUTS, add_method_arguments, build_pruned, check_methods
 from .images import ImageFiles, collate_images, scan_folder
-from .methods import LAYOUTS, add_method_arguments, build_pruned, check_methods
-from .runtime import (
-    UsageError,
-    add_common_arguments,
-    environment,
-    load_model,
-    resolve_attention,
-    resolve_device,
-    resolve_dtype,
-    run_command,
-    synchronize,
-)
 
 
 def add_arguments(parser) -> None:

@@ -1,6 +1,7 @@
-"""Images for the product commands: scikit-image's bundled photos, image folders, ImageNet class names.
+"""Images for the product commands: image folders, ImageNet class names, pictures.
 
-* :func:`load_demo_photos` - the colour photographs scikit-image ships (no download needed).
+(scikit-image's bundled photos are in :mod:`raggedvit.runtime.photos`, shared with ``bench exactness``.)
+
 * :func:`scan_folder` - an ImageFolder tree (class folders named by ImageNet synset id, e.g. ``n01440764``,
   give labels; other names give unlabelled images) or a flat folder of images.
 * :class:`ImageFiles` + :func:`collate_images` - a map-style dataset for a ``torch.utils.data.DataLoader``
@@ -17,46 +18,9 @@ from pathlib import Path
 
 import torch
 
-from .runtime import UsageError
+from ..runtime.errors import UsageError
 
-# name -> scikit-image loader name (all colour photographs shipped inside the scikit-image wheel)
-DEMO_PHOTOS = {
-    "astronaut": "astronaut",
-    "chelsea": "chelsea",
-    "coffee": "coffee",
-    "rocket": "rocket",
-    "cat": "cat",
-    "motorcycle": "stereo_motorcycle",
-}
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".pgm", ".tif", ".tiff", ".gif")
-
-
-def load_demo_photos(names: list[str] | None = None) -> list[tuple[str, object]]:
-    """``[(name, PIL RGB image), ...]`` for the bundled photos ``names`` (default: all of :data:`DEMO_PHOTOS`).
-
-    A photo that this scikit-image version cannot load is skipped with a printed notice; unknown names
-    raise :class:`UsageError` listing the valid ones.
-    """
-    from PIL import Image
-    from skimage import data
-
-    names = list(DEMO_PHOTOS) if not names else names
-    unknown = [n for n in names if n not in DEMO_PHOTOS]
-    if unknown:
-        raise UsageError(f"unknown photo(s) {', '.join(unknown)}; valid: {', '.join(DEMO_PHOTOS)}")
-    photos = []
-    for name in names:
-        try:
-            array = getattr(data, DEMO_PHOTOS[name])()
-        except Exception as e:  # a photo that needs a download in this scikit-image version
-            print(f"NOTICE: skipping photo {name!r}: scikit-image could not load it ({type(e).__name__}: {e})")
-            continue
-        if isinstance(array, tuple):  # stereo pairs: the left view
-            array = array[0]
-        photos.append((name, Image.fromarray(array).convert("RGB")))
-    if not photos:
-        raise UsageError("none of the requested photos could be loaded from scikit-image")
-    return photos
 
 
 @lru_cache(maxsize=1)

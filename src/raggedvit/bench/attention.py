@@ -25,6 +25,9 @@ import torch
 from ..ops.attention import launcher
 from ..ops.backends import BACKENDS
 from ..ops.reference import ragged_attention_reference
+from ..runtime.arguments import comma_list
+from ..runtime.device import environment, resolve_device, synchronize
+from ..runtime.errors import run_command
 from . import timing
 
 HEAD_DIM = 64
@@ -38,15 +41,6 @@ QUICK_CPU = {"batches": (1, 4), "heads": (3,), "keep_rates": (0.7, 0.3), "dtypes
 HEADLINE = {"batch": 8, "heads": 6, "lo": 40, "hi": 1 + N_PATCHES}
 HEADLINE_CPU_QUICK = {"batch": 2, "heads": 3, "lo": 40, "hi": 1 + N_PATCHES}  # keeps --quick on CPU short
 TOLERANCE = {torch.float16: 2e-2, torch.bfloat16: 3e-2, torch.float32: 1e-3}
-
-
-def _csv(kind):
-    def parse(text: str) -> list:
-        items = [s.strip() for s in text.split(",") if s.strip()]
-        if not items:
-            raise argparse.ArgumentTypeError("expected a comma-separated list, got nothing")
-        return [kind(s) for s in items]
-    return parse
 
 
 def _backend(name: str) -> str:
@@ -86,17 +80,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true",
                         help="reduced grid (batch 1 and 4, 3 and 6 heads, keep 0.7 and 0.3, fp16; < 3 min on an "
                              "H100); on a CPU-only machine a tiny fp32 grid of the CPU-capable backends")
-    parser.add_argument("--backends", type=_csv(_backend), default=None,
+    parser.add_argument("--backends", type=comma_list(_backend), default=None,
                         help=f"comma-separated subset of: {', '.join(BACKENDS)} (default: all)")
     parser.add_argument("--dtypes",
-                        type=_csv(_dtype), default=None,
+                        type=comma_list(_dtype), default=None,
                         help="comma-separated: float16,bfloat16,float32 (default: float16,bfloat16)")
-    parser.add_argument("--batches",
-                        type=_csv(_positive_int), default=None, help="comma-separated (default: 1,4,16,64,256)")
-    parser.add_argument("--heads",
-                        type=_csv(_positive_int), default=None, help="comma-separated (default: 3,6,12: DeiT-T/S/B)")
+    parser.add_argument("--batches", type=comma_list(_positive_int), default=None,
+                        help="comma-separated (default: 1,4,16,64,256)")
+    parser.add_argument("--heads", type=comma_list(_positive_int), default=None,
+                        help="comma-separated (default: 3,6,12: DeiT-T/S/B)")
     parser.add_argument("--keep-rates",
-                        type=_csv(_keep_rate), default=None,
+                        type=comma_list(_keep_rate), default=None,
                         help="comma-separated, in (0, 1] (default: 1,0.7,0.5,0.3,0.2)")
     parser.add_argument("--out", default="benchmarks/results", help="output directory (default: %(default)s)")
     parser.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda if available)")
@@ -107,25 +101,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="time per timing round, sets the call count (default 50 on CUDA, 5 on CPU)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the lengths and inputs")
     parser.add_argument("--no-plot", action="store_true", help="skip the PNG")
-
-
-def _resolve_device(name: str | None) -> torch.device:
-    if name is None:
-        return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise ValueError(f"--device: not a device: {name!r}") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"--device {name}: CUDA is not available on this machine")
-        index = device.index if device.index is not None else torch.cuda.current_device()
-        if index >= torch.cuda.device_count():
-            raise ValueError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s)")
-        return torch.device("cuda", index)
-    if device.type != "cpu":
-        raise ValueError(f"--device: only cuda and cpu are supported, got {name!r}")
-    return device
 
 
 def _points(args, device: torch.device) -> list[dict]:
@@ -180,7 +155,7 @@ def _measure(be, point: dict, inputs: tuple, ref: torch.Tensor, device: torch.de
     tol = TOLERANCE[dtype]
     t0 = time.perf_counter()
     out = fn()
-    timing.synchronize(device)
+    synchronize(device)
     res["first_call_ms"] = round((time.perf_counter() - t0) * 1e3, 3)
     err = _max_err(out, ref, q.shape[0])
     res["max_abs_err"] = err
@@ -338,13 +313,15 @@ def _command(args) -> str:
 
 def main(args: argparse.Namespace) -> int:
     """Run ``raggedvit bench attention``; 0 when every available backend ran correctly, 1 otherwise."""
+    return run_command("bench attention", lambda: _run(args))
+
+
+def _run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    try:
-        device = _resolve_device(args.device)
-    except ValueError as e:
-        print(f"raggedvit bench attention: {e}", file=sys.stderr)
-        return 2
+    device = resolve_device(args.device or "auto")
+    if device.type == "cuda" and device.index is None:  # results name the device: cuda:N
+        device = torch.device("cuda", torch.cuda.current_device())
     warnings.filterwarnings("ignore", message=".*nested tensors is in prototype stage.*")
     names = args.backends or list(BACKENDS)
     if args.repeat is None:
@@ -355,7 +332,7 @@ def main(args: argparse.Namespace) -> int:
             reason = _reason(name, device, DTYPES[dtype])
             if reason:
                 print(f"unavailable: {name} ({dtype}): {reason}", file=sys.stderr)
-    env = timing.environment(device, command=_command(args))
+    env = environment(device, command=_command(args))
     floor = timing.eager_floor(device, repeat=args.repeat)
     rows = []
     for point in tqdm(points, desc="bench attention", unit="point", file=sys.stderr, mininterval=1.0):

@@ -29,42 +29,26 @@ from torch import nn
 
 from ..models import calibrate_thresholds, prune
 from ..pruning.dynamicvit import Predictor
+from ..runtime.errors import UsageError
 
-__all__ = ["load_model", "dynamicvit_predictors", "DEFAULT_KEEP_RATE", "default_keep_rate", "measure_keep",
+__all__ = ["dynamicvit_predictors", "DEFAULT_KEEP_RATE", "default_keep_rate", "measure_keep",
            "calibrate", "point_options", "parse_dist", "draw_lengths", "LengthsPredictor", "lengths_predictors",
            "set_lengths"]
 
 DEFAULT_KEEP_RATE = {"ats": 0.9}
 
 
-def load_model(name: str, img_size: int, device, dtype, *, pretrained: bool = False, checkpoint: str | None = None):
-    """``(timm model, checkpoint state dict or None)``: ``deit_{tiny,small,base}`` at ``img_size``, eval mode.
-
-    Random weights unless ``pretrained`` (timm download) or ``checkpoint`` (a ``.pth`` with timm keys, optionally
-    under ``"model"``; DynamicViT ``score_predictor.*`` keys are kept for :func:`dynamicvit_predictors`).
-    """
-    import timm
-
-    full = "deit_base_patch16_384" if (name, img_size) == ("deit_base", 384) else f"{name}_patch16_224"
-    kw = {} if full.endswith(str(img_size)) else {"img_size": img_size}
-    model = timm.create_model(full, pretrained=pretrained, **kw)
-    ckpt = None
-    if checkpoint:
-        ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        ckpt = ckpt.get("model", ckpt)
-        ckpt = {k.removeprefix("module."): v for k, v in ckpt.items()}
-        model.load_state_dict({k: v for k, v in ckpt.items() if not k.startswith("score_predictor.")}, strict=False)
-    return model.to(device=device, dtype=dtype).eval(), ckpt
-
-
-def dynamicvit_predictors(model: nn.Module, checkpoint: dict | None = None) -> nn.ModuleList:
+def dynamicvit_predictors(model: nn.Module, predictor_state: dict | None = None) -> nn.ModuleList:
     """DynamicViT predictors on the model's device/dtype, shared by every pipeline of a benchmark point:
-    loaded from ``checkpoint`` when it has ``score_predictor.*`` keys, else randomly initialised."""
-    from ..models import load_dynamicvit_checkpoint
-
+    ``predictor_state`` (a checkpoint's ``score_predictor.*`` weights without the prefix, as
+    :func:`raggedvit.runtime.loading.load_model` returns them) loaded strictly when given, else randomly
+    initialised."""
     p = prune(model, "dynamicvit", layout="padded")
-    if checkpoint is not None and any(k.startswith("score_predictor.") for k in checkpoint):
-        load_dynamicvit_checkpoint(p, checkpoint, strict=False)
+    if predictor_state:
+        try:
+            p.score_predictor.load_state_dict(predictor_state, strict=True)
+        except RuntimeError as e:
+            raise UsageError(f"--checkpoint: its DynamicViT predictors do not fit this model: {e}") from None
     ref = next(model.parameters())
     return p.score_predictor.to(device=ref.device, dtype=ref.dtype)
 
@@ -167,7 +151,7 @@ def calibrate(model: nn.Module, method: str, variant: str, images: torch.Tensor,
     return opts, info
 
 
-def point_options(model: nn.Module, checkpoint: dict | None, method: str, variant: str, batch: int, base: dict, *,
+def point_options(model: nn.Module, predictor_state: dict | None, method: str, variant: str, batch: int, base: dict, *,
                   cache: dict, keep_rate: float | None = None, k_max: int | None = None,
                   lengths_dist: str | None = None, seed: int = 0, calib_images: int = 64,
                   attention: str = "triton") -> dict:
@@ -189,7 +173,7 @@ def point_options(model: nn.Module, checkpoint: dict | None, method: str, varian
     rate = default_keep_rate(method) if keep_rate is None else keep_rate
     base["keep_rate"] = rate
     if method == "dynamicvit":
-        opts["predictors"] = dynamicvit_predictors(model, checkpoint)
+        opts["predictors"] = dynamicvit_predictors(model, predictor_state)
     key = (id(model), method, variant, rate)
     if key not in cache:
         g = torch.Generator().manual_seed(seed + 12345)

@@ -13,12 +13,13 @@ both run the same images in ``--dtype`` (default float16 on CUDA). Reported per 
   float32 (TF32 off), with their keep-decision agreement against it.
 * kept tokens per stage (mean, min, max over images, prefix tokens included; packed layout).
 
-Method ``none`` compares the packed layout with timm's own forward. Images: :func:`make_images` builds
-them deterministically from the colour photos scikit-image ships (the photos, their mirror images and
-seeded random-resized crops at several scales, half of them flipped), in the model's input size and
-normalisation. Threshold-L2 (adaptive) thresholds are calibrated on further generated images disjoint
-from the evaluated ones (keep rate 0.7 per stage); DynamicViT predictors without a checkpoint are a seed-0
-random init shared by every layout and dtype. Random model weights are seeded (0) as well.
+Method ``none`` compares the packed layout with timm's own forward. Images:
+:func:`raggedvit.runtime.photos.make_images` builds them deterministically from the colour photos scikit-image
+ships (the photos, their mirror images and seeded random-resized crops at several scales, half of them
+flipped), in the model's input size and normalisation. Threshold-L2 (adaptive) thresholds are calibrated on
+further generated images disjoint from the evaluated ones (keep rate 0.7 per stage); DynamicViT predictors
+without a checkpoint are a seed-0 random init shared by every layout and dtype. Random model weights are
+seeded (0) as well.
 """
 
 from __future__ import annotations
@@ -27,30 +28,24 @@ import argparse
 import contextlib
 import copy
 import datetime as _dt
-import hashlib
-import math
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-from ..apps import runtime as rt
-from ..apps.images import load_demo_photos
-from ..apps.methods import build_pruned
-from ..apps.runtime import LoadedModel, UsageError, load_model, run_command
+from ..runtime.arguments import split_names
+from ..runtime.device import environment, resolve_attention, resolve_device, resolve_dtype
+from ..runtime.errors import UsageError, run_command
+from ..runtime.loading import WEIGHT_CHOICES, LoadedModel, check_model_name, load_model
+from ..runtime.methods import build_pruned
+from ..runtime.photos import make_images
 from . import timing
 
 MODELS = ("deit_tiny_patch16_224", "deit_small_patch16_224", "deit_base_patch16_224")
 METHODS = ("none", "threshold_l2", "dynamicvit", "evit", "ats")
 VARIANTS = ("fixed", "adaptive")
 TOLERANCE = {torch.float16: 4e-3, torch.bfloat16: 3e-2, torch.float32: 1e-4}
-CROP_SCALES = ((0.08, 0.25), (0.25, 0.5), (0.5, 0.8), (0.8, 1.0))  # random-resized-crop area buckets
-
-
-def _names(values: list[str] | None) -> list[str] | None:
-    """``["a,b", "c"]`` -> ``["a", "b", "c"]`` (space- or comma-separated lists both work)."""
-    return None if values is None else [v for s in values for v in s.split(",") if v]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -63,7 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--calib-images", type=int, help="extra images for Threshold-L2 calibration (default 64; CPU quick 16)")
     a("--batch-size", type=int, default=64, help="images per forward (default 64)")
     a("--checkpoint", nargs="+", metavar="PATH", help="weights file(s), one per --models entry, in order")
-    a("--weights", choices=rt.WEIGHT_CHOICES, default="auto",
+    a("--weights", choices=WEIGHT_CHOICES, default="auto",
       help="without --checkpoint: timm pretrained when reachable (auto), required (pretrained) or random")
     a("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
     a("--dtype", default="auto", choices=("auto", "float16", "bfloat16", "float32"),
@@ -81,77 +76,20 @@ def main(args) -> int:
     return run_command("bench exactness", lambda: _run(args))
 
 
-def make_images(n: int, data_cfg: dict, *, seed: int = 0) -> tuple[torch.Tensor, list[str]]:
-    """``(images (n, 3, H, W) float32, descriptions)``: ``n`` distinct images from scikit-image's photos.
-
-    Order: each photo through timm's eval transform (resize, centre crop), then its mirror image, then
-    random-resized crops (area fraction from :data:`CROP_SCALES` in turn, aspect ratio in [3/4, 4/3],
-    flipped with probability 1/2) drawn from a ``torch.Generator`` seeded with ``seed``, cycling over the
-    photos. ``data_cfg`` is timm's ``resolve_data_config`` dict (``input_size``, ``mean``, ``std``,
-    ``interpolation``, ``crop_pct``). Deterministic for a given seed and scikit-image version; a prefix
-    of a longer call equals a shorter call.
-    """
-    from PIL import Image
-    from timm.data import create_transform
-
-    if n < 1:
-        raise UsageError(f"need at least 1 image, got {n}")
-    H, W = data_cfg["input_size"][1:]
-    eval_tf = create_transform(**{k: data_cfg[k] for k in ("input_size", "mean", "std", "interpolation",
-                                                            "crop_pct")})
-    crop_tf = create_transform(input_size=data_cfg["input_size"], mean=data_cfg["mean"], std=data_cfg["std"],
-                               interpolation=data_cfg["interpolation"], crop_pct=1.0)  # exact resize only
-    photos = load_demo_photos()
-    flip = Image.Transpose.FLIP_LEFT_RIGHT
-    gen = torch.Generator().manual_seed(seed)
-    out: list[torch.Tensor] = []
-    names: list[str] = []
-    seen: set[bytes] = set()
-
-    def add(t: torch.Tensor, name: str) -> None:
-        key = hashlib.sha1(t.numpy().tobytes()).digest()
-        if key not in seen:
-            seen.add(key)
-            out.append(t)
-            names.append(name)
-
-    for name, img in photos:
-        add(eval_tf(img), name)
-        add(eval_tf(img.transpose(flip)), f"{name} flipped")
-    k = 0
-    while len(out) < n:
-        if k > 100 * n:  # pragma: no cover - crops are continuous draws
-            raise RuntimeError("could not generate enough distinct images")
-        name, img = photos[k % len(photos)]
-        lo, hi = CROP_SCALES[(k // len(photos)) % len(CROP_SCALES)]
-        u = torch.rand(5, generator=gen).tolist()
-        area = img.width * img.height * (lo + (hi - lo) * u[0])
-        ratio = math.exp(math.log(3 / 4) + (math.log(4 / 3) - math.log(3 / 4)) * u[1])
-        w = min(img.width, max(16, round(math.sqrt(area * ratio))))
-        h = min(img.height, max(16, round(math.sqrt(area / ratio))))
-        x0, y0 = round((img.width - w) * u[2]), round((img.height - h) * u[3])
-        crop = img.crop((x0, y0, x0 + w, y0 + h)).resize((W, H), Image.Resampling.BICUBIC)
-        flipped = u[4] < 0.5
-        add(crop_tf(crop.transpose(flip) if flipped else crop),
-            f"{name} crop {w}x{h}+{x0}+{y0}" + (" flipped" if flipped else ""))
-        k += 1
-    return torch.stack(out[:n]), names[:n]
-
-
 def _settings(args, device: torch.device) -> dict:
     """Validated settings (defaults from ``--quick`` and the device); :class:`UsageError` on bad values."""
     cpu = device.type != "cuda"
     quick_models = ["deit_tiny_patch16_224" if cpu else "deit_small_patch16_224"]
-    models = _names(args.models) or (quick_models if args.quick else list(MODELS))
+    models = split_names(args.models) or (quick_models if args.quick else list(MODELS))
     models = [m + "_patch16_224" if m in ("deit_tiny", "deit_small", "deit_base") else m for m in models]
     for m in models:
-        rt.check_model_name(m)
-    methods = _names(args.methods) or ["all"]
+        check_model_name(m)
+    methods = split_names(args.methods) or ["all"]
     methods = list(dict.fromkeys(x for m in methods for x in (METHODS if m == "all" else [m])))
     bad = [m for m in methods if m not in METHODS]
     if bad:
         raise UsageError(f"unknown method(s) {', '.join(bad)}; valid: all, {', '.join(METHODS)}")
-    variants = list(dict.fromkeys(_names(args.variants) or VARIANTS))
+    variants = list(dict.fromkeys(split_names(args.variants) or VARIANTS))
     bad = [v for v in variants if v not in VARIANTS]
     if bad:
         raise UsageError(f"unknown variant(s) {', '.join(bad)}; valid: {', '.join(VARIANTS)}")
@@ -165,8 +103,8 @@ def _settings(args, device: torch.device) -> dict:
                          f"({' '.join(models)}); pass one file per --models entry")
     if args.tol is not None and not args.tol > 0:
         raise UsageError(f"--tol {args.tol}: must be > 0")
-    dtype = rt.resolve_dtype(args.dtype, device)
-    attention, why = rt.resolve_attention(args.attention, device, dtype)
+    dtype = resolve_dtype(args.dtype, device)
+    attention, why = resolve_attention(args.attention, device, dtype)
     combos = [(m, v) for m in methods for v in (["-"] if m == "none" else variants)]
     return dict(models=models, combos=combos, n=n, calib=calib, dtype=dtype, attention=attention,
                 attention_note=why, tol=args.tol if args.tol is not None else TOLERANCE[dtype])
@@ -323,14 +261,14 @@ def _run_model(name: str, args, s: dict, device, bar) -> tuple[dict, list[dict]]
 
 
 def _run(args) -> int:
-    device = rt.resolve_device(args.device)
+    device = resolve_device(args.device)
     s = _settings(args, device)
     out = Path(args.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UsageError(f"--out {args.out}: cannot create the folder ({e.strerror or e})") from None
-    env = timing.environment(device)
+    env = environment(device)
     dt = str(s["dtype"]).removeprefix("torch.")
     print(f"raggedvit bench exactness: {len(s['models'])} model(s) x {len(s['combos'])} method/variant(s), "
           f"{s['n']} images, batch {args.batch_size}, {dt} on {device} ({env['gpu'] or env['cpu']})")

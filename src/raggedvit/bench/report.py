@@ -28,12 +28,10 @@ import math
 from collections import defaultdict
 from pathlib import Path
 
-from ..apps.runtime import UsageError, run_command
+from ..runtime.errors import UsageError, run_command
+from .pipelines import BASELINE, PIPELINES
 
 KINDS = ("attention", "e2e")
-BASELINE = "padded_sdpa"
-PIPELINE_ORDER = ("dense", "dense_graph", "padded_sdpa", "packed_fa2", "packed_fa2_graph", "packed_varlen_attn",
-                  "packed_nested", "raggedvit_eager", "raggedvit_graph", "oracle", "oracle_capacity")
 ENV_ORDER = ("gpu", "driver", "torch", "triton", "timm", "cuda", "python", "date", "command")
 COLUMNS = {
     "attention": ("point", "backend", "dtype", "batch", "heads", "head_dim", "keep_rate", "mean_len", "min_len",
@@ -150,7 +148,7 @@ def _panel_title(panel: tuple) -> str:
 
 
 def _line_order(names) -> list:
-    order = {n: i for i, n in enumerate(PIPELINE_ORDER)}
+    order = {n: i for i, n in enumerate(PIPELINES)}
     return sorted(names, key=lambda n: (order.get(n, len(order)), str(n)))
 
 
@@ -247,10 +245,10 @@ def _table(rows: list[dict], kind: str) -> list[str]:
 
 def _sort_key(kind: str):
     keys = PANEL_KEYS[kind] + ("batch", "backend" if kind == "attention" else "pipeline")
-    order = {n: float(i) for i, n in enumerate(PIPELINE_ORDER)}
+    order = {n: float(i) for i, n in enumerate(PIPELINES)}
 
     def key(r):
-        """Numbers before text, pipelines in PIPELINE_ORDER."""
+        """Numbers before text, pipelines in the order of the pipeline table."""
         out = []
         for k in keys:
             v = order.get(r.get(k)) if k == "pipeline" else _num(r.get(k))

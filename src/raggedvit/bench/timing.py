@@ -1,4 +1,4 @@
-"""Timing primitives, environment metadata and JSON output shared by the ``raggedvit bench`` commands.
+"""Timing primitives and JSON output shared by the ``raggedvit bench`` commands.
 
 Three numbers per operation, never mixed (see ``docs/pitfalls.md``, "Benchmark hygiene"):
 
@@ -10,20 +10,17 @@ Three numbers per operation, never mixed (see ``docs/pitfalls.md``, "Benchmark h
   at the end: the per-call cost once host dispatch is gone (:func:`capture_graph` captures it).
 
 Plus :func:`eager_floor` (``x.add_(1)`` on a tiny tensor), :func:`ragged_lengths` (seeded per-image
-token counts after pruning), :func:`environment` and :func:`write_json`.
+token counts after pruning) and :func:`write_json` (the environment it records comes from
+:func:`raggedvit.runtime.device.environment`).
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import json
-import platform
 import random
 import re
-import shutil
 import statistics
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -31,12 +28,7 @@ from typing import Any
 
 import torch
 
-
-def synchronize(device: torch.device | str) -> None:
-    """Wait for ``device`` (a no-op for CPU)."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+from ..runtime.device import synchronize
 
 
 def calls_for_budget(fn: Callable[[], Any], device: torch.device | str, budget_s: float,
@@ -183,44 +175,6 @@ def uniform_lengths(batch: int, lo: int, hi: int, *, seed: int) -> list[int]:
     return [rng.randint(lo, hi) for _ in range(batch)]
 
 
-def _driver_version() -> str | None:
-    exe = shutil.which("nvidia-smi")
-    if exe is None:
-        return None
-    try:
-        res = subprocess.run([exe, "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True,
-                             text=True, timeout=10, check=True)
-        return res.stdout.strip().splitlines()[0] or None
-    except (OSError, subprocess.SubprocessError, IndexError):
-        return None
-
-
-def _version(module: str) -> str | None:
-    try:
-        return __import__(module).__version__
-    except Exception:  # noqa: BLE001 - a missing or broken optional package is just "unknown"
-        return None
-
-
-def environment(device: torch.device | str, command: str | None = None) -> dict[str, Any]:
-    """What a benchmark result depends on: GPU, driver, CUDA, torch, triton, timm, Python, date, command."""
-    device = torch.device(device)
-    on_gpu = device.type == "cuda"
-    return {
-        "gpu": torch.cuda.get_device_name(device) if on_gpu else None,
-        "driver": _driver_version() if on_gpu else None,
-        "cuda": torch.version.cuda,
-        "torch": torch.__version__,
-        "triton": _version("triton"),
-        "timm": _version("timm"),
-        "python": platform.python_version(),
-        "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "command": command if command is not None else " ".join(sys.argv),
-        "device": str(device),
-        "cpu": platform.processor() or platform.machine(),
-    }
-
-
 def device_slug(env: dict[str, Any]) -> str:
     """File-name slug of the machine: the GPU name (``nvidia-h100-80gb-hbm3``) or ``cpu``."""
     name = env.get("gpu") or "cpu"
@@ -230,7 +184,8 @@ def device_slug(env: dict[str, Any]) -> str:
 def write_json(result: dict[str, Any], out_dir: str | Path, kind: str, *, stamp: str | None = None) -> Path:
     """Write ``result`` to ``<out_dir>/<kind>-<device slug>-<YYYYMMDD-HHMMSS>.json`` and return the path.
 
-    The slug comes from ``result["env"]`` (see :func:`environment`); the directory is created if needed.
+    The slug comes from ``result["env"]`` (see :func:`raggedvit.runtime.device.environment`); the directory is
+    created if needed.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

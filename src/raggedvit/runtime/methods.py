@@ -1,4 +1,4 @@
-"""Pruned models for the product commands: method names, options, Threshold-L2 calibration, predictors.
+"""Pruned models for the commands (demo, eval, bench exactness): method names, options, calibration, predictors.
 
 Thin layer over :func:`raggedvit.prune` that (1) validates method, layout and variant names with messages
 listing the valid ones, (2) calibrates Threshold-L2's thresholds on the images it is given (and says
@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from .runtime import LoadedModel, UsageError
+from .errors import UsageError
+from .loading import LoadedModel
 
 DEFAULT_METHODS = ("threshold_l2", "dynamicvit", "evit", "ats")
 LAYOUTS = ("padded", "packed")

@@ -1,0 +1,180 @@
+"""One grid point of ``raggedvit bench e2e``: builds and times every pipeline on the same input images.
+
+What a pipeline runs (layout, attention backend, timing mode) is data: :mod:`.pipelines`. Timing: warm-up,
+then wall clock around many back-to-back forwards (graph replays) with a sync at both ends, median of 3 rounds
+(1 on CPU); the first pipeline run at a point is :data:`~.pipelines.BASELINE`, whose logits and kept counts
+the others are compared with (and the oracle runs at).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+import warnings
+
+import torch
+
+from .. import prune
+from ..ops.backends import get_backend
+from ..runtime.device import synchronize
+from . import timing
+from .flops import tokens_per_block, vit_dims, vit_flops
+from .oracle import OracleViT, oracle_widths
+from .pipelines import BASELINE, PIPELINES
+
+
+def _time(fn, device, budget: float) -> tuple[float, int]:
+    """Median seconds per call of ``fn`` over 3 rounds (1 on CPU) of back-to-back calls, synced at both ends."""
+    rounds = 3 if device.type == "cuda" else 1
+    n = timing.calls_for_budget(fn, device, budget / rounds, max_calls=2000, min_calls=rounds - 1 or 1,
+                                probe=rounds - 1 or 1)
+    times = []
+    for _ in range(rounds):
+        synchronize(device)
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        synchronize(device)
+        times.append((time.perf_counter() - t0) / n)
+    return statistics.median(times), n
+
+
+def _count_syncs(fn, device) -> int | None:
+    """Synchronizing CUDA calls made by one ``fn()`` (torch's sync debug mode, 'warn'); None off CUDA."""
+    if device.type != "cuda":
+        return None
+    synchronize(device)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn()
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+    return sum("synchroniz" in str(w.message).lower() for w in caught)
+
+
+def _graph(fn, device):
+    """``(replay, output, capture_s)`` of ``fn`` captured in a CUDA graph (warm-up included in capture_s)."""
+    t0 = time.perf_counter()
+    g, out = timing.capture_graph(fn, device, warmup=2)
+    return g.replay, out, time.perf_counter() - t0
+
+
+def _stage_summary(kept: list[list[int]], blocks) -> list[dict]:
+    return [{"block": b, "mean": sum(k) / len(k), "min": min(k), "max": max(k)} for b, k in zip(blocks, kept)]
+
+
+class Point:
+    """One grid point: builds and times every pipeline on the same inputs; returns result rows."""
+
+    def __init__(self, ctx, model, method, variant, batch, options, base: dict) -> None:
+        self.ctx, self.model, self.method, self.variant, self.batch = ctx, model, method, variant, batch
+        self.options, self.base, self.dev = options, base, ctx["device"]
+        g = torch.Generator().manual_seed(ctx["seed"] * 7919 + batch)
+        size = model.patch_embed.img_size
+        self.x = torch.randn(batch, 3, *size, generator=g).to(self.dev, ctx["dtype"])
+        self.ref = self.kept = None
+        self.pm = "dynamicvit" if method == "lengths" else method
+        self.dims = vit_dims(model)
+        self.n0 = self.dims.num_prefix + self.dims.num_patches
+
+    def pruned(self, layout, attention="triton"):
+        live = self.ctx["live_rows"] if layout == "packed" else False
+        return prune(self.model, self.pm, layout=layout, attention=attention, live_rows=live, **self.options).eval()
+
+    def run(self, pipeline: str) -> dict:
+        row = dict(self.base, pipeline=pipeline, batch=self.batch, status="ok")
+        try:
+            row.update(self._run(pipeline))
+        except Exception as e:  # noqa: BLE001 - recorded in the row, never swallowed silently
+            row["status"] = f"error: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+        return row
+
+    def _run(self, p: str) -> dict:
+        pl, dev, on_gpu, budget = PIPELINES[p], self.dev, self.dev.type == "cuda", self.ctx["budget"]
+        if pl.needs_cuda and not on_gpu:
+            return {"status": "unavailable: CUDA graphs need a CUDA device"}
+        if pl.layout == "oracle" and self.method == "none":
+            return {"status": "unavailable: no pruning"}
+        if pl.capacity and self.variant == "fixed":
+            return {"status": "unavailable: fixed variant (capacity == kept counts; see oracle)"}
+        backend = pl.backend_run(on_gpu)
+        if backend:
+            why = get_backend(backend).unavailable_reason(dev, self.ctx["dtype"])
+            if why:
+                return {"status": f"unavailable: {why}"}
+        if backend == "nested_sdpa" and self.batch > self.ctx["nested_max_batch"]:
+            return {"status": f"skipped: batch > --nested-max-batch {self.ctx['nested_max_batch']}"}
+        extra: dict = {"attention": backend or ("sdpa" if pl.layout == "padded" else "timm")}
+        stats, mode, fn, model = None, "eager", None, None
+        with torch.no_grad():
+            if pl.layout == "dense":
+                fn = lambda: self.model(self.x)  # noqa: E731
+                kept = []
+            elif pl.layout == "oracle":
+                widths = self.capacity if pl.capacity else oracle_widths(self.kept, self.dims.num_prefix)
+                orc = OracleViT(self.model, self.blocks, self.mid, widths)
+                fn = lambda: orc(self.x)  # noqa: E731
+                kept = [[w] * self.batch for w in widths]
+            else:
+                model = self.pruned(pl.layout, backend or "triton")
+                if pl.mode == "capture":
+                    from ..models.graph import capture
+                    gv = capture(model, self.batch, example=self.x)
+                    extra.update(capture_s=gv.capture_s, warmup_s=gv.warmup_s)
+                    out, replay, stats, mode = gv.output, gv.replay, gv.stats, "graph"
+                else:
+                    fn = lambda: model(self.x)  # noqa: E731
+            if fn is not None:
+                t0 = time.perf_counter()
+                out = fn()
+                stats = getattr(model, "last_stats", None)
+                extra["warmup_s"] = time.perf_counter() - t0
+                extra["syncs_per_forward"] = _count_syncs(fn, dev)
+                exact = pl.mode == "best" and on_gpu and all(stage.exact for stage in model.plan)
+                if pl.mode == "graph" or exact:
+                    replay, out, extra["capture_s"] = _graph(fn, dev)
+                    mode = "graph"
+            if mode == "graph":
+                replay()
+                extra["syncs_per_forward"] = _count_syncs(replay, dev)
+                call = replay
+            else:
+                call = fn
+            synchronize(dev)
+            logits = out.float().clone()
+            if stats is not None:
+                kept = [k.tolist() for k in stats.kept]
+            sec, iters = _time(call, dev, budget)
+            if pl.mode == "best" and mode == "graph":  # also time eager, keep the faster
+                sec_e, _ = _time(fn, dev, budget)
+                extra["eager_latency_us"] = sec_e * 1e6
+                if sec_e < sec:
+                    sec, mode = sec_e, "eager"
+        if p == BASELINE:
+            self.ref, self.kept = logits, kept
+        r = {"mode": mode, "latency_us": sec * 1e6, "images_per_s": self.batch / sec, "iters": iters, **extra}
+        kept_all = kept if kept else []
+        st = [(b, self.mid, k) for b, k in zip(self.blocks, kept_all)] if kept_all and pl.layout != "dense" else []
+        attn, mlp = tokens_per_block(self.dims.depth, [self.n0] * self.batch, st)
+        r["gflops"] = sum(vit_flops(self.dims, attn, mlp)) / self.batch / 1e9
+        last = kept_all[-1] if kept_all else [self.n0] * self.batch
+        r.update(kept_mean=sum(last) / len(last), kept_min=min(last), kept_max=max(last),
+                 kept_stages=_stage_summary(kept_all, self.blocks),
+                 tokens_mean=sum(map(sum, mlp)) / len(mlp) / self.batch)
+        if pl.layout == "packed" and kept_all:
+            cap = tokens_per_block(self.dims.depth, [self.n0] * self.batch,
+                                   [(b, self.mid, [w] * self.batch) for b, w in zip(self.blocks, self.capacity)])[1]
+            r["row_utilization"] = sum(map(sum, mlp)) / max(1, sum(map(sum, cap)))
+        if self.ref is not None and pl.layout in ("padded", "packed"):
+            r["max_logit_diff"] = float((logits - self.ref).abs().max())
+            r["top1_agree"] = float((logits.argmax(1) == self.ref.argmax(1)).float().mean())
+        return r
+
+    def setup(self) -> None:
+        """Host-side plan of this point (stage blocks, MID/PRE, buffer widths)."""
+        plan = self.pruned("packed", "reference").plan
+        self.blocks = [pl.block for pl in plan]
+        self.mid = bool(plan and plan[0].mid)
+        self.capacity = [pl.width_out for pl in plan]
