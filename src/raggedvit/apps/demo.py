@@ -34,7 +34,7 @@ def add_arguments(parser) -> None:
     """Arguments of ``raggedvit demo``."""
     add_common_arguments(parser)
     parser.add_argument("--methods", nargs="+", default=["all"], metavar="METHOD",
-                        help="pruning methods (default: all = threshold_l2 dynamicvit evit ats)")
+                        help="pruning methods (default: all = every registered method)")
     add_method_arguments(parser)
     parser.add_argument("--layouts", nargs="+", default=list(LAYOUTS), metavar="LAYOUT",
                         help=f"token layouts to run (default: {' '.join(LAYOUTS)})")

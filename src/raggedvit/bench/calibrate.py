@@ -28,14 +28,13 @@ import torch
 from torch import nn
 
 from ..models import calibrate_thresholds, prune
+from ..pruning import make_method
 from ..pruning.dynamicvit import Predictor
 from ..runtime.errors import UsageError
 
-__all__ = ["dynamicvit_predictors", "DEFAULT_KEEP_RATE", "default_keep_rate", "measure_keep",
+__all__ = ["dynamicvit_predictors", "default_keep_rate", "measure_keep",
            "calibrate", "point_options", "parse_dist", "draw_lengths", "LengthsPredictor", "lengths_predictors",
            "set_lengths"]
-
-DEFAULT_KEEP_RATE = {"ats": 0.9}
 
 
 def dynamicvit_predictors(model: nn.Module, predictor_state: dict | None = None) -> nn.ModuleList:
@@ -54,8 +53,9 @@ def dynamicvit_predictors(model: nn.Module, predictor_state: dict | None = None)
 
 
 def default_keep_rate(method: str) -> float:
-    """The per-stage keep rate a method is calibrated to unless stated: 0.9 for ATS, else 0.7."""
-    return DEFAULT_KEEP_RATE.get(method, 0.7)
+    """The per-stage keep rate a method is calibrated to unless stated: the method's own default
+    (``keep_rate`` of its class: 0.9 for ATS, 0.7 for the others)."""
+    return make_method(method).keep_rate
 
 
 def _stage_rates(kept: list[list[int]], num_prefix: int, n0: int) -> list[float]:
@@ -132,7 +132,7 @@ def calibrate(model: nn.Module, method: str, variant: str, images: torch.Tensor,
     elif method == "threshold_l2":
         param = "thresholds"
         value = calibrate_thresholds(model, images, keep_rate=rate, batch_size=batch_size, k_max=opts.get("k_max"),
-                                     stages=opts.get("stages", (3, 6, 9)))
+                                     stages=opts.get("stages", make_method(method).stages))
         opts["thresholds"] = value
     else:
         spec = {"evit": ("mass", 1e-3, 1.0, True, False), "ats": ("num_samples", 2, n, True, True),

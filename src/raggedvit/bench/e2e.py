@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from ..pruning import METHODS as REGISTRY
 from ..runtime.arguments import comma_list
 from ..runtime.device import environment, resolve_device
 from ..runtime.errors import run_command
@@ -36,7 +37,7 @@ from .e2e_point import Point
 from .pipelines import BASELINE, CPU_QUICK, PIPELINES, SELECT_SHARE, SPEEDUPS
 
 MODELS = ("deit_tiny", "deit_small", "deit_base")
-METHODS = ("threshold_l2", "dynamicvit", "evit", "ats")
+METHODS = tuple(name for name in REGISTRY if name != "none")  # every registered pruning method
 QUICK_GPU = dict(models=["deit_small"], img_sizes=[224], batches=[1, 8, 64, 256],
                  combos=[("evit", "fixed"), ("threshold_l2", "adaptive"), ("ats", "adaptive")],
                  extra=("deit_small", 384, "threshold_l2", "adaptive", 64))

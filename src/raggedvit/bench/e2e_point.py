@@ -16,6 +16,7 @@ import torch
 
 from .. import prune
 from ..ops.backends import get_backend
+from ..pruning.stage import MID
 from ..runtime.device import synchronize
 from . import timing
 from .flops import tokens_per_block, vit_dims, vit_flops
@@ -176,5 +177,5 @@ class Point:
         """Host-side plan of this point (stage blocks, MID/PRE, buffer widths)."""
         plan = self.pruned("packed", "reference").plan
         self.blocks = [pl.block for pl in plan]
-        self.mid = bool(plan and plan[0].mid)
+        self.mid = bool(plan and plan[0].site == MID)
         self.capacity = [pl.width_out for pl in plan]

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import torch
 
+from ..pruning import METHODS as REGISTRY
 from ..runtime.arguments import split_names
 from ..runtime.device import environment, resolve_attention, resolve_device, resolve_dtype
 from ..runtime.errors import UsageError, run_command
@@ -43,7 +44,7 @@ from ..runtime.photos import make_images
 from . import timing
 
 MODELS = ("deit_tiny_patch16_224", "deit_small_patch16_224", "deit_base_patch16_224")
-METHODS = ("none", "threshold_l2", "dynamicvit", "evit", "ats")
+METHODS = tuple(REGISTRY)  # every registered method, "none" (the unpruned forward) first
 VARIANTS = ("fixed", "adaptive")
 TOLERANCE = {torch.float16: 4e-3, torch.bfloat16: 3e-2, torch.float32: 1e-4}
 

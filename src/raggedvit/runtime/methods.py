@@ -10,18 +10,17 @@ from __future__ import annotations
 
 import torch
 
+from ..pruning import METHODS, DynamicViT, ThresholdL2, make_method
 from .errors import UsageError
 from .loading import LoadedModel
 
-DEFAULT_METHODS = ("threshold_l2", "dynamicvit", "evit", "ats")
+DEFAULT_METHODS = tuple(name for name in METHODS if name != "none")  # "all": every registered method
 LAYOUTS = ("padded", "packed")
 VARIANTS = ("default", "fixed", "adaptive")
 
 
 def method_names() -> tuple[str, ...]:
-    """Every pruning method ``raggedvit.prune`` accepts (``"none"`` included)."""
-    from ..models import METHODS
-
+    """Every pruning method ``raggedvit.prune`` accepts (``"none"`` included): the registry's names."""
     return tuple(METHODS)
 
 
@@ -67,9 +66,7 @@ def _options(method: str, variant: str, keep_rate: float | None) -> dict:
 
 
 def _effective_variant(method: str, variant: str) -> str:
-    from ..models.config import OPTIONS
-
-    return variant if variant != "default" else str(OPTIONS[method].get("variant", "fixed"))
+    return variant if variant != "default" else str(getattr(make_method(method), "variant", "fixed"))
 
 
 def build_pruned(loaded: LoadedModel, method: str, *, layout: str, attention: str, variant: str = "default",
@@ -88,7 +85,7 @@ def build_pruned(loaded: LoadedModel, method: str, *, layout: str, attention: st
     cache = {} if cache is None else cache
     options = _options(method, variant, keep_rate)
     notes: list[str] = []
-    if method == "threshold_l2" and _effective_variant(method, variant) == "adaptive":
+    if METHODS[method] is ThresholdL2 and _effective_variant(method, variant) == "adaptive":
         if "threshold_l2" not in cache:
             if calibration is None:
                 raise UsageError("threshold_l2 needs calibration images")
@@ -97,7 +94,7 @@ def build_pruned(loaded: LoadedModel, method: str, *, layout: str, attention: st
                          f"calibrated on {calibration_source or f'{calibration.shape[0]} images'} "
                          f"(keep rate {keep_rate or 0.7} per stage)")
         options["thresholds"] = cache["threshold_l2"]
-    if method == "dynamicvit":
+    if METHODS[method] is DynamicViT:
         if "dynamicvit" not in cache:
             cache["dynamicvit"] = _predictors(loaded)
             notes.append("dynamicvit: keep predictors from --checkpoint" if loaded.predictor_state else
@@ -123,7 +120,6 @@ def _calibrate(model: torch.nn.Module, images: torch.Tensor, keep_rate: float | 
 
 def _predictors(loaded: LoadedModel) -> torch.nn.ModuleList:
     """DynamicViT predictors: the checkpoint's, else randomly initialised with seed 0 (one set for all layouts)."""
-    from ..models.config import OPTIONS
     from ..pruning.dynamicvit import make_predictors
 
     state = loaded.predictor_state
@@ -136,6 +132,6 @@ def _predictors(loaded: LoadedModel) -> torch.nn.ModuleList:
     else:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
-            predictors = make_predictors(loaded.model.embed_dim, len(OPTIONS["dynamicvit"]["stages"]))
+            predictors = make_predictors(loaded.model.embed_dim, len(DynamicViT().stages))
     ref = next(loaded.model.parameters())
     return predictors.to(device=ref.device, dtype=ref.dtype).eval()
