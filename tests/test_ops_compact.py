@@ -110,10 +110,10 @@ def test_malformed_counts_indices_and_rows_are_clamped(with_extra):
     n = clamped[2].cpu()
     assert torch.equal(got[3].cpu(), torch.arange(width)[None, :] < n[:, None])
     assert torch.equal(got[2].cpu(), want_cu[:-1, None].long() + torch.arange(width))
-    for bad, msg in (((0, 1), r"dense_rows\[0, 1\] = -5 is outside \[0, 29\]"),
-                     ((1, None), r"index\[0, 0\] = -3 is outside"), ((2, None), r"count\[0\] = -2 is outside \[0, 6\]")):
+    for bad, msg in ((0, r"dense_rows\[0, 1\] = -5 is outside \[0, 29\]"), (1, r"index\[0, 0\] = -3 is outside"),
+                     (2, r"count\[0\] = -2 is outside \[0, 6\]")):
         args = [t.clone() for t in clamped]
-        args[bad[0]] = (dense_rows, index, count)[bad[0]]
+        args[bad] = (dense_rows, index, count)[bad]
         with pytest.raises(ValueError, match="compact_packed: " + msg):
             compact_packed(x, extra, args[0], args[1], args[2], tok, width, check_lengths=True)
     compact_packed(x, extra, *clamped, tok, width, check_lengths=True)  # well-formed: passes
