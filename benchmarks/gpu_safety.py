@@ -420,7 +420,7 @@ def healthy(device: torch.device) -> dict:
         q, k, v = torch.randn(60, 3, 2, 64, device=device, dtype=torch.float16).unbind(1)
         cu = torch.tensor([0, 20, 20, 57], dtype=torch.int32, device=device)
         got = ragged_attention(q, k, v, cu, 37)
-        _close(got, ragged_attention_reference(q, k, v, cu, 37).float(), 5e-3, "known-good call")
+        _close(got, ragged_attention_reference(q.float(), k.float(), v.float(), cu, 37), 1e-2, "known-good call")
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         return {"healthy": True}
