@@ -266,3 +266,14 @@ def test_backend_accepts_fused_qkv_views(name):
     q, k, v = qkv.unbind(1)
     cu = make_cu_seqlens(lengths, DEVICE)
     _check(name, q, k, v, cu, lengths, max(lengths), dtype)
+
+
+def test_padded_sdpa_malformed_offsets_stay_in_bounds():
+    """A negative start or an offset past the rows must not index out of range (on CUDA a device-side assert
+    would end the process's context)."""
+    from raggedvit.ops.backends import padded_sdpa
+
+    q, k, v = (torch.randn(30, 2, 32, device=DEVICE) for _ in range(3))
+    for cu in ([-5, 10, 30], [0, 20, 60]):
+        out = padded_sdpa(q, k, v, torch.tensor(cu, dtype=torch.int32, device=DEVICE), 30)
+        assert out.shape == q.shape

@@ -196,8 +196,72 @@ def test_bad_out_and_scale():
 def test_check_lengths_debug_mode(cu, msg):
     args = _good()
     args["cu_seqlens"] = torch.tensor(cu, dtype=torch.int32, device=DEVICE)
-    with pytest.raises(ValueError, match=msg):
+    before = dict(launcher.stats)
+    with pytest.raises(ValueError, match="ragged_attention: .*" + msg):
         raggedvit.ragged_attention(**args, check_lengths=True)
+    assert dict(launcher.stats) == before, "nothing may be launched for bad input"
+
+
+# ----------------------------------------------------------------------------------------------- malformed offsets
+def _clamped(cu, rows):
+    """The documented rule: c[i] = min(max(0, cu[0], ..., cu[i]), rows)."""
+    out, hi = [], 0
+    for c in cu:
+        hi = max(hi, c)
+        out.append(min(hi, rows))
+    return out
+
+
+def _clamped_reference(q, k, v, cu, rows):
+    """fp64 attention over the clamped sequences; rows outside every sequence zero."""
+    c = _clamped(cu, rows)
+    out = torch.zeros(q.shape, dtype=torch.float64)
+    for s, e in zip(c[:-1], c[1:]):
+        if e > s:
+            out[s:e] = attention_loop_reference(q[s:e], k[s:e], v[s:e], [e - s])
+    return out
+
+
+MALFORMED = [  # (name, cu_seqlens, rows, max_seqlen, check_lengths message): the issue's cases, 10x smaller
+    ("negative start", [-5, 10, 30], 30, 30, r"cu_seqlens\[0\] must be 0, got -5 \(a negative start\)"),
+    ("past the rows", [0, 20, 60], 30, 30, r"cu_seqlens\[2\] = 60 exceeds the 30 rows of q"),
+    ("decreasing", [0, 20, 10], 30, 30, r"non-decreasing, but cu_seqlens\[2\] = 10 < cu_seqlens\[1\] = 20"),
+    ("decreasing, then overlapping", [0, 20, 10, 30], 30, 30, "non-decreasing"),
+    ("positive start", [4, 10, 25], 30, 30, r"cu_seqlens\[0\] must be 0, got 4"),
+    ("everything past the rows", [40, 50, 60], 30, 30, r"cu_seqlens\[0\] must be 0"),
+    ("longer than max_seqlen", [0, 27, 30], 30, 8, r"sequence 0 has 27 rows, more than max_seqlen = 8"),
+]
+
+
+@pytest.mark.parametrize("name,cu,rows,max_seqlen,msg", MALFORMED, ids=[m[0] for m in MALFORMED])
+def test_malformed_offsets_are_clamped_and_every_row_defined(name, cu, rows, max_seqlen, msg):
+    q, k, v = (torch.randn(rows, 2, 32, device=DEVICE) for _ in range(3))
+    cu_t = torch.tensor(cu, dtype=torch.int32, device=DEVICE)
+    out = torch.full_like(q, float("nan"))  # poison: every row must be written (zeros outside the sequences)
+    got = raggedvit.ragged_attention(q, k, v, cu_t, max_seqlen, out=out)
+    want = _clamped_reference(q, k, v, cu, rows)
+    assert_close_report(got, want, 1e-5, name)
+    assert_close_report(ragged_attention_reference(q, k, v, cu_t, rows), want, 1e-5, f"reference, {name}")
+    before = dict(launcher.stats)
+    with pytest.raises(ValueError, match=msg):
+        raggedvit.ragged_attention(q, k, v, cu_t, max_seqlen, check_lengths=True)
+    assert dict(launcher.stats) == before
+
+
+def test_malformed_offsets_past_the_first_block_of_the_prefix_maximum():
+    """Batches over 128 sequences take the loop of the in-kernel prefix maximum (and a decreasing entry there)."""
+    g = torch.Generator().manual_seed(int(torch.randint(0, 2**31, (1,))))
+    lengths = torch.randint(0, 3, (150,), generator=g).tolist()
+    cu = [0]
+    for n in lengths:
+        cu.append(cu[-1] + n)
+    cu[140] = cu[139] - 7  # decreasing past entry 128
+    cu[-1] += 5  # past the rows
+    rows = cu[-2] + 2
+    q, k, v = (torch.randn(rows, 1, 16, device=DEVICE, dtype=torch.float16) for _ in range(3))
+    out = torch.full_like(q, float("nan"))
+    got = raggedvit.ragged_attention(q, k, v, torch.tensor(cu, dtype=torch.int32, device=DEVICE), 2, out=out)
+    assert_close_report(got, _clamped_reference(q, k, v, cu, rows), 2e-3, "150 sequences")
 
 
 def test_torch_compile_fullgraph_traces_the_op():

@@ -58,3 +58,32 @@ def test_bad_input():
     with pytest.raises(ValueError, match="matching"):
         cls_attention_mean(q, q[:, :1], torch.zeros(1, dtype=torch.int32), torch.ones(1, dtype=torch.int32), 4,
                            scale=1.0)
+
+
+MALFORMED = [  # (name, starts, ends, check_lengths message) over 20 rows, out_width 8
+    ("negative start", [-3, 5], [4, 9], r"starts\[0\] = -3 is negative"),
+    ("end past the rows", [0, 15], [4, 40], r"ends\[1\] = 40 exceeds the 20 rows of q"),
+    ("decreasing", [0, 9], [4, 5], r"ends\[1\] = 5 < starts\[1\] = 9"),
+    ("start past the rows", [25, 5], [30, 9], r"ends\[0\] = 30 exceeds"),
+    ("longer than out_width", [0, 4], [4, 17], r"sequence 1 has 13 rows, more than out_width = 8"),
+]
+
+
+@pytest.mark.parametrize("name,starts,ends,msg", MALFORMED, ids=[m[0] for m in MALFORMED])
+def test_malformed_ranges_are_clamped(name, starts, ends, msg):
+    """Ranges are read as [s, e), s = clamp(start, 0, rows), e = clamp(end, s, rows); the softmax covers every
+    key of the clamped range, the first out_width probabilities are written."""
+    rows, width = 20, 8
+    q, k = (torch.randn(rows, 2, 32, device=DEVICE) for _ in range(2))
+    st, en = (torch.tensor(t, dtype=torch.int32, device=DEVICE) for t in (starts, ends))
+    got = cls_attention_mean(q, k, st, en, width, scale=0.3, out=torch.full((2, width), float("nan"), device=DEVICE))
+    want = torch.zeros(2, width, dtype=torch.float64)
+    for b, (s, e) in enumerate(zip(starts, ends)):
+        s = min(max(s, 0), rows)
+        n = min(max(e, s), rows) - s
+        if n:
+            p = _loop_reference(q[s:], k[s:], [n], n, 0.3)[0]
+            want[b, :min(n, width)] = p[:width]
+    assert_close_report(got, want, 1e-5, name)
+    with pytest.raises(ValueError, match="cls_attention_mean: " + msg):
+        cls_attention_mean(q, k, st, en, width, scale=0.3, check_lengths=True)

@@ -33,12 +33,17 @@ def test_matches_fp64_on_live_rows_and_leaves_the_rest(dtype, C, affine):
     assert (got[live:] == 7).all()
 
 
-def test_strided_rows_and_zero_live():
+def test_strided_rows_and_zero_or_negative_live():
     x = torch.randn(10, 80, device=DEVICE)[:, :64]
     out = torch.full((10, 64), 2.0, device=DEVICE)
-    assert (ragged_layer_norm(x, None, None, torch.zeros(1, dtype=torch.int32, device=DEVICE), out=out) == 2).all()
-    got = ragged_layer_norm(x, None, None, torch.tensor([10], dtype=torch.int32, device=DEVICE))
-    assert_close_report(got, F.layer_norm(x.double(), (64,)), 1e-5, "strided")
+    for n in (0, -3):  # clamped to [0, M]: nothing read or written
+        live = torch.tensor([n], dtype=torch.int32, device=DEVICE)
+        assert (ragged_layer_norm(x, None, None, live, out=out) == 2).all()
+    for n in (10, 11):  # past the buffer: clamped to M
+        got = ragged_layer_norm(x, None, None, torch.tensor([n], dtype=torch.int32, device=DEVICE))
+        assert_close_report(got, F.layer_norm(x.double(), (64,)), 1e-5, "strided")
+    with pytest.raises(ValueError, match=r"ragged_layer_norm: live_rows\[0\] = 11 is outside \[0, 10\]"):
+        ragged_layer_norm(x, None, None, torch.tensor([11], dtype=torch.int32, device=DEVICE), check_lengths=True)
 
 
 @pytest.mark.parametrize("bad,exc,msg", [

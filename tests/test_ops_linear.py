@@ -87,7 +87,8 @@ def test_bad_input(bad, exc, msg):
 
 @pytest.mark.parametrize("tma", [False, True])
 def test_live_counts_0_1_and_past_capacity(tma, monkeypatch):
-    """Zero, one and more live rows than the buffer holds (clamped), for both the pointer and the TMA path."""
+    """Negative, zero, one and more live rows than the buffer holds (clamped to [0, M]), for both the pointer
+    and the TMA path."""
     small = linear_mod._config
     monkeypatch.setattr(linear_mod, "_config", lambda dt, m, n, k, ok: (Config(32, 32, 32, 4, 1, 0, tma) if
                                                                            launcher.interpreted else
@@ -97,12 +98,23 @@ def test_live_counts_0_1_and_past_capacity(tma, monkeypatch):
     w = (torch.randn(96, 64, device=DEVICE) / 8).to(dtype)
     r = torch.randn(300, 96, device=DEVICE).to(dtype)
     tol = 2e-2 if ON_GPU else 1e-4
-    for n in (0, 1, 1000):
+    for n in (-5, 0, 1, 1000):
         out = torch.full((300, 96), 7.0, device=DEVICE, dtype=dtype)
         ragged_linear(x, w, None, torch.tensor([n], dtype=torch.int32, device=DEVICE), residual=r, out=out)
-        live = min(n, 300)
+        live = min(max(n, 0), 300)
         assert_close_report(out[:live], _ref(x, w, None, live, False, r)[:live], tol, f"live={n}")
         assert (out[live:] == 7).all()
+
+
+@pytest.mark.parametrize("n", [-1, 5])
+def test_check_lengths_rejects_live_rows_outside_the_buffer(n):
+    x, w = torch.randn(4, 8, device=DEVICE), torch.randn(8, 8, device=DEVICE)
+    live = torch.tensor([n], dtype=torch.int32, device=DEVICE)
+    before = dict(launcher.stats)
+    with pytest.raises(ValueError, match=rf"ragged_linear: live_rows\[0\] = {n} is outside \[0, 4\]"):
+        ragged_linear(x, w, None, live, check_lengths=True)
+    assert dict(launcher.stats) == before
+    ragged_linear(x, w, None, live.clamp(0, 4), check_lengths=True)
 
 
 @requires_gpu

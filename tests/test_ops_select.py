@@ -164,3 +164,69 @@ def test_ats_sampling_matches_torch_selection(uniform, num_samples):
     index, count = ats_select(score, v_norm, meta.dense_rows, meta.lengths, prefix, want.width, num_samples)
     assert torch.equal(count, want.count)
     assert _kept(index, count) == _kept(want.index, want.count)
+
+
+# ----------------------------------------------------------------------------------------------- malformed metadata
+def _malformed_batch(L=20, C=8, B=4):
+    """A packed batch and its metadata with garbage lengths (negative, past L) and row indices (negative,
+    past the buffer) at candidate positions; returns (x, score, v_norm, rows, lengths, clamped rows, lengths)."""
+    meta = meta_from_counts(torch.tensor([L, 7, 12, L], device=DEVICE), L)
+    R = meta.capacity
+    x = torch.randn(R, C, device=DEVICE)
+    score = torch.softmax(torch.randn(B, L, device=DEVICE), dim=1)
+    v_norm = torch.rand(R, device=DEVICE) + 0.5
+    rows = meta.dense_rows.clone()
+    rows[0, 3], rows[1, 2], rows[3, 5] = -4, R, 10**9
+    lengths = torch.tensor([L + 10, 7, -3, L], device=DEVICE)
+    return x, score, v_norm, rows, lengths, rows.clamp(0, R - 1), lengths.clamp(0, L)
+
+
+def _selections(x, score, v_norm, rows, lengths, P, width, **kw):
+    from raggedvit.ops.select import ats_select, best_first_select
+
+    return {
+        "l2": l2_select(x, rows, lengths, P, width, alpha=0.8, **kw),
+        "evit": best_first_select(score, x, rows, lengths, P, width, mass=0.7, fuse=True, **kw),
+        "dynamicvit": best_first_select(v_norm, x, rows, lengths, P, width, threshold=1.0, **kw)[:2],
+        "ats": ats_select(score, v_norm, rows, lengths, P, width, 9, **kw),
+    }
+
+
+def test_malformed_lengths_and_rows_are_clamped():
+    """lengths -> [0, L], dense_rows -> [0, rows - 1]: the same decisions as for the clamped metadata."""
+    x, score, v_norm, rows, lengths, rows_c, lengths_c = _malformed_batch()
+    got = _selections(x, score, v_norm, rows, lengths, 1, 21)
+    want = _selections(x, score, v_norm, rows_c, lengths_c, 1, 21)
+    for name in got:
+        for g, w in zip(got[name], want[name]):
+            assert torch.equal(g, w), name
+        index, count = got[name][:2]
+        assert ((count >= 1) & (count <= 21)).all() and ((index >= 0) & (index <= 20)).all(), name
+
+
+def test_width_too_small_for_the_rule_truncates_the_count():
+    """More kept tokens than output slots: the best ones that fit are kept, count <= width, no fused token
+    without a free slot; every slot is written (filler 0)."""
+    from raggedvit.ops.select import best_first_select
+
+    x, score, v_norm, _, _, rows, lengths = _malformed_batch()
+    P, width = 1, 4
+    got = l2_select(x, rows, lengths, P, width, k=10)  # as k = width - P, the rule the other tests check
+    for g, w in zip(got, l2_select(x, rows, lengths, P, width, k=width - P)):
+        assert torch.equal(g, w)
+    for got in (_selections(x, score, v_norm, rows, lengths, P, width).values()):
+        index, count = got[:2]
+        assert index.shape == (4, width) and (count <= width).all() and ((index >= 0) & (index <= 20)).all()
+    index, count, _ = best_first_select(score, x, rows, lengths, P, width, k=3, fuse=True)  # room for k, not the fused
+    assert count.tolist() == [width, width, P, width] and (index[:, -1] != 20).all()  # image 2 has no candidates
+
+
+@pytest.mark.parametrize("which", ["l2", "evit", "dynamicvit", "ats"])
+def test_check_lengths_names_the_bad_value(which):
+    x, score, v_norm, rows, lengths, rows_c, lengths_c = _malformed_batch()
+    with pytest.raises(ValueError, match=r"lengths\[0\] = 30 is outside \[0, 20\]"):
+        _selections(x, score, v_norm, rows_c, lengths, 1, 21, check_lengths=True)
+    with pytest.raises(ValueError, match=r"dense_rows\[0, 3\] = -4 is outside \[0, 79\]"):
+        _selections(x, score, v_norm, rows, lengths_c, 1, 21, check_lengths=True)
+    with pytest.raises(ValueError, match=r"num_prefix 3 > width 2"):
+        l2_select(x, rows_c, lengths_c, 3, 2, k=1)

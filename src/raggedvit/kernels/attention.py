@@ -8,8 +8,12 @@ the bound is still computed exactly. Lengths are read from ``cu_seqlens`` on the
 compile-time constants, so one compiled kernel serves every batch composition and a CUDA graph that
 captured it stays correct when the lengths change.
 
-The grid's last "sequence" slot (``program_id(1) == num_programs(1) - 1``) zero-fills the rows past
-``cu_seqlens[batch]`` so that every output row is defined.
+Offsets are clamped on the device (:func:`_offsets`): sequence ``b`` owns rows ``c[b] .. c[b + 1]`` with
+``c[i] = min(max(0, cu_seqlens[0], ..., cu_seqlens[i]), total_rows)``, so malformed offsets (negative,
+decreasing, past the rows) give empty or truncated sequences that never overlap, and no program touches a
+row past ``total_rows``. The grid's last "sequence" slot (``program_id(1) == num_programs(1) - 1``)
+zero-fills the rows outside every sequence (before ``c[0]`` and from ``c[batch]`` on) so that every output
+row is defined.
 
 dtypes: fp16, bf16 (fp32 accumulation) and fp32 (IEEE fp32 dot products). Under the Triton interpreter
 (CPU tests) bf16 products are formed in fp32 (``UPCAST_DOT``), because the interpreter's bf16 ``tl.dot``
@@ -20,6 +24,25 @@ from 16 to 128 (``BLOCK_D`` is the next power of two; padded lanes are masked).
 import triton
 import triton.language as tl
 
+OFFSETS_BLOCK = tl.constexpr(128)  # offsets read per step of the prefix maximum (batches < 128: one step)
+
+
+@triton.jit
+def _offsets(CU_SEQLENS, b, last, total_rows):
+    """``(c[b], c[b + 1])`` (``(c[last], c[last])`` for ``b == last``) of the clamped offsets
+    ``c[i] = min(max(0, cu[0], ..., cu[i]), total_rows)`` of ``cu = CU_SEQLENS[0 .. last]``.
+
+    A prefix maximum: while ``b < OFFSETS_BLOCK`` it costs the loads of the first block and of ``cu[b + 1]``
+    (issued together) and one block-wide reduction."""
+    offs = tl.arange(0, OFFSETS_BLOCK)
+    nxt = tl.load(CU_SEQLENS + tl.minimum(b + 1, last))
+    lo = tl.max(tl.load(CU_SEQLENS + offs, mask=offs <= b, other=0), axis=0)
+    for i0 in range(OFFSETS_BLOCK, b + 1, OFFSETS_BLOCK):
+        i = i0 + offs
+        lo = tl.maximum(lo, tl.max(tl.load(CU_SEQLENS + i, mask=i <= b, other=0), axis=0))
+    lo = tl.maximum(lo, 0)
+    return tl.minimum(lo, total_rows), tl.minimum(tl.maximum(lo, nxt), total_rows)
+
 
 @triton.jit(do_not_specialize=["total_rows"])
 def ragged_attention_fwd(
@@ -28,7 +51,7 @@ def ragged_attention_fwd(
     V,
     O,
     CU_SEQLENS,
-    total_rows,  # rows of O; rows from cu_seqlens[batch] on are zero-filled
+    total_rows,  # rows of Q, K, V and O (host int): offsets are clamped to it
     stride_qt,
     stride_qh,
     stride_kt,
@@ -56,21 +79,27 @@ def ragged_attention_fwd(
     offs_d = tl.arange(0, BLOCK_D)
     mask_d = offs_d < HEAD_DIM
 
-    start = tl.load(CU_SEQLENS + pid_b).to(tl.int64)
+    start, end = _offsets(CU_SEQLENS, pid_b, tail, total_rows)
     if pid_b == tail:
-        # Zero-fill rows past the last sequence (capacity buffers, CUDA graphs): defined, never NaN.
-        n_tail = (total_rows - start).to(tl.int32)
+        # Zero-fill the rows outside every sequence (capacity buffers, CUDA graphs, malformed offsets):
+        # [0, c[0]) and [c[batch], total_rows). Defined, never NaN.
         zeros = tl.zeros([BLOCK_M, BLOCK_D], dtype=O.dtype.element_ty)
-        for m0 in range(pid_m * BLOCK_M, n_tail, m_step):
-            rows = start + m0 + offs_m
+        head = tl.minimum(tl.maximum(tl.load(CU_SEQLENS), 0), total_rows)
+        for m0 in range(pid_m * BLOCK_M, head, m_step):
+            rows = (m0 + offs_m).to(tl.int64)
+            o_ptrs = O + rows[:, None] * stride_ot + pid_h * stride_oh + offs_d[None, :]
+            tl.store(o_ptrs, zeros, mask=(rows[:, None] < head) & mask_d[None, :])
+        for m0 in range(pid_m * BLOCK_M, total_rows - start, m_step):
+            rows = start.to(tl.int64) + m0 + offs_m
             o_ptrs = O + rows[:, None] * stride_ot + pid_h * stride_oh + offs_d[None, :]
             tl.store(o_ptrs, zeros, mask=(rows[:, None] < total_rows) & mask_d[None, :])
     else:
-        seqlen = (tl.load(CU_SEQLENS + pid_b + 1).to(tl.int64) - start).to(tl.int32)
-        q_base = Q + start * stride_qt + pid_h * stride_qh
-        k_base = K + start * stride_kt + pid_h * stride_kh
-        v_base = V + start * stride_vt + pid_h * stride_vh
-        o_base = O + start * stride_ot + pid_h * stride_oh
+        seqlen = end - start
+        row0 = start.to(tl.int64)
+        q_base = Q + row0 * stride_qt + pid_h * stride_qh
+        k_base = K + row0 * stride_kt + pid_h * stride_kh
+        v_base = V + row0 * stride_vt + pid_h * stride_vh
+        o_base = O + row0 * stride_ot + pid_h * stride_oh
         for m0 in range(pid_m * BLOCK_M, seqlen, m_step):
             rows = m0 + offs_m
             row_ok = rows < seqlen

@@ -5,13 +5,16 @@ stride 1), writes ``OUT[b, h, j] = softmax_j(scale * q[start, h] . k[start + j, 
 and 0 for the rest of the row; the caller averages over heads. One program per (sequence, head), two passes
 over the keys (running max and sum, then the probabilities), scores and probabilities in fp32. This is what
 EViT and ATS need from attention, without materialising ``N x N`` probabilities: O(N * C) work per image.
+
+Ranges are clamped to the ``rows`` that exist (``s = clamp(start, 0, rows)``, ``e = clamp(end, s, rows)``),
+so malformed ones read nothing out of bounds.
 """
 
 import triton
 import triton.language as tl
 
 
-@triton.jit(do_not_specialize=["out_width"])
+@triton.jit(do_not_specialize=["out_width", "rows"])
 def cls_attention_fwd(
     Q,
     K,
@@ -19,6 +22,7 @@ def cls_attention_fwd(
     ENDS,
     OUT,
     out_width,
+    rows,  # rows of Q and K (host int): ranges are clamped to it
     stride_qt,
     stride_qh,
     stride_kt,
@@ -30,10 +34,11 @@ def cls_attention_fwd(
     BLOCK_D: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
-    b = tl.program_id(0)
-    h = tl.program_id(1)
-    start = tl.load(STARTS + b).to(tl.int64)
-    n = (tl.load(ENDS + b).to(tl.int64) - start).to(tl.int32)
+    b = tl.program_id(0).to(tl.int64)
+    h = tl.program_id(1).to(tl.int64)
+    first = tl.minimum(tl.maximum(tl.load(STARTS + b), 0), rows)
+    n = tl.minimum(tl.maximum(tl.load(ENDS + b), first), rows) - first
+    start = first.to(tl.int64)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = offs_d < HEAD_DIM
@@ -43,21 +48,21 @@ def cls_attention_fwd(
     m = tl.full([BLOCK_N], neg, dtype=tl.float32)  # per-lane running max and normaliser
     s_sum = tl.zeros([BLOCK_N], dtype=tl.float32)
     for j0 in range(0, n, BLOCK_N):  # pass 1
-        rows = j0 + offs_n
-        kt = tl.load(k_base + rows[:, None].to(tl.int64) * stride_kt, mask=(rows[:, None] < n) & d_ok[None, :],
+        js = j0 + offs_n
+        kt = tl.load(k_base + js[:, None].to(tl.int64) * stride_kt, mask=(js[:, None] < n) & d_ok[None, :],
                      other=0.0).to(tl.float32)
-        s = tl.where(rows < n, tl.sum(kt * q[None, :], axis=1) * qk_scale, neg)  # base-2 logits
+        s = tl.where(js < n, tl.sum(kt * q[None, :], axis=1) * qk_scale, neg)  # base-2 logits
         m_new = tl.maximum(m, s)
-        s_sum = s_sum * tl.exp2(m - m_new) + tl.where(rows < n, tl.exp2(s - m_new), 0.0)
+        s_sum = s_sum * tl.exp2(m - m_new) + tl.where(js < n, tl.exp2(s - m_new), 0.0)
         m = m_new
     m_all = tl.max(m, axis=0)
     total = tl.sum(s_sum * tl.exp2(m - m_all), axis=0)
     inv = 1.0 / tl.maximum(total, 1e-30)
     for j0 in range(0, out_width, BLOCK_N):  # pass 2: probabilities; zeros past n
-        rows = j0 + offs_n
-        live = rows < n
-        kt = tl.load(k_base + rows[:, None].to(tl.int64) * stride_kt, mask=live[:, None] & d_ok[None, :],
+        js = j0 + offs_n
+        live = js < n
+        kt = tl.load(k_base + js[:, None].to(tl.int64) * stride_kt, mask=live[:, None] & d_ok[None, :],
                      other=0.0).to(tl.float32)
         s = tl.sum(kt * q[None, :], axis=1) * qk_scale
         p = tl.where(live, tl.exp2(s - m_all) * inv, 0.0)
-        tl.store(OUT + b * stride_ob + h * stride_oh + rows, p, mask=rows < out_width)
+        tl.store(OUT + b * stride_ob + h * stride_oh + js, p, mask=js < out_width)

@@ -9,42 +9,49 @@ sequence's offset from ``count`` (a prefix sum over at most ``BLOCK_B`` sequence
   past the live total (slot ``j >= count[b]`` of sequence ``b`` goes to ``total + b * W - cu[b + 1] + j``);
 * the new metadata: ``cu_seqlens``, ``dense_rows = cu[b] + j``, ``dense_valid = j < count[b]`` and the
   original token id of every slot (``-1`` for the appended token).
+
+Malformed metadata is clamped on load: ``count`` to ``[0, W]``, ``index`` to ``[0, L]`` (``[0, L - 1]``
+without ``extra``), ``dense_rows`` to ``[0, R - 1]`` (``R`` rows of ``x``), so every read and write stays
+inside the tensors and the output keeps its layout.
 """
 
 import triton
 import triton.language as tl
 
 
-@triton.jit(do_not_specialize=["B", "L", "W", "C", "stride_x", "stride_e", "stride_dr", "stride_idx", "stride_tok",
-                               "stride_out"])
+@triton.jit(do_not_specialize=["B", "L", "W", "C", "R", "stride_x", "stride_e", "stride_dr", "stride_idx",
+                               "stride_tok", "stride_out"])
 def compact_packed_fwd(
     X, EXTRA, DENSE_ROWS, INDEX, COUNT, TOK,  # inputs
     OUT, CU, NEW_ROWS, NEW_VALID, NEW_TOK,  # outputs
-    B, L, W, C,
+    B, L, W, C, R,  # R: rows of X (>= 1)
     stride_x, stride_e, stride_dr, stride_idx, stride_tok, stride_out,
     HAS_EXTRA: tl.constexpr,
     BLOCK_B: tl.constexpr,
     BLOCK_W: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
-    b = tl.program_id(0)
+    b = tl.program_id(0).to(tl.int64)
     pid_w = tl.program_id(1)
     bs = tl.arange(0, BLOCK_B)
-    counts = tl.load(COUNT + bs, mask=bs < B, other=0)
+    counts = tl.minimum(tl.maximum(tl.load(COUNT + bs, mask=bs < B, other=0), 0), W)
     start = tl.sum(tl.where(bs < b, counts, 0), axis=0)
     total = tl.sum(counts, axis=0)
-    n = tl.load(COUNT + b)
+    n = tl.minimum(tl.maximum(tl.load(COUNT + b), 0), W)
     slots = pid_w * BLOCK_W + tl.arange(0, BLOCK_W)
     in_w = slots < W
     live = slots < n
     idx = tl.load(INDEX + b * stride_idx + slots, mask=in_w, other=0)
     if HAS_EXTRA:
+        idx = tl.minimum(tl.maximum(idx, 0), L)
         is_extra = idx == L
         idx = tl.minimum(idx, L - 1)
         take = live & ~is_extra
     else:
+        idx = tl.minimum(tl.maximum(idx, 0), L - 1)
         take = live
     src = tl.load(DENSE_ROWS + b * stride_dr + idx, mask=in_w, other=0).to(tl.int64)
+    src = tl.minimum(tl.maximum(src, 0), R - 1)
     tok = tl.load(TOK + b * stride_tok + idx, mask=in_w, other=-1)
     if HAS_EXTRA:
         tok = tl.where(is_extra, -1, tok)

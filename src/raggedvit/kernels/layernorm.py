@@ -2,8 +2,8 @@
 
 The token-wise companion of :mod:`raggedvit.kernels.linear`: rows ``[0, live)`` of ``x: (M, C)`` are
 normalised (fp32 statistics, biased variance, as ``nn.LayerNorm``) and scaled; rows at or past ``live``
-(a device scalar) are neither read nor written. One program per ``BLOCK_M`` rows; programs past the
-live rows return at once.
+(a device scalar, clamped to ``[0, M]``) are neither read nor written. One program per ``BLOCK_M`` rows;
+programs past the live rows return at once.
 """
 
 import triton
@@ -27,7 +27,7 @@ def ragged_layer_norm_fwd(
     BLOCK_M: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
-    live = tl.minimum(tl.load(LIVE), M)
+    live = tl.minimum(tl.maximum(tl.load(LIVE), 0), M)  # clamped to the rows that exist
     first = tl.program_id(0) * BLOCK_M
     if first < live:
         rows = first + tl.arange(0, BLOCK_M)

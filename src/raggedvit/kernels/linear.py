@@ -45,7 +45,7 @@ def ragged_linear_fwd(
     BIAS,
     RES,
     Y,
-    LIVE,  # pointer to one int32: rows [0, live) are computed, the others left untouched
+    LIVE,  # pointer to one int32: rows [0, live) are computed (live clamped to [0, M]), the others untouched
     M,
     PROGRAMS,  # the grid size: programs stride over the tiles
     stride_xm,
@@ -66,7 +66,7 @@ def ragged_linear_fwd(
     GROUP_M: tl.constexpr,
 ):
     NUM_PID_N: tl.constexpr = (N + BLOCK_N - 1) // BLOCK_N
-    live = tl.minimum(tl.load(LIVE), M)
+    live = tl.minimum(tl.maximum(tl.load(LIVE), 0), M)  # clamped to the rows that exist
     num_pid_m = tl.cdiv(live, BLOCK_M)
     ks = tl.arange(0, BLOCK_K)
     if TMA:

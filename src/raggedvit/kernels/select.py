@@ -10,27 +10,44 @@ slots from a prefix sum, so no sort is needed. Writes ``index[b, :width]`` (pref
 positions, then filler 0) and ``count[b] = P + num``. EViT (:func:`evit_select_fwd`) and DynamicViT
 (:func:`best_first_select_fwd`) rank by score the same way and write the kept tokens best first; EViT's fused
 token is split over the programs of a second grid axis (channel blocks).
+
+Malformed metadata is clamped on load (:func:`_length`, :func:`_row`): ``lengths`` to ``[0, L]``, ``dense_rows``
+to ``[0, R - 1]`` (``R``: the rows every row-indexed input has, a host int), and the kept count to the output
+``width`` ``W`` (``num <= W - P``; no fused token without a free slot), so no program reads or writes past a
+tensor.
 """
 
 import triton
 import triton.language as tl
 
 
-@triton.jit(do_not_specialize=["B", "L", "W", "P", "stride_dr", "K", "K_MIN", "K_MAX", "T", "ALPHA"])
+@triton.jit
+def _length(LENGTHS, b, L):
+    """``LENGTHS[b]`` clamped to ``[0, L]`` (int32)."""
+    return tl.minimum(tl.maximum(tl.load(LENGTHS + b), 0), L).to(tl.int32)
+
+
+@triton.jit
+def _row(DENSE_ROWS, b, stride_dr, idx, mask, R):
+    """``DENSE_ROWS[b, idx]`` clamped to ``[0, R - 1]`` (0 where ``mask`` is false)."""
+    return tl.minimum(tl.maximum(tl.load(DENSE_ROWS + b * stride_dr + idx, mask=mask, other=0), 0), R - 1)
+
+
+@triton.jit(do_not_specialize=["B", "L", "W", "P", "R", "stride_dr", "K", "K_MIN", "K_MAX", "T", "ALPHA"])
 def l2_select_fwd(
     NORMS, DENSE_ROWS, LENGTHS, INDEX, COUNT,
-    B, L, W, P, stride_dr,
+    B, L, W, P, R, stride_dr,
     K, K_MIN, K_MAX, T, ALPHA,
     FIXED: tl.constexpr,
     RELATIVE: tl.constexpr,
     BLOCK_L: tl.constexpr,
     BLOCK_J: tl.constexpr,
 ):
-    b = tl.program_id(0)
+    b = tl.program_id(0).to(tl.int64)
     pos = tl.arange(0, BLOCK_L)
-    n_b = tl.load(LENGTHS + b).to(tl.int32)
+    n_b = _length(LENGTHS, b, L)
     cand = (pos >= P) & (pos < n_b)
-    rows = tl.load(DENSE_ROWS + b * stride_dr + pos, mask=cand, other=0)
+    rows = _row(DENSE_ROWS, b, stride_dr, pos, cand, R)
     s = tl.load(NORMS + rows, mask=cand, other=0.0)
     avail = tl.maximum(n_b - P, 0)
     if FIXED:
@@ -42,12 +59,13 @@ def l2_select_fwd(
             thr = T
         passing = tl.sum((cand & (s >= thr)).to(tl.int32), axis=0)
         num = tl.minimum(tl.minimum(tl.maximum(passing, K_MIN), K_MAX), avail)
+    num = tl.minimum(num, W - P)  # never more slots than the output has
     # rank[i] = candidates j better than i (higher norm, or equal norm and lower position)
     rank = tl.zeros([BLOCK_L], dtype=tl.int32)
     for j0 in range(0, L, BLOCK_J):
         js = j0 + tl.arange(0, BLOCK_J)
         cj = (js >= P) & (js < n_b)
-        sj = tl.load(NORMS + tl.load(DENSE_ROWS + b * stride_dr + js, mask=cj, other=0), mask=cj, other=0.0)
+        sj = tl.load(NORMS + _row(DENSE_ROWS, b, stride_dr, js, cj, R), mask=cj, other=0.0)
         better = (sj[None, :] > s[:, None]) | ((sj[None, :] == s[:, None]) & (js[None, :] < pos[:, None]))
         rank += tl.sum((better & cj[None, :]).to(tl.int32), axis=1)
     keep = cand & (rank < num)
@@ -59,51 +77,52 @@ def l2_select_fwd(
 
 
 @triton.jit
-def _scores(SCORE, WEIGHT, DENSE_ROWS, b, idx, mask, stride_s, stride_dr, BY_ROW: tl.constexpr,
+def _scores(SCORE, WEIGHT, DENSE_ROWS, b, idx, mask, stride_s, stride_dr, R, BY_ROW: tl.constexpr,
             HAS_WEIGHT: tl.constexpr):
     """fp32 scores of positions ``idx`` of image ``b`` (0 where ``mask`` is false)."""
+    if BY_ROW or HAS_WEIGHT:
+        rows = _row(DENSE_ROWS, b, stride_dr, idx, mask, R)
     if BY_ROW:
-        a = tl.load(SCORE + tl.load(DENSE_ROWS + b * stride_dr + idx, mask=mask, other=0) * stride_s, mask=mask,
-                    other=0.0).to(tl.float32)
+        a = tl.load(SCORE + rows * stride_s, mask=mask, other=0.0).to(tl.float32)
     else:
         a = tl.load(SCORE + b * stride_s + idx, mask=mask, other=0.0).to(tl.float32)
     if HAS_WEIGHT:
-        a = a * tl.load(WEIGHT + tl.load(DENSE_ROWS + b * stride_dr + idx, mask=mask, other=0), mask=mask, other=0.0)
+        a = a * tl.load(WEIGHT + rows, mask=mask, other=0.0)
     return a
 
 
 @triton.jit
-def _slice(LENGTHS, P, BLOCK_I: tl.constexpr, BLOCK_L: tl.constexpr):
+def _slice(LENGTHS, L, P, BLOCK_I: tl.constexpr, BLOCK_L: tl.constexpr):
     """Prologue of an (image, slice) program: image ``b``, its slice ``ii`` of BLOCK_I positions, all
     positions ``js`` (one tile of BLOCK_L), and their candidate masks (past the prefix, before the length)."""
-    b = tl.program_id(0)
+    b = tl.program_id(0).to(tl.int64)
     ii = tl.program_id(1) * BLOCK_I + tl.arange(0, BLOCK_I)
     js = tl.arange(0, BLOCK_L)
-    n_b = tl.load(LENGTHS + b).to(tl.int32)
+    n_b = _length(LENGTHS, b, L)
     return b, ii, js, (ii >= P) & (ii < n_b), (js >= P) & (js < n_b)
 
 
-@triton.jit(do_not_specialize=["L", "P", "stride_s", "stride_dr"])
-def best_first_rank_fwd(SCORE, WEIGHT, DENSE_ROWS, LENGTHS, RANK, BEFORE, L, P, stride_s, stride_dr,
+@triton.jit(do_not_specialize=["L", "P", "R", "stride_s", "stride_dr"])
+def best_first_rank_fwd(SCORE, WEIGHT, DENSE_ROWS, LENGTHS, RANK, BEFORE, L, P, R, stride_s, stride_dr,
                         MASS_RULE: tl.constexpr, BY_ROW: tl.constexpr, HAS_WEIGHT: tl.constexpr,
                         BLOCK_I: tl.constexpr, BLOCK_L: tl.constexpr):
     """``RANK[b, i]``: candidates better than ``i`` (higher score, or equal score and lower position);
     ``BEFORE[b, i]`` (``MASS_RULE``): their score sum. One (image, slice of BLOCK_I positions) program
     compares its slice with every position in one tile."""
-    b, ii, js, ci, cj = _slice(LENGTHS, P, BLOCK_I, BLOCK_L)
-    ai = _scores(SCORE, WEIGHT, DENSE_ROWS, b, ii, ci, stride_s, stride_dr, BY_ROW, HAS_WEIGHT)
-    aj = _scores(SCORE, WEIGHT, DENSE_ROWS, b, js, cj, stride_s, stride_dr, BY_ROW, HAS_WEIGHT)
+    b, ii, js, ci, cj = _slice(LENGTHS, L, P, BLOCK_I, BLOCK_L)
+    ai = _scores(SCORE, WEIGHT, DENSE_ROWS, b, ii, ci, stride_s, stride_dr, R, BY_ROW, HAS_WEIGHT)
+    aj = _scores(SCORE, WEIGHT, DENSE_ROWS, b, js, cj, stride_s, stride_dr, R, BY_ROW, HAS_WEIGHT)
     better = ((aj[None, :] > ai[:, None]) | ((aj[None, :] == ai[:, None]) & (js[None, :] < ii[:, None]))) & cj[None, :]
     tl.store(RANK + b * L + ii, tl.sum(better.to(tl.int32), axis=1), mask=ii < L)
     if MASS_RULE:
         tl.store(BEFORE + b * L + ii, tl.sum(tl.where(better, aj[None, :], 0.0), axis=1), mask=ii < L)
 
 
-@triton.jit(do_not_specialize=["B", "L", "W", "C", "P", "stride_s", "stride_y", "stride_dr", "K", "K_MIN", "K_MAX",
-                               "MASS", "T"])
+@triton.jit(do_not_specialize=["B", "L", "W", "C", "P", "R", "stride_s", "stride_y", "stride_dr", "K", "K_MIN",
+                               "K_MAX", "MASS", "T"])
 def best_first_select_fwd(
     SCORE, WEIGHT, Y, DENSE_ROWS, LENGTHS, RANK, BEFORE, INDEX, COUNT, EXTRA,
-    B, L, W, C, P, stride_s, stride_y, stride_dr,
+    B, L, W, C, P, R, stride_s, stride_y, stride_dr,
     K, K_MIN, K_MAX, MASS, T,
     RULE: tl.constexpr,  # 0: the K best; 1: attention mass MASS (EViT); 2: score > T (DynamicViT)
     BY_ROW: tl.constexpr,  # SCORE is per buffer row (row r at r * stride_s), else a (B, L) dense view
@@ -119,12 +138,12 @@ def best_first_select_fwd(
     ``L``, value ``EXTRA[b] = sum of score * y`` over the dropped candidates, fp32) when something was
     dropped; the fused token's channels are split over the programs of the second grid axis.
     """
-    b = tl.program_id(0)
+    b = tl.program_id(0).to(tl.int64)
     pid_c = tl.program_id(1)  # channel block of the fused token; block 0 also writes index and count
     pos = tl.arange(0, BLOCK_L)
-    n_b = tl.load(LENGTHS + b).to(tl.int32)
+    n_b = _length(LENGTHS, b, L)
     cand = (pos >= P) & (pos < n_b)
-    a = _scores(SCORE, WEIGHT, DENSE_ROWS, b, pos, cand, stride_s, stride_dr, BY_ROW, HAS_WEIGHT)
+    a = _scores(SCORE, WEIGHT, DENSE_ROWS, b, pos, cand, stride_s, stride_dr, R, BY_ROW, HAS_WEIGHT)
     rank = tl.load(RANK + b * L + pos, mask=cand, other=0)
     if RULE == 1:
         before = tl.load(BEFORE + b * L + pos, mask=cand, other=0.0)
@@ -137,8 +156,9 @@ def best_first_select_fwd(
         else:
             passing = tl.sum((cand & (a > T)).to(tl.int32), axis=0)
         num = tl.minimum(tl.minimum(tl.maximum(passing, K_MIN), K_MAX), avail)
+    num = tl.minimum(num, W - P)  # never more slots than the output has
     keep = cand & (rank < num)
-    has_extra = FUSE & (num < avail)
+    has_extra = FUSE & (num < avail) & (P + num < W)
     count = P + num + has_extra.to(tl.int32)
     if pid_c == 0:
         filler = tl.where(pos < P, pos, tl.where(has_extra & (pos == P + num), L, 0))
@@ -148,7 +168,7 @@ def best_first_select_fwd(
         tl.store(COUNT + b, count.to(tl.int64))
     if FUSE:
         drop = cand & (rank >= num)
-        rows = tl.load(DENSE_ROWS + b * stride_dr + pos, mask=drop, other=0).to(tl.int64)
+        rows = _row(DENSE_ROWS, b, stride_dr, pos, drop, R).to(tl.int64)
         w = tl.where(drop, a, 0.0)
         for c0 in range(pid_c * BLOCK_C, C, tl.num_programs(1) * BLOCK_C):  # this program's channel blocks
             cols = c0 + tl.arange(0, BLOCK_C)
@@ -164,14 +184,14 @@ def best_first_select_fwd(
 # neighbouring distinct values and the sample hits; 3: output slots (ascending significance).
 
 
-@triton.jit(do_not_specialize=["L", "P", "stride_s", "stride_dr"])
-def ats_cdf_fwd(SCORE, WEIGHT, DENSE_ROWS, LENGTHS, CDF, RANK, L, P, stride_s, stride_dr,
+@triton.jit(do_not_specialize=["L", "P", "R", "stride_s", "stride_dr"])
+def ats_cdf_fwd(SCORE, WEIGHT, DENSE_ROWS, LENGTHS, CDF, RANK, L, P, R, stride_s, stride_dr,
                 BLOCK_I: tl.constexpr, BLOCK_L: tl.constexpr):
     """``RANK[b, i]``: ascending significance rank (ties: lower position first); ``CDF[b, i]``: the sum of
     the significances of ranks ``<= RANK[b, i]``. Significance ``SCORE[b, l] * WEIGHT[row]``."""
-    b, ii, js, ci, cj = _slice(LENGTHS, P, BLOCK_I, BLOCK_L)
-    si = _scores(SCORE, WEIGHT, DENSE_ROWS, b, ii, ci, stride_s, stride_dr, False, True)
-    sj = _scores(SCORE, WEIGHT, DENSE_ROWS, b, js, cj, stride_s, stride_dr, False, True)
+    b, ii, js, ci, cj = _slice(LENGTHS, L, P, BLOCK_I, BLOCK_L)
+    si = _scores(SCORE, WEIGHT, DENSE_ROWS, b, ii, ci, stride_s, stride_dr, R, False, True)
+    sj = _scores(SCORE, WEIGHT, DENSE_ROWS, b, js, cj, stride_s, stride_dr, R, False, True)
     lower = ((sj[None, :] < si[:, None]) | ((sj[None, :] == si[:, None]) & (js[None, :] < ii[:, None]))) & cj[None, :]
     rank = tl.sum(lower.to(tl.int32), axis=1)
     cdf = tl.sum(tl.where(lower | ((js[None, :] == ii[:, None]) & cj[None, :]), sj[None, :], 0.0), axis=1)
@@ -185,7 +205,7 @@ def ats_hits_fwd(CDF, RANK, LENGTHS, KEEP, L, P, M,
     """``KEEP[b, i]``: candidate ``i`` is the first (lowest rank) of its normalised CDF value ``F`` and some
     sample point ``y_k = y0 + k (1 - y0) / (M - 1)`` (``y0 = min{F > 0}``) has that value as its nearest one
     (the lower value on equal distance)."""
-    b, ii, js, ci, cj = _slice(LENGTHS, P, BLOCK_I, BLOCK_L)
+    b, ii, js, ci, cj = _slice(LENGTHS, L, P, BLOCK_I, BLOCK_L)
     cdf_j = tl.load(CDF + b * L + js, mask=cj, other=0.0)
     first = tl.min(tl.where(cj, cdf_j, float("inf")), axis=0)  # the CDF at rank 0 (the smallest value)
     den = tl.max(tl.where(cj, cdf_j, float("-inf")), axis=0) - first  # F = 1 exactly at the top rank
@@ -212,22 +232,22 @@ def ats_hits_fwd(CDF, RANK, LENGTHS, KEEP, L, P, M,
 @triton.jit(do_not_specialize=["L", "W", "P"])
 def ats_index_fwd(KEEP, RANK, LENGTHS, INDEX, COUNT, L, W, P,
                   BLOCK_I: tl.constexpr, BLOCK_L: tl.constexpr):
-    """Kept candidates to slots ``P + (kept candidates of lower rank)``; slice 0 also writes the prefix, the
-    filler (0) past the count and ``COUNT[b]``."""
-    b = tl.program_id(0)
+    """Kept candidates to slots ``P + (kept candidates of lower rank)`` (those that fit in ``W``); slice 0 also
+    writes the prefix, the filler (0) past the count and ``COUNT[b]``."""
+    b = tl.program_id(0).to(tl.int64)
     sid = tl.program_id(1)
     ii = sid * BLOCK_I + tl.arange(0, BLOCK_I)
     js = tl.arange(0, BLOCK_L)
-    n_b = tl.load(LENGTHS + b).to(tl.int32)
+    n_b = _length(LENGTHS, b, L)
     cj = (js >= P) & (js < n_b)
     keep_i = tl.load(KEEP + b * L + ii, mask=ii < L, other=0) != 0
     keep_j = (tl.load(KEEP + b * L + js, mask=cj, other=0) != 0) & cj
     rank_i = tl.load(RANK + b * L + ii, mask=keep_i, other=0)
     rank_j = tl.load(RANK + b * L + js, mask=keep_j, other=0)
     slot = tl.sum((keep_j[None, :] & (rank_j[None, :] < rank_i[:, None])).to(tl.int32), axis=1)
-    tl.store(INDEX + b * W + P + slot, ii.to(tl.int64), mask=keep_i)
+    tl.store(INDEX + b * W + P + slot, ii.to(tl.int64), mask=keep_i & (P + slot < W))
     if sid == 0:
-        count = P + tl.sum(keep_j.to(tl.int32), axis=0)
+        count = tl.minimum(P + tl.sum(keep_j.to(tl.int32), axis=0), W)
         for w0 in range(0, W, BLOCK_L):
             ws = w0 + js
             tl.store(INDEX + b * W + ws, tl.where(ws < P, ws, 0).to(tl.int64),

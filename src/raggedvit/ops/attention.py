@@ -10,6 +10,30 @@ Three layers, as in flash-attn:
 * the kernel in :mod:`raggedvit.kernels.attention`.
 
 Forward only (inference). See :func:`ragged_attention` for shapes, dtypes and limits.
+
+Malformed metadata (the rule of every op in :mod:`raggedvit.ops`)
+-----------------------------------------------------------------
+Kernels never trust ragged metadata read from the device. Each gets the row counts of its tensors as host
+ints (from their shapes, never read back) and clamps, in the kernel, every offset, length, count and index
+it reads, so malformed metadata gives the defined result below, never an out-of-bounds access, and costs
+no host sync:
+
+* offsets ``cu_seqlens`` over ``R`` rows are read as ``c[i] = min(max(0, cu[0], ..., cu[i]), R)``: a
+  negative start reads from row 0, an offset past the rows is truncated to ``R``, a decreasing offset
+  gives an empty sequence (it is raised to the one before), so sequences never overlap;
+* a row range ``[starts[b], ends[b])`` is read as ``[s, e)``, ``s = clamp(starts[b], 0, R)``,
+  ``e = clamp(ends[b], s, R)``;
+* lengths, counts and live row counts are clamped to ``[0, n]`` (``n``: what they count within: the
+  positions ``L`` of a dense view, the output ``width``, the buffer rows ``M``); row indices
+  (``dense_rows``) to ``[0, R - 1]``; position indices to ``[0, L - 1]``, or ``[0, L]`` where ``L`` names an
+  appended token;
+* a sequence longer than ``max_seqlen`` (the grid bound) is still computed over all its rows; an output
+  narrower than a sequence (``width``, ``out_width``) keeps what fits.
+
+Outputs stay fully defined: rows of :func:`ragged_attention` outside every sequence are zero. Pass
+``check_lengths=True`` (every such op has it) to validate the metadata on the device first and get a
+``ValueError`` naming the problem instead (one host sync; debugging only; see
+:func:`raggedvit.ops.checks.check_ragged`).
 """
 
 from __future__ import annotations
@@ -18,10 +42,12 @@ import torch
 import triton
 
 from ..kernels.attention import ragged_attention_fwd
+from .checks import check_ragged
 from .launch import DirectLauncher, current_device, hooks_installed, raw_stream
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MIN_HEAD_DIM, MAX_HEAD_DIM = 16, 128
+MAX_GRID_YZ = 65535  # CUDA's limit on grid dimensions y (batch + 1) and z (heads)
 _LOG2E = 1.4426950408889634
 
 launcher = DirectLauncher(ragged_attention_fwd, "ragged_attention")
@@ -82,14 +108,16 @@ def _check_inputs(q, k, v, cu_seqlens, max_seqlen, scale, out) -> None:
     head_dim = q.shape[2]
     if not (MIN_HEAD_DIM <= head_dim <= MAX_HEAD_DIM and head_dim % 8 == 0):
         _fail(ValueError, f"head_dim {head_dim} unsupported: need a multiple of 8 in [{MIN_HEAD_DIM}, {MAX_HEAD_DIM}]")
-    if q.shape[1] < 1:
-        _fail(ValueError, "q has 0 heads")
+    if not 1 <= q.shape[1] <= MAX_GRID_YZ:
+        _fail(ValueError, f"q has {q.shape[1]} heads; supported: 1 to {MAX_GRID_YZ}")
     if q.stride(2) != 1 or k.stride(2) != 1 or v.stride(2) != 1:
         _fail(ValueError, "q, k, v need stride 1 in the last (head_dim) dimension")
     if cu_seqlens.dim() != 1:
         _fail(ValueError, f"cu_seqlens must be 1-D (batch + 1,), got shape {tuple(cu_seqlens.shape)}")
     if cu_seqlens.shape[0] < 2:
         _fail(ValueError, "cu_seqlens needs at least 2 entries (an empty batch has nothing to attend)")
+    if cu_seqlens.shape[0] > MAX_GRID_YZ:
+        _fail(ValueError, f"batch {cu_seqlens.shape[0] - 1} is over the {MAX_GRID_YZ - 1} sequences of one launch")
     if cu_seqlens.stride(0) != 1:
         _fail(ValueError, "cu_seqlens must be contiguous")
     dev = q.get_device()
@@ -108,22 +136,14 @@ def _check_inputs(q, k, v, cu_seqlens, max_seqlen, scale, out) -> None:
 
 
 def check_cu_seqlens(cu_seqlens: torch.Tensor, total_rows: int, max_seqlen: int | None = None) -> None:
-    """Validate the *contents* of ``cu_seqlens`` (syncs with the device: debugging only).
+    """Validate the *contents* of ``cu_seqlens`` on its device (one host sync: debugging only).
 
-    Checks ``cu_seqlens[0] == 0``, non-decreasing offsets, ``cu_seqlens[-1] <= total_rows`` and, when given,
-    that no sequence is longer than ``max_seqlen`` (longer ones are still exact, but the grid is sized for
-    the bound, so they run slower).
+    Raises ``ValueError`` naming the first problem: ``cu_seqlens[0] != 0`` (a negative start is named so),
+    decreasing offsets, an offset past ``total_rows``, a sequence longer than ``max_seqlen`` (when given);
+    ``TypeError``/``ValueError`` for a non-integer or non-1-D tensor. Well-formed offsets are what the kernel
+    computes unchanged; see the module docstring for what it does with malformed ones.
     """
-    cu = cu_seqlens.detach().to("cpu", torch.int64)
-    if cu[0].item() != 0:
-        raise ValueError(f"cu_seqlens[0] must be 0, got {cu[0].item()}")
-    lens = cu[1:] - cu[:-1]
-    if (lens < 0).any():
-        raise ValueError(f"cu_seqlens must be non-decreasing, got {cu.tolist()}")
-    if cu[-1].item() > total_rows:
-        raise ValueError(f"cu_seqlens[-1] = {cu[-1].item()} exceeds the {total_rows} rows of q")
-    if max_seqlen is not None and lens.numel() and lens.max().item() > max_seqlen:
-        raise ValueError(f"a sequence has {lens.max().item()} tokens, more than max_seqlen = {max_seqlen}")
+    check_ragged("ragged_attention", total_rows, what="rows of q", cu_seqlens=cu_seqlens, max_len=max_seqlen)
 
 
 def _launch(q, k, v, out, cu_seqlens, max_seqlen: int, scale: float | None, variant: tuple,
@@ -201,16 +221,21 @@ def ragged_attention(
             ``qkv.unbind(1)`` of a fused ``(total_tokens, 3, heads, head_dim)`` tensor works without copies.
             head_dim: a multiple of 8 in [16, 128] (32, 64, 72, 80, 96, 128, ...).
         cu_seqlens: int32 ``(batch + 1,)`` on the same device, ``cu_seqlens[0] == 0``, non-decreasing,
-            ``cu_seqlens[-1] <= total_tokens``. Zero-length sequences are allowed (repeat an offset).
+            ``cu_seqlens[-1] <= total_tokens``; ``batch <= 65534``. Zero-length sequences are allowed (repeat
+            an offset). Malformed offsets are clamped (negative start: from row 0; past the rows: truncated;
+            decreasing: an empty sequence), never read out of bounds: see the module docstring.
         max_seqlen: Python int >= 1, an upper bound on the sequence lengths, known on the host (e.g. 197,
             or the bound a pruning schedule implies). It sizes the grid only: a longer sequence is still
             computed exactly, just with less parallelism. Never read back from the device by this library.
         scale: softmax scale; default ``head_dim ** -0.5``.
         out: optional preallocated output (same shape, dtype and device as ``q``, last stride 1).
-        check_lengths: validate the contents of ``cu_seqlens`` first (syncs with the device; debugging only).
+        check_lengths: validate the contents of ``cu_seqlens`` on the device first and raise ``ValueError``
+            naming the problem (negative start, decreasing, past the rows, longer than ``max_seqlen``)
+            before anything is launched; one host sync (debugging only). See :func:`check_cu_seqlens`.
 
     Returns:
-        ``(total_tokens, heads, head_dim)`` in ``q.dtype``. Rows at and past ``cu_seqlens[-1]`` are zero.
+        ``(total_tokens, heads, head_dim)`` in ``q.dtype``. Rows outside every (clamped) sequence, i.e. at
+        and past ``cu_seqlens[-1]`` for well-formed offsets, are zero.
 
     Accumulation is fp32; fp32 inputs use IEEE fp32 dot products (no TF32). The call does not
     synchronize with the device, allocates only the output, and can be captured in a CUDA graph (run one
@@ -234,10 +259,11 @@ def ragged_attention(
         if (
             table is not None and out is None and not check_lengths and type(max_seqlen) is int and max_seqlen >= 1
             and k.dtype is dt and v.dtype is dt and cu_seqlens.dtype is _INT32
-            and len(shape) == 3 and shape == k.shape and shape == v.shape and shape[0] > 0 and shape[1] > 0
-            and sq[2] == 1 and sk[2] == 1 and sv[2] == 1 and (scale is None or type(scale) is float)
-            and k.get_device() == dev and v.get_device() == dev and cu_seqlens.get_device() == dev and dev >= 0
-            and len(cs) == 1 and cs[0] >= 2 and cu_seqlens.stride(0) == 1
+            and len(shape) == 3 and shape == k.shape and shape == v.shape and shape[0] > 0
+            and 0 < shape[1] <= MAX_GRID_YZ and sq[2] == 1 and sk[2] == 1 and sv[2] == 1
+            and (scale is None or type(scale) is float) and k.get_device() == dev and v.get_device() == dev
+            and cu_seqlens.get_device() == dev and dev >= 0
+            and len(cs) == 1 and 2 <= cs[0] <= MAX_GRID_YZ and cu_seqlens.stride(0) == 1
         ):
             variant = table.get(shape[2])
     except (AttributeError, TypeError, IndexError, RuntimeError):  # not tensors etc.: _check_inputs says what

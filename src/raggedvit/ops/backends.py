@@ -157,7 +157,7 @@ def padded_sdpa(q, k, v, cu_seqlens, max_seqlen: int, *, scale: float | None = N
     pos = _arange(max_seqlen, q.device)
     start = cu_seqlens[:-1]
     valid = pos < (cu_seqlens[1:] - start)[:, None]  # (batch, L)
-    rows = (start[:, None] + pos).clamp_(max=total - 1)  # (batch, L) int64
+    rows = (start[:, None] + pos).clamp_(0, total - 1)  # (batch, L) int64; clamped: never an out-of-range gather
     flat = rows.view(-1)
     qp, kp, vp = (t.index_select(0, flat).view(batch, max_seqlen, heads, head_dim).transpose(1, 2)
                   for t in (q, k, v))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from ..kernels.cls_attention import cls_attention_fwd
+from .checks import check_ragged
 from .launch import DirectLauncher
 
 launcher = DirectLauncher(cls_attention_fwd, "cls_attention_mean")
@@ -19,13 +20,15 @@ _LOG2E = 1.4426950408889634
 
 
 def cls_attention_mean_reference(q, k, starts, ends, out_width: int, *, scale: float) -> torch.Tensor:
-    """Pure-torch :func:`cls_attention_mean` (any device; loops over nothing, gathers a dense view)."""
-    batch = starts.shape[0]
+    """Pure-torch :func:`cls_attention_mean` (any device; loops over nothing, gathers a dense view; ranges
+    clamped as by the kernel). Sequences longer than ``out_width`` are not supported here."""
+    batch, total = starts.shape[0], q.shape[0]
     pos = torch.arange(out_width, device=q.device)
-    lens = (ends.long() - starts.long())
+    first = starts.long().clamp(0, total)
+    lens = torch.maximum(ends.long(), first).clamp(max=total) - first
     valid = pos[None, :] < lens[:, None]
-    rows = (starts.long()[:, None] + pos[None, :]).clamp(0, max(q.shape[0] - 1, 0))
-    qc = q[starts.long().clamp(0, max(q.shape[0] - 1, 0))].float()  # (B, H, D)
+    rows = (first[:, None] + pos[None, :]).clamp(0, max(total - 1, 0))
+    qc = q[first.clamp(max=max(total - 1, 0))].float()  # (B, H, D)
     logits = torch.einsum("bhd,blhd->blh", qc, k[rows].float()) * scale
     logits = logits.masked_fill(~valid[:, :, None], float("-inf"))
     probs = torch.softmax(logits, dim=1).nan_to_num(0.0)
@@ -33,16 +36,21 @@ def cls_attention_mean_reference(q, k, starts, ends, out_width: int, *, scale: f
 
 
 def cls_attention_mean(q: torch.Tensor, k: torch.Tensor, starts: torch.Tensor, ends: torch.Tensor,
-                       out_width: int, *, scale: float, out: torch.Tensor | None = None) -> torch.Tensor:
+                       out_width: int, *, scale: float, out: torch.Tensor | None = None,
+                       check_lengths: bool = False) -> torch.Tensor:
     """Head-mean softmax attention of each sequence's first query over that sequence's keys.
 
     Args:
         q, k: ``(rows, heads, head_dim)``, last stride 1 (views of a fused qkv tensor are fine).
         starts, ends: int32 ``(B,)`` row ranges ``[starts[b], ends[b])`` of each sequence on the device
-            (packed: ``cu_seqlens[:-1]`` and ``cu_seqlens[1:]``); the first row is the CLS query.
-        out_width: host int, columns of the output (>= every length, e.g. the stage's ``max_seqlen``).
+            (packed: ``cu_seqlens[:-1]`` and ``cu_seqlens[1:]``); the first row is the CLS query. Malformed
+            ranges are clamped to the rows of ``q`` (see :mod:`raggedvit.ops.attention`).
+        out_width: host int, columns of the output (>= every length, e.g. the stage's ``max_seqlen``; a
+            longer sequence's softmax still covers all its keys, only the first ``out_width`` are written).
         scale: softmax scale.
         out: optional float32 ``(B, out_width)`` output.
+        check_lengths: validate ``starts``/``ends`` on the device first (0 <= start <= end <= rows, length
+            <= ``out_width``) and raise ``ValueError`` naming the problem; one host sync (debugging only).
 
     Returns:
         float32 ``(B, out_width)``: ``out[b, j] = mean_h softmax_j(scale * q[s, h] . k[s + j, h])``
@@ -54,7 +62,15 @@ def cls_attention_mean(q: torch.Tensor, k: torch.Tensor, starts: torch.Tensor, e
                          f"got {tuple(q.shape)} and {tuple(k.shape)}")
     if starts.dtype != torch.int32 or ends.dtype != torch.int32 or starts.shape != ends.shape or starts.dim() != 1:
         raise TypeError("cls_attention_mean: starts and ends must be int32 (B,) tensors")
-    batch, (_, heads, head_dim) = starts.shape[0], q.shape
+    if type(out_width) is not int or out_width < 0:
+        raise TypeError(f"cls_attention_mean: out_width must be a Python int >= 0, got {out_width!r}")
+    batch, (rows, heads, head_dim) = starts.shape[0], q.shape
+    if out is not None and (tuple(out.shape) != (batch, out_width) or out.dtype != torch.float32):
+        raise ValueError(f"cls_attention_mean: out must be float32 ({batch}, {out_width}), got {out.dtype} "
+                         f"{tuple(out.shape)}")
+    if check_lengths:
+        check_ragged("cls_attention_mean", rows, what="rows of q", starts=starts, ends=ends, max_len=out_width,
+                     max_name="out_width")
     if out is None:
         out = torch.empty(batch, out_width, dtype=torch.float32, device=q.device)
     if batch == 0 or out_width == 0:
@@ -69,6 +85,6 @@ def cls_attention_mean(q: torch.Tensor, k: torch.Tensor, starts: torch.Tensor, e
                 float(scale) * _LOG2E, head_dim, block_d, block_n)
     ptrs = (q.data_ptr(), k.data_ptr(), starts.data_ptr(), ends.data_ptr(), per_head.data_ptr())
     key = (q.dtype, dev, constant) if not (ptrs[0] | ptrs[1] | ptrs[4]) & 15 and not (ptrs[2] | ptrs[3]) & 3 else None
-    launcher.launch(key, dev, (batch, heads, 1), ptrs, (out_width,),
-                    lambda: (q, k, starts, ends, per_head, out_width, *constant), num_warps=4)
+    launcher.launch(key, dev, (batch, heads, 1), ptrs, (out_width, rows),
+                    lambda: (q, k, starts, ends, per_head, out_width, rows, *constant), num_warps=4)
     return torch.mean(per_head, dim=1, out=out)

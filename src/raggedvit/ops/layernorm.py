@@ -21,16 +21,18 @@ def _fail(msg: str, kind: type[Exception] = ValueError) -> None:
 
 
 def ragged_layer_norm(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
-                      live_rows: torch.Tensor, *, eps: float = 1e-5, out: torch.Tensor | None = None
-                      ) -> torch.Tensor:
+                      live_rows: torch.Tensor, *, eps: float = 1e-5, out: torch.Tensor | None = None,
+                      check_lengths: bool = False) -> torch.Tensor:
     """``F.layer_norm(x, (C,), weight, bias, eps)`` on rows ``[0, live_rows)``; other rows not written.
 
     Args:
         x: ``(M, C)``, last stride 1; fp16, bf16 or fp32. ``C <= 8192``.
         weight, bias: ``(C,)`` contiguous in ``x.dtype``, or None.
-        live_rows: one-element int32 device tensor (e.g. ``cu_seqlens[-1:]``), clamped to ``M``.
+        live_rows: one-element int32 device tensor (e.g. ``cu_seqlens[-1:]``), clamped to ``[0, M]``.
         eps: added to the variance.
         out: optional ``(M, C)`` output with last stride 1.
+        check_lengths: validate ``live_rows`` on the device first (``ValueError`` outside ``[0, M]``; one host
+            sync; debugging only).
 
     Returns:
         ``(M, C)`` in ``x.dtype``; rows at and past ``live_rows`` hold what ``out`` (or the allocator) held.
@@ -47,7 +49,7 @@ def ragged_layer_norm(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.
     for name, t in (("weight", weight), ("bias", bias)):
         if t is not None and (tuple(t.shape) != (C,) or not t.is_contiguous()):
             _fail(f"{name} must be contiguous ({C},), got {tuple(t.shape)}")
-    check_live_rows("ragged_layer_norm", live_rows)
+    check_live_rows("ragged_layer_norm", live_rows, M, check_lengths)
     dev = x.get_device()
     if any(t is not None and t.get_device() != dev for t in (weight, bias, live_rows, out)):
         _fail("x, weight, bias, live_rows and out must be on one device")

@@ -16,6 +16,7 @@ import triton
 from triton.runtime import _allocation
 
 from ..kernels.linear import ragged_linear_fwd
+from .checks import check_ragged
 from .launch import DirectLauncher
 
 launcher = DirectLauncher(ragged_linear_fwd, "ragged_linear")
@@ -67,12 +68,15 @@ def _tma_ok(dev: int, ptrs: tuple[int, ...], row_bytes: tuple[int, ...]) -> bool
     return ok and not any(v & 15 for v in ptrs + row_bytes)
 
 
-def check_live_rows(op: str, live_rows: torch.Tensor) -> None:
+def check_live_rows(op: str, live_rows: torch.Tensor, rows: int, check_lengths: bool = False) -> None:
     """TypeError unless ``live_rows`` is a one-element int32 tensor (the device-side live row count that the
-    live-row ops read); ``op`` names the caller in the message."""
+    live-row ops read, clamped by their kernels to ``[0, rows]``); with ``check_lengths``, also validate its
+    value on the device (``ValueError`` outside ``[0, rows]``; one host sync). ``op`` names the caller."""
     if live_rows.dtype != torch.int32 or live_rows.numel() != 1:
         raise TypeError(f"{op}: live_rows must be a one-element int32 tensor, got {live_rows.dtype} "
                         f"{tuple(live_rows.shape)}")
+    if check_lengths:
+        check_ragged(op, rows, bounded=(("live_rows", live_rows.reshape(1), 0, rows),))
 
 
 def _torch_allocator(size: int, alignment: int, stream) -> torch.Tensor:
@@ -99,6 +103,7 @@ def ragged_linear(
     gelu: bool = False,
     residual: torch.Tensor | None = None,
     out: torch.Tensor | None = None,
+    check_lengths: bool = False,
 ) -> torch.Tensor:
     """``residual + act(x @ weight.T + bias)`` for rows ``[0, live_rows)`` of ``x``; other rows not written.
 
@@ -107,10 +112,12 @@ def ragged_linear(
         weight: ``(N, K)`` as in ``nn.Linear``, contiguous, same dtype and device.
         bias: ``(N,)`` or None.
         live_rows: int32 tensor with one element on the device (e.g. ``cu_seqlens[-1:]``): the number of live
-            rows (clamped to ``M``). Read by the kernel only; the host never waits for it.
+            rows (clamped to ``[0, M]``). Read by the kernel only; the host never waits for it.
         gelu: apply the exact (erf) GELU, as ``nn.GELU()`` does.
         residual: optional ``(M, N)`` tensor (last stride 1) added after the bias (not with ``gelu``).
         out: optional ``(M, N)`` output, last stride 1 (may be ``residual`` itself).
+        check_lengths: validate ``live_rows`` on the device first (``ValueError`` outside ``[0, M]``; one host
+            sync; debugging only).
 
     Returns:
         ``(M, N)`` in ``x.dtype``. Rows at and past ``live_rows`` are neither read nor written: with
@@ -127,7 +134,7 @@ def ragged_linear(
     N = weight.shape[0]
     if bias is not None and tuple(bias.shape) != (N,):
         _fail(f"bias must be ({N},), got {tuple(bias.shape)}")
-    check_live_rows("ragged_linear", live_rows)
+    check_live_rows("ragged_linear", live_rows, M, check_lengths)
     if x.stride(1) != 1 or not weight.is_contiguous() or (bias is not None and not bias.is_contiguous()):
         _fail("x needs stride 1 along K; weight and bias must be contiguous")
     dev = x.get_device()

@@ -2,9 +2,9 @@
 
 Gathers the packed sequences into a ``(batch, max_seqlen, heads, head_dim)`` view with index arithmetic
 (no host sync: ``max_seqlen`` is the host-side bound), runs masked softmax attention in fp32 (fp64 for
-fp64 inputs) and scatters the rows back. Rows past ``cu_seqlens[-1]`` are zero, as in the Triton kernel.
-Sequences longer than ``max_seqlen`` are not supported here (the Triton kernel handles them); pass a
-true bound.
+fp64 inputs) and scatters the rows back. Malformed offsets are clamped by the rule of the Triton kernel
+(see :mod:`raggedvit.ops.attention`) and rows outside every sequence are zero, as there. Sequences longer
+than ``max_seqlen`` are not supported here (the Triton kernel handles them); pass a true bound.
 """
 
 from __future__ import annotations
@@ -27,18 +27,19 @@ def ragged_attention_reference(
 
     Args:
         q, k, v: ``(total_rows, heads, head_dim)``.
-        cu_seqlens: ``(batch + 1,)`` integer offsets, ``cu_seqlens[0] == 0``, non-decreasing.
+        cu_seqlens: ``(batch + 1,)`` integer offsets, ``cu_seqlens[0] == 0``, non-decreasing (malformed
+            ones are clamped as by the kernel: ``c[i] = min(max(0, cu[0], ..., cu[i]), total_rows)``).
         max_seqlen: host-side upper bound on every sequence length (>= 1).
         scale: softmax scale, default ``head_dim ** -0.5``.
 
     Returns:
-        ``(total_rows, heads, head_dim)`` in ``q.dtype``; rows past ``cu_seqlens[-1]`` are zero.
+        ``(total_rows, heads, head_dim)`` in ``q.dtype``; rows outside every sequence are zero.
     """
     total, heads, head_dim = q.shape
     batch = cu_seqlens.shape[0] - 1
     scale = head_dim**-0.5 if scale is None else scale
     compute = torch.float64 if q.dtype == torch.float64 else torch.float32
-    cu = cu_seqlens.long()
+    cu = cu_seqlens.long().clamp(0, total).cummax(0).values  # the kernel's clamp rule
     lens = cu[1:] - cu[:-1]
     pos = torch.arange(max_seqlen, device=q.device)
     valid = pos[None, :] < lens[:, None]  # (batch, L)

@@ -5,6 +5,10 @@ The torch paths (:mod:`raggedvit.pruning.threshold_l2`, ``.evit``, ``.dynamicvit
 stage (norms, dense gathers, masks, sorts, cumsums, clamps, a batched matmul for the fused token); each op
 here does the same selection in one Triton launch (plus the norms for Threshold-L2), ranking by pairwise
 comparisons (stable tie rule) instead of sorting. See :mod:`raggedvit.kernels.select`.
+
+Malformed ``lengths`` or ``dense_rows`` (and a ``width`` too small for the rule) are clamped in the kernels
+(lengths to ``[0, L]``, rows to the buffer, the count to ``width``; see :mod:`raggedvit.ops.attention`); every
+op's ``check_lengths=True`` turns them into a ``ValueError`` instead (one host sync, debugging only).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from ..kernels.select import (
     best_first_select_fwd,
     l2_select_fwd,
 )
+from .checks import check_ragged
 from .launch import DirectLauncher
 
 launcher = DirectLauncher(l2_select_fwd, "l2_select")
@@ -40,6 +45,26 @@ def _launch(lau: DirectLauncher, dev: int, grid: tuple[int, int], tensors: tuple
 _PAIRS = 4096  # comparison tile size (see _blocks)
 
 
+def _check_meta(op: str, dense_rows: torch.Tensor, lengths: torch.Tensor, num_prefix: int, width: int,
+                rows: int, check_lengths: bool) -> tuple[int, int]:
+    """Host checks shared by the selections (shapes, ``0 <= num_prefix <= width``, a non-empty buffer) and,
+    with ``check_lengths``, the device validation of ``lengths`` and ``dense_rows``. Returns ``(B, L)``."""
+    if dense_rows.dim() != 2 or lengths.dim() != 1 or lengths.shape[0] != dense_rows.shape[0]:
+        raise ValueError(f"{op}: need dense_rows (B, L) and lengths (B,), got {tuple(dense_rows.shape)} and "
+                         f"{tuple(lengths.shape)}")
+    for name, v in (("num_prefix", num_prefix), ("width", width)):
+        if type(v) is not int or v < 0:
+            raise TypeError(f"{op}: {name} must be a Python int >= 0, got {v!r}")
+    if num_prefix > width:
+        raise ValueError(f"{op}: num_prefix {num_prefix} > width {width} (the prefix is always kept)")
+    batch, L = dense_rows.shape
+    if batch and L and rows == 0:
+        raise ValueError(f"{op}: the token buffer has no rows for {batch} sequences of {L} positions")
+    if check_lengths:
+        check_ragged(op, rows, bounded=(("lengths", lengths, 0, L), ("dense_rows", dense_rows, 0, rows - 1)))
+    return batch, L
+
+
 def _blocks(L: int) -> tuple[int, int]:
     """(BLOCK_L, BLOCK_J): all positions of an image, and comparison tiles of ``_PAIRS`` pairs (with 16K-pair
     tiles on 4 warps the kernels spilled registers: 135 us per launch at batch 1 on an H100)."""
@@ -49,7 +74,7 @@ def _blocks(L: int) -> tuple[int, int]:
 
 def l2_select(x: torch.Tensor, dense_rows: torch.Tensor, lengths: torch.Tensor, num_prefix: int, width: int, *,
               k: int | None = None, threshold: float | None = None, alpha: float | None = None, k_min: int = 1,
-              k_max: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+              k_max: int | None = None, check_lengths: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Threshold-L2 keep decisions of a ragged batch.
 
     Args:
@@ -59,6 +84,8 @@ def l2_select(x: torch.Tensor, dense_rows: torch.Tensor, lengths: torch.Tensor, 
         width: host bound on the output count (``P + k`` for the fixed rule).
         k: fixed rule: keep the ``k`` best candidates. Otherwise exactly one of ``threshold`` (absolute) and
             ``alpha`` (times the image's mean candidate norm), with ``k_min`` / ``k_max`` clamps.
+        check_lengths: validate ``lengths`` (``[0, L]``) and ``dense_rows`` (rows of ``x``) on the device
+            first; ``ValueError`` naming the first bad value (one host sync; debugging only).
 
     Returns:
         ``(index, count)``: int64 ``(B, width)`` kept positions in original order (prefix first, filler 0
@@ -74,16 +101,18 @@ def l2_select(x: torch.Tensor, dense_rows: torch.Tensor, lengths: torch.Tensor, 
     if dev < 0 and not launcher.interpreted:
         raise ValueError("l2_select: CPU tensors need the Triton interpreter (TRITON_INTERPRET=1); use "
                          "raggedvit.pruning.threshold_l2")
-    if x.stride(1) != 1 or dense_rows.stride(1) != 1 or dense_rows.dtype != torch.int64 \
+    if x.dim() != 2 or x.stride(1) != 1 or dense_rows.stride(1) != 1 or dense_rows.dtype != torch.int64 \
             or lengths.dtype != torch.int64 or not lengths.is_contiguous():
-        raise ValueError("l2_select: x and dense_rows need last stride 1; dense_rows, lengths int64")
-    batch, L = dense_rows.shape
+        raise ValueError("l2_select: x (rows, C) and dense_rows need last stride 1; dense_rows, lengths int64")
+    batch, L = _check_meta("l2_select", dense_rows, lengths, num_prefix, width, x.shape[0], check_lengths)
     index = torch.empty(batch, width, dtype=torch.int64, device=x.device)
     count = torch.empty(batch, dtype=torch.int64, device=x.device)
+    if batch == 0:
+        return index, count
     norms = torch.linalg.vector_norm(x, dim=-1, dtype=torch.float32)  # one parallel launch over the rows
-    block_l, block_j = _blocks(L)
-    ints = (batch, L, width, num_prefix, dense_rows.stride(0), k or 0, k_min, _BIG if k_max is None else k_max,
-            float(threshold or 0.0), float(alpha or 0.0))
+    block_l, block_j = _blocks(max(L, width))  # every output slot is written
+    ints = (batch, L, width, num_prefix, x.shape[0], dense_rows.stride(0), k or 0, k_min,
+            _BIG if k_max is None else k_max, float(threshold or 0.0), float(alpha or 0.0))
     _launch(launcher, dev, (batch, 1), (norms, dense_rows, lengths, index, count), ints,
             (fixed, alpha is not None, block_l, block_j), x.dtype)
     return index, count
@@ -93,7 +122,8 @@ def best_first_select(score: torch.Tensor, y: torch.Tensor, dense_rows: torch.Te
                       num_prefix: int, width: int, *, k: int | None = None, mass: float | None = None,
                       threshold: float | None = None, fuse: bool = False, k_min: int = 1,
                       k_max: int | None = None, row_weight: torch.Tensor | None = None,
-                      ascending: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+                      ascending: bool = False, check_lengths: bool = False
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Best-first keep decisions (EViT, DynamicViT) of a ragged batch, and EViT's fused token.
 
     Args:
@@ -111,6 +141,8 @@ def best_first_select(score: torch.Tensor, y: torch.Tensor, dense_rows: torch.Te
         row_weight: fp32 ``(rows,)`` factor per buffer row (contiguous) multiplied into the score (ATS: the
             value norm).
         ascending: write the kept tokens worst first (ATS's order) instead of best first.
+        check_lengths: validate ``lengths`` (``[0, L]``) and ``dense_rows`` (the buffer rows) on the device
+            first; ``ValueError`` naming the first bad value (one host sync; debugging only).
 
     Returns:
         ``(index, count, extra)``: int64 ``(B, width)`` (prefix, kept best first, the fused token, filler 0),
@@ -134,21 +166,33 @@ def best_first_select(score: torch.Tensor, y: torch.Tensor, dense_rows: torch.Te
                 row_weight.dtype != torch.float32 or not row_weight.is_contiguous())):
         raise ValueError("best_first_select: float scores, int64 dense_rows and lengths, last strides 1, "
                          "contiguous fp32 row_weight")
-    batch, L = dense_rows.shape
+    if y.dim() != 2 or (row_weight is not None and row_weight.dim() != 1) or not (
+            by_row or (score.dim() == 2 and score.shape[0] == dense_rows.shape[0]
+                       and score.shape[1] >= dense_rows.shape[1])):
+        raise ValueError(f"best_first_select: need y (rows, C), row_weight (rows,) and score (rows,) or (B, >= L) "
+                         f"for dense_rows (B, L) = {tuple(dense_rows.shape)}, got y {tuple(y.shape)}, score "
+                         f"{tuple(score.shape)}")
+    # the rows every tensor read through dense_rows has (row indices are clamped below it)
+    indexed = [t.shape[0] for t, used in ((score, by_row), (row_weight, row_weight is not None), (y, fuse)) if used]
+    rows = min(indexed, default=1)
+    batch, L = _check_meta("best_first_select", dense_rows, lengths, num_prefix, width, rows, check_lengths)
     C = y.shape[1]
     index = torch.empty(batch, width, dtype=torch.int64, device=y.device)
     count = torch.empty(batch, dtype=torch.int64, device=y.device)
     extra = torch.empty(batch, C, dtype=y.dtype, device=y.device) if fuse else None
-    block_l = max(16, 1 << (L - 1).bit_length())
+    if batch == 0:
+        return index, count, extra
+    block_l = max(16, 1 << (max(L, width) - 1).bit_length())  # every output slot is written
     block_i = max(1, min(64, _PAIRS // block_l))
     block_c = max(8, min(64, 4096 // block_l))
     rank = torch.empty(batch, L, dtype=torch.int32, device=y.device)
     before = torch.empty(batch, L, dtype=torch.float32, device=y.device) if rules[0] == 1 else rank
     weight = score if row_weight is None else row_weight
     _launch(best_first_rank_launcher, dev, (batch, -(-L // block_i)),
-            (score, weight, dense_rows, lengths, rank, before), (L, num_prefix, score.stride(0), dense_rows.stride(0)),
+            (score, weight, dense_rows, lengths, rank, before),
+            (L, num_prefix, rows, score.stride(0), dense_rows.stride(0)),
             (rules[0] == 1, by_row, row_weight is not None, block_i, block_l), (y.dtype, score.dtype))
-    ints = (batch, L, width, C, num_prefix, score.stride(0), y.stride(0), dense_rows.stride(0),
+    ints = (batch, L, width, C, num_prefix, rows, score.stride(0), y.stride(0), dense_rows.stride(0),
             k or 0, k_min, _BIG if k_max is None else k_max, float(mass or 0.0), float(threshold or 0.0))
     tensors = (score, weight, y, dense_rows, lengths, rank, before, index, count, extra if fuse else count)
     # small batches split the fused token's channels over programs to fill the GPU
@@ -159,7 +203,8 @@ def best_first_select(score: torch.Tensor, y: torch.Tensor, dense_rows: torch.Te
 
 
 def ats_select(score: torch.Tensor, v_norm: torch.Tensor, dense_rows: torch.Tensor, lengths: torch.Tensor,
-               num_prefix: int, width: int, num_samples: int) -> tuple[torch.Tensor, torch.Tensor]:
+               num_prefix: int, width: int, num_samples: int, *, check_lengths: bool = False
+               ) -> tuple[torch.Tensor, torch.Tensor]:
     """ATS inverse-transform sampling (:func:`raggedvit.pruning.ats.select_sampling`) in three launches of
     (image, position slice) programs: ranks and CDF, sample hits, output slots.
 
@@ -169,6 +214,8 @@ def ats_select(score: torch.Tensor, v_norm: torch.Tensor, dense_rows: torch.Tens
         dense_rows: ``(B, L)`` int64 row of every position (last stride 1); ``lengths``: ``(B,)`` int64.
         num_prefix: prefix tokens ``P`` (kept first); ``width``: ``P + min(L - P, num_samples)``.
         num_samples: sample points ``M``.
+        check_lengths: validate ``lengths`` (``[0, L]``) and ``dense_rows`` (rows of ``v_norm``) on the device
+            first; ``ValueError`` naming the first bad value (one host sync; debugging only).
 
     Returns:
         ``(index, count)``: int64 ``(B, width)`` (prefix, kept tokens by ascending significance, filler 0) and
@@ -184,10 +231,17 @@ def ats_select(score: torch.Tensor, v_norm: torch.Tensor, dense_rows: torch.Tens
             or lengths.dtype != torch.int64 or not lengths.is_contiguous() or num_samples < 1:
         raise ValueError("ats_select: fp32 score (last stride 1) and v_norm, int64 dense_rows and lengths, "
                          "num_samples >= 1")
-    batch, L = dense_rows.shape
+    if v_norm.dim() != 1 or score.dim() != 2 or score.shape[0] != dense_rows.shape[0] \
+            or score.shape[1] < dense_rows.shape[1]:
+        raise ValueError(f"ats_select: need score (B, >= L) and v_norm (rows,) for dense_rows (B, L) = "
+                         f"{tuple(dense_rows.shape)}, got {tuple(score.shape)} and {tuple(v_norm.shape)}")
+    rows = v_norm.shape[0]
+    batch, L = _check_meta("ats_select", dense_rows, lengths, num_prefix, width, rows, check_lengths)
     device = score.device
     index = torch.empty(batch, width, dtype=torch.int64, device=device)
     count = torch.empty(batch, dtype=torch.int64, device=device)
+    if batch == 0:
+        return index, count
     cdf = torch.empty(batch, L, dtype=torch.float32, device=device)
     rank = torch.empty(batch, L, dtype=torch.int32, device=device)
     keep = torch.empty(batch, L, dtype=torch.int8, device=device)
@@ -197,7 +251,7 @@ def ats_select(score: torch.Tensor, v_norm: torch.Tensor, dense_rows: torch.Tens
     grid = (batch, -(-L // block_i))
     cdf_k, hits_k, index_k = ats_launchers
     _launch(cdf_k, dev, grid, (score, v_norm, dense_rows, lengths, cdf, rank),
-            (L, num_prefix, score.stride(0), dense_rows.stride(0)), (block_i, block_l), score.dtype)
+            (L, num_prefix, rows, score.stride(0), dense_rows.stride(0)), (block_i, block_l), score.dtype)
     _launch(hits_k, dev, grid, (cdf, rank, lengths, keep), (L, num_prefix, num_samples), (block_i, block_l, block_m),
             score.dtype)
     _launch(index_k, dev, grid, (keep, rank, lengths, index, count), (L, width, num_prefix), (block_i, block_l),
