@@ -65,3 +65,41 @@ def test_empty_logits_match_timm(vit):
     assert empty_logits(headless, images).shape == (0, 192)
     with pytest.raises(ValueError, match="not 0"):
         empty_logits(vit, torch.zeros(1, 3, 224, 224))
+
+
+@pytest.mark.parametrize("layout", ["packed", "padded"])
+def test_pruned_model_checks_at_its_boundary(layout):
+    import raggedvit
+
+    model = timm.create_model("deit_tiny_patch16_224", pretrained=False, img_size=64, depth=3).eval()
+    pruned = raggedvit.prune(model, "evit", stages=(1,), layout=layout, attention="reference").eval()
+    with torch.no_grad():
+        empty = pruned(torch.zeros(0, 3, 64, 64))
+    assert empty.shape == (0, 1000) and empty.dtype == torch.float32
+    with pytest.raises(ValueError, match="PrunedViT: images are 96x96 but the model takes 64x64"):
+        pruned(torch.randn(1, 3, 96, 96))
+    with pytest.raises(TypeError, match="PrunedViT: images are float16 but the model's weights are float32"):
+        pruned(torch.randn(1, 3, 64, 64, dtype=torch.float16))
+    with pytest.raises(ValueError, match="PrunedViT: images have 1 channels"):
+        pruned.forward_features(torch.randn(1, 1, 64, 64))
+
+
+def test_debug_validates_every_stage():
+    import raggedvit
+    from raggedvit.pruning import ThresholdL2
+    from raggedvit.pruning.ragged import Selection
+
+    class TooMany(ThresholdL2):  # a buggy method: counts past the stage's bound
+        def select(self, inp):
+            sel = super().select(inp)
+            return Selection(sel.index, sel.count + 100, sel.width, False)
+
+    model = timm.create_model("deit_tiny_patch16_224", pretrained=False, img_size=64, depth=3).eval()
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        raggedvit.prune(model, "ats", stages=(1, 2), attention="reference", debug=True).eval()(images)
+        bad = raggedvit.prune(model, TooMany(stages=(1,)), layout="padded", debug=True).eval()
+        with pytest.raises(ValueError, match=r"stage 0 \(block 1\): kept count"):
+            bad(images)
+    with pytest.raises(ValueError, match="debug must be True or False"):
+        raggedvit.prune(model, "ats", stages=(1, 2), debug=1)

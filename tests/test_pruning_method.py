@@ -18,7 +18,7 @@ from raggedvit.pruning import ATS, METHODS, EViT, Pruner, StageInput, ThresholdL
 from raggedvit.pruning.ragged import Selection, arange
 from raggedvit.pruning.selection import fixed_count
 
-from conftest import DEVICE, ON_GPU, requires_gpu
+from conftest import DEVICE, requires_gpu
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -121,11 +121,13 @@ def test_toy_method_through_the_cli(keep_first, tmp_path, capsys):
     from raggedvit.cli import main
 
     out = tmp_path / "res"
-    rc = main(["bench", "e2e", "--device", "cpu", "--models", "deit_tiny", "--methods", "keep_first",
-               "--variants", "fixed", "--batches", "1", "--pipelines", "raggedvit_eager", "--budget", "0.05",
-               "--out", str(out)])
+    rc = main(["bench", "e2e", "--device", "cpu", "--models", "deit_tiny", "--img-sizes", "224", "--methods",
+               "keep_first", "--variants", "fixed", "--batches", "1", "--pipelines", "padded_sdpa,raggedvit_eager",
+               "--budget", "0.05", "--out", str(out)])
     assert rc == 0, capsys.readouterr()
     (result,) = out.glob("e2e-*.json")
     rows = json.loads(result.read_text())["rows"]
-    assert {r["method"] for r in rows if "method" in r} == {"keep_first"}
-    assert ON_GPU or all(r.get("device", "cpu") == "cpu" for r in rows)
+    assert [(r["method"], r["pipeline"], r["status"]) for r in rows] == [
+        ("keep_first", "padded_sdpa", "ok"), ("keep_first", "raggedvit_eager", "ok")]
+    assert [s["mean"] for s in rows[1]["kept_stages"]] == [138, 97, 68]  # 1 + int(196 * 0.7 ** s)
+    assert rows[1]["max_logit_diff"] < 1e-4

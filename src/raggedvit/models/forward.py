@@ -93,7 +93,7 @@ def _attention_half(blk, x: torch.Tensor, meta: RaggedMeta, attend: Attend, rows
 
 
 def run(model, images: torch.Tensor, method: Method, plans: tuple[StagePlan, ...], modules, *, packed: bool,
-        attend: Attend, live_rows: bool | str = False) -> tuple[torch.Tensor, PruneStats]:
+        attend: Attend, live_rows: bool | str = False, debug: bool = False) -> tuple[torch.Tensor, PruneStats]:
     """Pruned forward up to the final norm. Returns ``(prefix, stats)``, ``prefix: (B, P, C)`` final-normed
     prefix tokens (what timm's ``forward_head`` reads).
 
@@ -102,7 +102,8 @@ def run(model, images: torch.Tensor, method: Method, plans: tuple[StagePlan, ...
     between attention and MLP, seeing q, k, v). ``modules``: the method's per-stage modules or None.
     ``live_rows`` (packed only, inference, blocks that :func:`~.live_rows.live_rows_unsupported` accepts):
     True, False or ``"auto"``: whether a stage's token-wise layers run as :class:`~.live_rows.LiveRows`
-    kernels on the live rows only (see :func:`~.live_rows.live_rows_for`)."""
+    kernels on the live rows only (see :func:`~.live_rows.live_rows_for`). ``debug``: validate each stage's
+    selection and metadata on the device (see :func:`~raggedvit.pruning.stage.run_stage`; syncs)."""
     P = model.num_prefix_tokens
     x = model.norm_pre(model.patch_drop(model._pos_embed(patch_embed(model.patch_embed, images))))
     B, N0, C = x.shape
@@ -118,13 +119,14 @@ def run(model, images: torch.Tensor, method: Method, plans: tuple[StagePlan, ...
         plan = stages.get(i)
         module = None if plan is None or modules is None else modules[plan.index]
         if plan is not None and plan.site == PRE:
-            x, tok, meta, count = run_stage(method, plan, x, tok, meta, P, module=module)
+            x, tok, meta, count = run_stage(method, plan, x, tok, meta, P, module=module, debug=debug)
             kept.append(count)
         if live_rows and rows_meta is not meta:
             rows, rows_meta = live_rows_for(live_rows, meta), meta
         y, q, k, v, scale = _attention_half(blk, x, meta, attend, rows)
         if plan is not None and plan.site == MID:
-            y, tok, meta, count = run_stage(method, plan, y, tok, meta, P, qkv=(q, k, v), scale=scale, module=module)
+            y, tok, meta, count = run_stage(method, plan, y, tok, meta, P, qkv=(q, k, v), scale=scale, module=module,
+                                            debug=debug)
             kept.append(count)
             if live_rows and rows_meta is not meta:
                 rows, rows_meta = live_rows_for(live_rows, meta), meta

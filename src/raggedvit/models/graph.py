@@ -37,6 +37,7 @@ import weakref
 import torch
 
 from ..ops.backends import BACKENDS, get_backend
+from .inputs import check_images, input_spec
 from .pruned import PrunedViT
 from .stats import PruneStats
 
@@ -146,6 +147,7 @@ class GraphedViT:
     def __call__(self, images: torch.Tensor, *, clone: bool = False) -> torch.Tensor:
         """Copy ``images`` ``(batch, 3, H, W)`` (any dtype/device; host tensors are copied asynchronously,
         pin them for a true async copy) into the input buffer, replay, return the logits."""
+        check_images(images, **{**input_spec(self.model), "weight": None}, where="GraphedViT")
         if tuple(images.shape) != tuple(self.input.shape):
             raise ValueError(f"GraphedViT: images have shape {tuple(images.shape)}, the graph was captured for "
                              f"{tuple(self.input.shape)}")

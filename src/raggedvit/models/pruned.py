@@ -17,6 +17,7 @@ from ..pruning.method import Method
 from ..pruning.registry import make_method
 from ..pruning.stage import StagePlan
 from .forward import attend_packed, attend_padded, run
+from .inputs import check_images, empty_logits, input_spec
 from .live_rows import live_rows_unsupported
 from .stats import PruneStats
 
@@ -88,6 +89,7 @@ class PrunedViT(nn.Module):
         self.layout = layout
         self.attention = attention
         self.live_rows: bool | str = False  # see prune(live_rows=...)
+        self.debug = False  # see prune(debug=...)
         self.num_prefix_tokens = model.num_prefix_tokens
         self.num_patches = model.patch_embed.num_patches
         self.last_stats: PruneStats | None = None
@@ -111,7 +113,13 @@ class PrunedViT(nn.Module):
         return attend_packed(self._backend)
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
-        """``(B, 3, H, W)`` images -> ``(B, P, C)`` final-normed prefix tokens (CLS, and DIST if distilled)."""
+        """``(B, 3, H, W)`` images -> ``(B, P, C)`` final-normed prefix tokens (CLS, and DIST if distilled).
+
+        Raises ValueError / TypeError (before any kernel runs) for images the model cannot take: see
+        :func:`~raggedvit.models.inputs.check_images`; an empty batch is an error here (see :meth:`forward`)."""
+        check_images(images, **input_spec(self), where="PrunedViT")
+        if images.shape[0] == 0:
+            raise ValueError("PrunedViT.forward_features: empty batch (forward() returns (0, num_classes) logits)")
         live = self.live_rows
         if live and (self.training or torch.is_grad_enabled()):
             if live is True:
@@ -122,7 +130,8 @@ class PrunedViT(nn.Module):
             live = False
         name = self.method.module_name
         prefix, stats = run(self.backbone, images, self.method, self.plan, getattr(self, name) if name else None,
-                            packed=self.layout == "packed", attend=self._attend(images.device), live_rows=live)
+                            packed=self.layout == "packed", attend=self._attend(images.device), live_rows=live,
+                            debug=self.debug)
         self.last_stats = stats
         return prefix
 
@@ -131,7 +140,10 @@ class PrunedViT(nn.Module):
         return self.backbone.forward_head(x, pre_logits=pre_logits)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """``(B, 3, H, W)`` -> logits ``(B, num_classes)``."""
+        """``(B, 3, H, W)`` -> logits ``(B, num_classes)``; an empty batch gives ``(0, num_classes)`` (as timm)."""
+        if isinstance(images, torch.Tensor) and images.dim() == 4 and images.shape[0] == 0:
+            check_images(images, **input_spec(self), where="PrunedViT")
+            return empty_logits(self, images)
         return self.forward_head(self.forward_features(images))
 
     def extra_repr(self) -> str:
@@ -144,7 +156,7 @@ def _auto_applies(images: torch.Tensor) -> bool:
 
 
 def prune(model: nn.Module, method: str | Method, *, layout: str = "packed", attention: str = "triton",
-          live_rows: bool | str = "auto", **options) -> PrunedViT:
+          live_rows: bool | str = "auto", debug: bool = False, **options) -> PrunedViT:
     """Token-pruned view of a timm DeiT/ViT that shares its weights.
 
     ``method`` is a method object (``prune(model, M(keep_rate=0.5))``) or a name of the registry
@@ -168,6 +180,9 @@ def prune(model: nn.Module, method: str | Method, *, layout: str = "packed", att
             no autograd: errors otherwise); ``False``: never; ``"auto"`` (default): on CUDA, in eval under
             ``torch.no_grad()``/``inference_mode()``, for supported blocks, on the stages whose buffer is large
             enough to gain: >= 1024 rows with unused rows (adaptive stages), >= 32768 rows otherwise.
+        debug: validate every stage's ragged metadata on the device and raise ValueError naming what is
+            wrong (:func:`raggedvit.ops.checks.check_ragged`); syncs once per stage, so not for timing or
+            CUDA graphs.
         **options: fields of the method's class (with a method object: fields to replace).
 
     Returns:
@@ -200,5 +215,8 @@ def prune(model: nn.Module, method: str | Method, *, layout: str = "packed", att
             if why is not None:
                 raise ValueError(f"prune: live_rows=True cannot run block {i}: {why}")
     pruned = PrunedViT(model, method, plan, layout, attention, modules)
+    if not isinstance(debug, bool):
+        raise ValueError(f"prune: debug must be True or False, got {debug!r}")
     pruned.live_rows = live_rows
+    pruned.debug = debug
     return pruned

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from ..ops.checks import check_ragged
 from ..ops.cls_attention import cls_attention_mean
 from ..ops.compact import compact_packed
 from ..ops.compact import launcher as compact_launcher
@@ -118,14 +119,23 @@ def uses_kernels(meta: RaggedMeta, t: torch.Tensor) -> bool:
 
 
 def run_stage(method: Method, plan: StagePlan, x: torch.Tensor, tok: torch.Tensor, meta: RaggedMeta,
-              num_prefix: int, *, qkv=None, scale: float | None = None, module: torch.nn.Module | None = None):
+              num_prefix: int, *, qkv=None, scale: float | None = None, module: torch.nn.Module | None = None,
+              debug: bool = False):
     """``method``'s selection at ``plan``, then the compaction. Returns ``(x, tok, meta, kept)``: the new
     rows, dense token ids and layout, and the ``(B,)`` int64 tokens per image after the stage (the same
-    objects back for a no-op stage)."""
+    objects back for a no-op stage). ``debug``: validate the selection and the new metadata on the device
+    (syncs; ValueError naming the stage and the problem)."""
     if plan.noop:
         return x, tok, meta, meta.lengths
     sel = method.select(StageInput(plan, x, meta, num_prefix, qkv, scale, module))
+    op = f"stage {plan.index} (block {plan.block})"
+    if debug:
+        last = meta.max_seqlen if sel.extra is not None else meta.max_seqlen - 1
+        check_ragged(op, meta.capacity, bounded=[("kept count", sel.count, num_prefix, sel.width),
+                                                 ("selected position", sel.index, 0, last)])
     x, tok, meta = compact_stage(plan, sel, x, tok, meta)
+    if debug and not meta.padded:
+        check_ragged(op, meta.capacity, what="buffer rows", cu_seqlens=meta.cu_seqlens, max_len=plan.width_out)
     return x, tok, meta, sel.count
 
 
