@@ -6,6 +6,10 @@
 #   bash benchmarks/run_gpu.sh e2e          # raggedvit bench e2e --quick
 #   bash benchmarks/run_gpu.sh exactness    # raggedvit bench exactness --quick
 #   bash benchmarks/run_gpu.sh demo         # raggedvit demo on the GPU (PNG per photo)
+#   bash benchmarks/run_gpu.sh ab           # bench e2e --quick, raggedvit graph, this tree vs .base/src (an older
+#                                           # tree: git archive REV src | tar -x -C .base), one run each
+#   bash benchmarks/run_gpu.sh safety       # benchmarks/gpu_safety.py: fuzz, context health, attention before/after
+#   bash benchmarks/run_gpu.sh sanitize     # compute-sanitizer memcheck (op tests, fuzz) and racecheck
 # Results go to $OUT (default benchmarks/results).
 set -uo pipefail
 export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
@@ -14,11 +18,28 @@ mkdir -p "$OUT"
 for step in "$@"; do
   case "$step" in
     tests) nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/gpu-tests.log"
-           python3 -m pytest -q -p no:cacheprovider 2>&1 | tail -n 40 | tee -a "$OUT/gpu-tests.log" ;;
+           python3 -m pytest -q -n 4 -p no:cacheprovider 2>&1 | tail -n 40 | tee -a "$OUT/gpu-tests.log" ;;
     attention) python3 -m raggedvit bench attention --quick --out "$OUT" ;;
     e2e) python3 -m raggedvit bench e2e --quick --out "$OUT" ;;
     exactness) python3 -m raggedvit bench exactness --quick --out "$OUT" ;;
     demo) python3 -m raggedvit demo --out "$OUT/demo" 2>&1 | tee "$OUT/demo.log" ;;
-    *) echo "unknown step $step (tests, attention, e2e, exactness, demo)"; exit 2 ;;
+    ab) for side in base new; do
+          src=src; [ "$side" = base ] && src=.base/src
+          mkdir -p "$OUT/ab-$side"
+          PYTHONPATH=$src python3 -m raggedvit bench e2e --quick --pipelines raggedvit_graph --out "$OUT/ab-$side" \
+            2>&1 | tail -n 20
+        done ;;
+    safety) python3 benchmarks/gpu_safety.py --out "$OUT" --baseline-src .base/src 2>&1 | tee "$OUT/gpu-safety.log" ;;
+    sanitize) export PYTORCH_NO_CUDA_MEMORY_CACHING=1
+          { compute-sanitizer --tool memcheck --error-exitcode 1 python3 -m pytest -q -x -p no:cacheprovider \
+              tests/test_ops_*.py -k "not graph and not torch_compile" 2>&1 | tail -n 8
+            compute-sanitizer --tool memcheck --error-exitcode 1 python3 benchmarks/gpu_safety.py --calls 300 \
+              --no-bench --out /tmp/sanitizer 2>&1 | tail -n 8
+            compute-sanitizer --tool racecheck --error-exitcode 1 python3 -m pytest -q -x -p no:cacheprovider \
+              tests/test_ops_attention.py tests/test_ops_cls_attention.py tests/test_ops_linear.py \
+              tests/test_ops_layernorm.py tests/test_ops_select.py -k "not graph and not torch_compile" 2>&1 | tail -n 8
+          } | tee "$OUT/sanitizer.log"
+          unset PYTORCH_NO_CUDA_MEMORY_CACHING ;;
+    *) echo "unknown step $step (tests, attention, e2e, exactness, demo, ab, safety, sanitize)"; exit 2 ;;
   esac
 done

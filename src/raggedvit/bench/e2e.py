@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from ..pruning import METHODS as REGISTRY
+from ..pruning import pruning_methods
 from ..runtime.arguments import comma_list
 from ..runtime.device import environment, resolve_device
 from ..runtime.errors import run_command
@@ -37,7 +37,6 @@ from .e2e_point import Point
 from .pipelines import BASELINE, CPU_QUICK, PIPELINES, SELECT_SHARE, SPEEDUPS
 
 MODELS = ("deit_tiny", "deit_small", "deit_base")
-METHODS = tuple(name for name in REGISTRY if name != "none")  # every registered pruning method
 QUICK_GPU = dict(models=["deit_small"], img_sizes=[224], batches=[1, 8, 64, 256],
                  combos=[("evit", "fixed"), ("threshold_l2", "adaptive"), ("ats", "adaptive")],
                  extra=("deit_small", 384, "threshold_l2", "adaptive", 64))
@@ -51,7 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--quick", action="store_true", help="small grid (< 5 min on an H100; < 60 s on a CPU)")
     a("--models", type=comma_list(str), help=f"comma list of {','.join(MODELS)}")
     a("--img-sizes", type=comma_list(int), help="comma list (224, 384)")
-    a("--methods", type=comma_list(str), help=f"comma list of {','.join(METHODS)}")
+    a("--methods", type=comma_list(str), help="comma list of registered methods (default: all of them)")
     a("--variants", type=comma_list(str), help="comma list of fixed,adaptive")
     a("--batches", type=comma_list(int), help="comma list (default 1,4,16,64,256)")
     a("--pipelines", type=comma_list(str), help=f"comma list of {','.join(PIPELINES)}")
@@ -80,11 +79,13 @@ def _grid(args, device) -> dict:
         if getattr(args, k):
             g[k], g["extra"] = getattr(args, k), None
     if args.methods or args.variants or g["combos"] is None:
-        g["combos"] = [(m, v) for m in (args.methods or METHODS) for v in (args.variants or ["fixed", "adaptive"])]
+        variants = args.variants or ["fixed", "adaptive"]
+        g["combos"] = [(m, v) for m in (args.methods or pruning_methods()) for v in variants]
         g["extra"] = None
     if args.lengths_dist:
         g["combos"] = g["combos"] + [("lengths", "adaptive")]
-    bad = [m for m, _ in g["combos"] if m not in METHODS + ("lengths",)] + [m for m in g["models"] if m not in MODELS]
+    known = pruning_methods() + ("lengths",)
+    bad = [m for m, _ in g["combos"] if m not in known] + [m for m in g["models"] if m not in MODELS]
     if bad:
         raise SystemExit(f"bench e2e: unknown model/method {bad}")
     g["pipelines"] = args.pipelines or list(CPU_QUICK if (cpu and args.quick) else PIPELINES)

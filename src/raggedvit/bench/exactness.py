@@ -44,7 +44,6 @@ from ..runtime.photos import make_images
 from . import timing
 
 MODELS = ("deit_tiny_patch16_224", "deit_small_patch16_224", "deit_base_patch16_224")
-METHODS = tuple(REGISTRY)  # every registered method, "none" (the unpruned forward) first
 VARIANTS = ("fixed", "adaptive")
 TOLERANCE = {torch.float16: 4e-3, torch.bfloat16: 3e-2, torch.float32: 1e-4}
 
@@ -53,7 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``raggedvit bench exactness``."""
     a = parser.add_argument
     a("--models", nargs="+", metavar="MODEL", help=f"timm models (default {' '.join(MODELS)}; deit_tiny etc. ok)")
-    a("--methods", nargs="+", metavar="METHOD", help=f"default (or 'all'): {' '.join(METHODS)}")
+    a("--methods", nargs="+", metavar="METHOD", help="default (or 'all'): every registered method, 'none' first")
     a("--variants", nargs="+", metavar="VARIANT", help="default: fixed adaptive")
     a("--num-images", type=int, help="evaluated images (default 256; --quick on CPU 32)")
     a("--calib-images", type=int, help="extra images for Threshold-L2 calibration (default 64; CPU quick 16)")
@@ -86,10 +85,11 @@ def _settings(args, device: torch.device) -> dict:
     for m in models:
         check_model_name(m)
     methods = split_names(args.methods) or ["all"]
-    methods = list(dict.fromkeys(x for m in methods for x in (METHODS if m == "all" else [m])))
-    bad = [m for m in methods if m not in METHODS]
+    registered = tuple(REGISTRY)
+    methods = list(dict.fromkeys(x for m in methods for x in (registered if m == "all" else [m])))
+    bad = [m for m in methods if m not in registered]
     if bad:
-        raise UsageError(f"unknown method(s) {', '.join(bad)}; valid: all, {', '.join(METHODS)}")
+        raise UsageError(f"unknown method(s) {', '.join(bad)}; valid: all, {', '.join(registered)}")
     variants = list(dict.fromkeys(split_names(args.variants) or VARIANTS))
     bad = [v for v in variants if v not in VARIANTS]
     if bad:

@@ -14,11 +14,11 @@ from .dynamicvit import DynamicViT
 from .evit import EViT
 from .method import BoundedPruner, Method, NoPruning, Pruner
 from .ragged import RaggedMeta, Selection, compact, dense_view, packed_meta, padded_meta, uniform_meta
-from .registry import METHODS, make_method
+from .registry import METHODS, make_method, pruning_methods
 from .stage import MID, PRE, StageInput, StagePlan
 from .threshold_l2 import ThresholdL2
 
-__all__ = ["METHODS", "make_method", "Method", "Pruner", "BoundedPruner", "NoPruning", "ThresholdL2", "DynamicViT",
-           "EViT", "ATS", "StagePlan", "StageInput", "PRE", "MID", "RaggedMeta", "Selection", "compact", "dense_view",
+__all__ = ["METHODS", "make_method", "pruning_methods", "Method", "Pruner", "BoundedPruner", "NoPruning",
+           "ThresholdL2", "DynamicViT", "EViT", "ATS", "StagePlan", "StageInput", "PRE", "MID", "RaggedMeta", "Selection", "compact", "dense_view",
            "packed_meta", "padded_meta", "uniform_meta", "cls_attention", "cls_attention_from_lse", "ats",
            "dynamicvit", "evit", "threshold_l2"]

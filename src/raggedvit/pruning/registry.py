@@ -13,9 +13,14 @@ from .evit import EViT
 from .method import Method, NoPruning
 from .threshold_l2 import ThresholdL2
 
-__all__ = ["METHODS", "make_method"]
+__all__ = ["METHODS", "make_method", "pruning_methods"]
 
 METHODS: dict[str, type[Method]] = {m.name: m for m in (NoPruning, ThresholdL2, DynamicViT, EViT, ATS)}
+
+
+def pruning_methods() -> tuple[str, ...]:
+    """Names of the registered methods that prune (all but ``"none"``), read at call time."""
+    return tuple(name for name, cls in METHODS.items() if cls is not NoPruning)
 
 
 def make_method(method: str | Method, **options) -> Method:

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import torch
 
-from ..pruning import METHODS, DynamicViT, ThresholdL2, make_method
+from ..pruning import METHODS, DynamicViT, ThresholdL2, make_method, pruning_methods
 from .errors import UsageError
 from .loading import LoadedModel
 
-DEFAULT_METHODS = tuple(name for name in METHODS if name != "none")  # "all": every registered method
 LAYOUTS = ("padded", "packed")
 VARIANTS = ("default", "fixed", "adaptive")
 
@@ -29,7 +28,7 @@ def check_methods(names: list[str]) -> list[str]:
     valid = method_names()
     out: list[str] = []
     for n in names:
-        for m in (DEFAULT_METHODS if n == "all" else [n]):
+        for m in (pruning_methods() if n == "all" else [n]):
             if m not in valid:
                 raise UsageError(f"unknown pruning method {m!r}; valid: all, {', '.join(valid)}")
             if m not in out:
