@@ -19,6 +19,6 @@ from .stage import MID, PRE, StageInput, StagePlan
 from .threshold_l2 import ThresholdL2
 
 __all__ = ["METHODS", "make_method", "pruning_methods", "Method", "Pruner", "BoundedPruner", "NoPruning",
-           "ThresholdL2", "DynamicViT", "EViT", "ATS", "StagePlan", "StageInput", "PRE", "MID", "RaggedMeta", "Selection", "compact", "dense_view",
-           "packed_meta", "padded_meta", "uniform_meta", "cls_attention", "cls_attention_from_lse", "ats",
-           "dynamicvit", "evit", "threshold_l2"]
+           "ThresholdL2", "DynamicViT", "EViT", "ATS", "StagePlan", "StageInput", "PRE", "MID", "RaggedMeta",
+           "Selection", "compact", "dense_view", "packed_meta", "padded_meta", "uniform_meta", "cls_attention",
+           "cls_attention_from_lse", "ats", "dynamicvit", "evit", "threshold_l2"]
