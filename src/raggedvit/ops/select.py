@@ -27,6 +27,13 @@ best_first_rank_launcher = DirectLauncher(best_first_rank_fwd, "best_first_rank"
 ats_launchers = (DirectLauncher(ats_cdf_fwd, "ats_cdf"), DirectLauncher(ats_hits_fwd, "ats_hits"),
                  DirectLauncher(ats_index_fwd, "ats_index"))
 _BIG = 1 << 30
+ATS_MAX_TOKENS = 8192  # = raggedvit.pruning.ats.MAX_TOKENS
+
+
+def ats_cdf_bits(num_samples: int) -> int:
+    """Fraction bits of the integer ATS significances: :func:`raggedvit.pruning.ats.cdf_bits` (ops does not
+    import pruning; a test checks that both agree)."""
+    return min(40, 61 - (ATS_MAX_TOKENS - 1).bit_length() - max(num_samples - 1, 1).bit_length())
 
 
 def _launch(lau: DirectLauncher, dev: int, grid: tuple[int, int], tensors: tuple, ints: tuple, flags: tuple,
@@ -172,8 +179,8 @@ def ats_select(score: torch.Tensor, v_norm: torch.Tensor, dense_rows: torch.Tens
 
     Returns:
         ``(index, count)``: int64 ``(B, width)`` (prefix, kept tokens by ascending significance, filler 0) and
-        int64 ``(B,)``. Same decisions as the torch function except where a sample point lies within fp32
-        rounding of the midpoint between two CDF values (the CDF is summed in another order). No host sync.
+        int64 ``(B,)``. The same decisions as the torch function, always: both compute the same integer CDF
+        and integer sample points (:func:`raggedvit.pruning.ats.fixed_point`). No host sync.
     """
     dev = score.get_device()
     if dev < 0 and not ats_launchers[0].interpreted:
@@ -185,10 +192,14 @@ def ats_select(score: torch.Tensor, v_norm: torch.Tensor, dense_rows: torch.Tens
         raise ValueError("ats_select: fp32 score (last stride 1) and v_norm, int64 dense_rows and lengths, "
                          "num_samples >= 1")
     batch, L = dense_rows.shape
+    bits = ats_cdf_bits(num_samples)
+    if L > ATS_MAX_TOKENS or bits < 16:
+        raise ValueError(f"ats_select: needs L <= {ATS_MAX_TOKENS} and num_samples <= 2**32, got L={L}, "
+                         f"num_samples={num_samples}")
     device = score.device
     index = torch.empty(batch, width, dtype=torch.int64, device=device)
     count = torch.empty(batch, dtype=torch.int64, device=device)
-    cdf = torch.empty(batch, L, dtype=torch.float32, device=device)
+    cdf = torch.empty(batch, L, dtype=torch.int64, device=device)
     rank = torch.empty(batch, L, dtype=torch.int32, device=device)
     keep = torch.empty(batch, L, dtype=torch.int8, device=device)
     block_l = max(16, 1 << (L - 1).bit_length())
@@ -197,7 +208,7 @@ def ats_select(score: torch.Tensor, v_norm: torch.Tensor, dense_rows: torch.Tens
     grid = (batch, -(-L // block_i))
     cdf_k, hits_k, index_k = ats_launchers
     _launch(cdf_k, dev, grid, (score, v_norm, dense_rows, lengths, cdf, rank),
-            (L, num_prefix, score.stride(0), dense_rows.stride(0)), (block_i, block_l), score.dtype)
+            (L, num_prefix, score.stride(0), dense_rows.stride(0), bits), (block_i, block_l), score.dtype)
     _launch(hits_k, dev, grid, (cdf, rank, lengths, keep), (L, num_prefix, num_samples), (block_i, block_l, block_m),
             score.dtype)
     _launch(index_k, dev, grid, (keep, rank, lengths, index, count), (L, width, num_prefix), (block_i, block_l),
