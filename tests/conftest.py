@@ -16,6 +16,24 @@ DEVICE = torch.device("cuda") if torch.cuda.is_available() else torch.device("cp
 ON_GPU = DEVICE.type == "cuda"
 
 requires_gpu = pytest.mark.skipif(not ON_GPU, reason="needs a CUDA GPU")
+IN_CI = os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
+
+
+@pytest.fixture(scope="session")
+def sample_data_root():
+    """Root of the trained ViT-Tiny and the labelled ImageNet photos (``$RAGGEDVIT_DATA`` or ``../shared/data``).
+
+    Missing data skips the test with the paths tried, except under ``CI=true``, where it fails: CI runs
+    beside ``../shared``, so a missing folder there is a broken setup, not an optional extra."""
+    from raggedvit import sample_data
+
+    root = sample_data.locate()
+    if root is None:
+        reason = sample_data.missing_reason()
+        if IN_CI:
+            pytest.fail(f"CI=true and the trained-weights data is missing: {reason}")
+        pytest.skip(reason)
+    return root
 
 
 @pytest.fixture(autouse=True)

@@ -180,21 +180,31 @@ def best_first_select_fwd(
 
 # ATS sampling in three launches, each a grid of (image, slice of BLOCK_I positions) programs that compare
 # their slice with all BLOCK_L positions in one tile (no serial loops: a serial loop over 577 positions cost
-# ~400 us per stage at batch 1 on an H100). 1: ascending rank and CDF; 2: the min-max normalised CDF, its
-# neighbouring distinct values and the sample hits; 3: output slots (ascending significance).
+# ~400 us per stage at batch 1 on an H100). 1: ascending rank and integer CDF; 2: the scaled CDF, its
+# neighbouring distinct values and the sample hits; 3: output slots (ascending significance). Integer
+# arithmetic as :func:`raggedvit.pruning.ats.select_sampling` (the same integers: decisions independent of
+# the summation order and of GPU division rounding).
+
+_BIG = tl.constexpr(1 << 62)  # int64 sentinel above every scaled CDF value and sample point (pruning.ats._BIG)
 
 
-@triton.jit(do_not_specialize=["L", "P", "R", "stride_s", "stride_dr"])
-def ats_cdf_fwd(SCORE, WEIGHT, DENSE_ROWS, LENGTHS, CDF, RANK, L, P, R, stride_s, stride_dr,
+@triton.jit(do_not_specialize=["L", "P", "R", "stride_s", "stride_dr", "Q"])
+def ats_cdf_fwd(SCORE, WEIGHT, DENSE_ROWS, LENGTHS, CDF, RANK, L, P, R, stride_s, stride_dr, Q,
                 BLOCK_I: tl.constexpr, BLOCK_L: tl.constexpr):
-    """``RANK[b, i]``: ascending significance rank (ties: lower position first); ``CDF[b, i]``: the sum of
-    the significances of ranks ``<= RANK[b, i]``. Significance ``SCORE[b, l] * WEIGHT[row]``."""
+    """``RANK[b, i]``: ascending significance rank (ties: lower position first); ``CDF[b, i]`` (int64): the sum
+    of the integer significances of ranks ``<= RANK[b, i]``. Significance ``SCORE[b, l] * WEIGHT[row]`` (fp32),
+    as an integer ``floor(s * 2 ** (Q - E))``, ``2 ** (E - 1) <= max s < 2 ** E`` (exact steps:
+    :func:`raggedvit.pruning.ats.fixed_point`)."""
     b, ii, js, ci, cj = _slice(LENGTHS, L, P, BLOCK_I, BLOCK_L)
     si = _scores(SCORE, WEIGHT, DENSE_ROWS, b, ii, ci, stride_s, stride_dr, R, False, True)
     sj = _scores(SCORE, WEIGHT, DENSE_ROWS, b, js, cj, stride_s, stride_dr, R, False, True)
     lower = ((sj[None, :] < si[:, None]) | ((sj[None, :] == si[:, None]) & (js[None, :] < ii[:, None]))) & cj[None, :]
     rank = tl.sum(lower.to(tl.int32), axis=1)
-    cdf = tl.sum(tl.where(lower | ((js[None, :] == ii[:, None]) & cj[None, :]), sj[None, :], 0.0), axis=1)
+    s_max = tl.max(tl.where(cj, sj, 0.0), axis=0)
+    biased = tl.maximum(s_max.to(tl.float64).to(tl.int64, bitcast=True) >> 52, 1023 - 150)  # E + 1022
+    scale = ((Q + 2045 - biased) << 52).to(tl.float64, bitcast=True)  # 2 ** (Q - E)
+    qj = (sj.to(tl.float64) * scale).to(tl.int64)  # exact product (a power of two), truncated: floor
+    cdf = tl.sum(tl.where(lower | ((js[None, :] == ii[:, None]) & cj[None, :]), qj[None, :], 0), axis=1)
     tl.store(RANK + b * L + ii, rank, mask=ii < L)
     tl.store(CDF + b * L + ii, cdf, mask=ii < L)
 
@@ -202,30 +212,34 @@ def ats_cdf_fwd(SCORE, WEIGHT, DENSE_ROWS, LENGTHS, CDF, RANK, L, P, R, stride_s
 @triton.jit(do_not_specialize=["L", "P", "M"])
 def ats_hits_fwd(CDF, RANK, LENGTHS, KEEP, L, P, M,
                  BLOCK_I: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_M: tl.constexpr):
-    """``KEEP[b, i]``: candidate ``i`` is the first (lowest rank) of its normalised CDF value ``F`` and some
-    sample point ``y_k = y0 + k (1 - y0) / (M - 1)`` (``y0 = min{F > 0}``) has that value as its nearest one
-    (the lower value on equal distance)."""
+    """``KEEP[b, i]``: candidate ``i`` is the first (lowest rank) of its CDF value and some sample point has
+    that value as its nearest one (the lower value on equal distance). In integers, scaled by ``D (M - 1)``
+    (``D = CDF[top] - CDF[0]``, at least 1): values ``V = (M - 1) (CDF - CDF[0])``, sample points
+    ``T_k = (M - 1) c0 + k (D - c0)``, ``c0 = min{CDF - CDF[0] > 0}`` (``D`` if none): the official
+    ``y_k = y0 + k (1 - y0) / (M - 1)``, ``F = (CDF - CDF[0]) / D``, without rounding."""
     b, ii, js, ci, cj = _slice(LENGTHS, L, P, BLOCK_I, BLOCK_L)
-    cdf_j = tl.load(CDF + b * L + js, mask=cj, other=0.0)
-    first = tl.min(tl.where(cj, cdf_j, float("inf")), axis=0)  # the CDF at rank 0 (the smallest value)
-    den = tl.max(tl.where(cj, cdf_j, float("-inf")), axis=0) - first  # F = 1 exactly at the top rank
-    den = tl.where(den > 0, den, 1.0)
-    fj = tl.where(cj, (cdf_j - first) / den, float("inf"))
-    fi = tl.where(ci, (tl.load(CDF + b * L + ii, mask=ci, other=0.0) - first) / den, float("inf"))
-    y0 = tl.minimum(tl.min(tl.where(fj > 0, fj, float("inf")), axis=0), 1.0)
+    cdf_j = tl.load(CDF + b * L + js, mask=cj, other=0)
+    first = tl.min(tl.where(cj, cdf_j, _BIG), axis=0)  # the CDF at rank 0 (the smallest value)
+    dp = tl.maximum(tl.max(tl.where(cj, cdf_j, 0), axis=0) - first, 1)
+    g = tl.maximum(M - 1, 1).to(tl.int64)
+    c_j = tl.where(cj, cdf_j - first, 0)
+    vj = tl.where(cj, c_j * g, _BIG)
+    vi = tl.where(ci, (tl.load(CDF + b * L + ii, mask=ci, other=0) - first) * g, _BIG)
+    c0 = tl.minimum(tl.min(tl.where(cj & (c_j > 0), c_j, _BIG), axis=0), dp)
     rank_i = tl.load(RANK + b * L + ii, mask=ci, other=0)
     rank_j = tl.load(RANK + b * L + js, mask=cj, other=0)
-    lo = tl.max(tl.where(cj[None, :] & (fj[None, :] < fi[:, None]), fj[None, :], float("-inf")), axis=1)
-    hi = tl.min(tl.where(cj[None, :] & (fj[None, :] > fi[:, None]), fj[None, :], float("inf")), axis=1)
-    dup = tl.sum((cj[None, :] & (fj[None, :] == fi[:, None]) & (rank_j[None, :] < rank_i[:, None])).to(tl.int32),
+    lo = tl.max(tl.where(cj[None, :] & (vj[None, :] < vi[:, None]), vj[None, :], -_BIG), axis=1)
+    hi = tl.min(tl.where(cj[None, :] & (vj[None, :] > vi[:, None]), vj[None, :], _BIG), axis=1)
+    dup = tl.sum((cj[None, :] & (vj[None, :] == vi[:, None]) & (rank_j[None, :] < rank_i[:, None])).to(tl.int32),
                  axis=1)
-    ks = tl.arange(0, BLOCK_M)
-    y = tl.where(M > 1, y0 + ks.to(tl.float32) * ((1.0 - y0) / tl.maximum(M - 1, 1).to(tl.float32)), 1.0)
-    y = tl.where(ks < M, y, float("nan"))[None, :]  # NaN compares false: no pick
-    v = fi[:, None]
-    from_below = (y <= v) & (y > lo[:, None]) & (tl.abs(v - y) < tl.abs(lo[:, None] - y))
-    from_above = (y > v) & (y <= hi[:, None]) & ~(tl.abs(hi[:, None] - y) < tl.abs(v - y))
-    hit = tl.sum((from_below | from_above).to(tl.int32), axis=1)
+    ks = tl.arange(0, BLOCK_M).to(tl.int64)
+    t = tl.where(M > 1, c0 * g + ks * (dp - c0), dp)[None, :]
+    v = vi[:, None]
+    lo = lo[:, None]
+    hi = hi[:, None]
+    from_below = (t <= v) & (t > lo) & ((v - t) < (t - lo))
+    from_above = (t > v) & (t <= hi) & ~((hi - t) < (t - v))
+    hit = tl.sum(((from_below | from_above) & (ks < M)[None, :]).to(tl.int32), axis=1)
     tl.store(KEEP + b * L + ii, (ci & (dup == 0) & (hit > 0)).to(tl.int8), mask=ii < L)
 
 

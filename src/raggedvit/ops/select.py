@@ -32,6 +32,13 @@ best_first_rank_launcher = DirectLauncher(best_first_rank_fwd, "best_first_rank"
 ats_launchers = (DirectLauncher(ats_cdf_fwd, "ats_cdf"), DirectLauncher(ats_hits_fwd, "ats_hits"),
                  DirectLauncher(ats_index_fwd, "ats_index"))
 _BIG = 1 << 30
+ATS_MAX_TOKENS = 8192  # = raggedvit.pruning.ats.MAX_TOKENS
+
+
+def ats_cdf_bits(num_samples: int) -> int:
+    """Fraction bits of the integer ATS significances: :func:`raggedvit.pruning.ats.cdf_bits` (ops does not
+    import pruning; a test checks that both agree)."""
+    return min(40, 61 - (ATS_MAX_TOKENS - 1).bit_length() - max(num_samples - 1, 1).bit_length())
 
 
 def _launch(lau: DirectLauncher, dev: int, grid: tuple[int, int], tensors: tuple, ints: tuple, flags: tuple,
@@ -111,6 +118,8 @@ def l2_select(x: torch.Tensor, dense_rows: torch.Tensor, lengths: torch.Tensor, 
         return index, count
     norms = torch.linalg.vector_norm(x, dim=-1, dtype=torch.float32)  # one parallel launch over the rows
     block_l, block_j = _blocks(max(L, width))  # every output slot is written
+    if launcher.interpreted:  # the interpreter runs each tile in Python: one tile (integer ranks, same result)
+        block_j = block_l
     ints = (batch, L, width, num_prefix, x.shape[0], dense_rows.stride(0), k or 0, k_min,
             _BIG if k_max is None else k_max, float(threshold or 0.0), float(alpha or 0.0))
     _launch(launcher, dev, (batch, 1), (norms, dense_rows, lengths, index, count), ints,
@@ -183,7 +192,9 @@ def best_first_select(score: torch.Tensor, y: torch.Tensor, dense_rows: torch.Te
     if batch == 0:
         return index, count, extra
     block_l = max(16, 1 << (max(L, width) - 1).bit_length())  # every output slot is written
-    block_i = max(1, min(64, _PAIRS // block_l))
+    # the interpreter runs each program in Python: one program per image (integer ranks; each row's fp32 sum
+    # of better scores is reduced over the same positions: the same result)
+    block_i = block_l if best_first_rank_launcher.interpreted else max(1, min(64, _PAIRS // block_l))
     block_c = max(8, min(64, 4096 // block_l))
     rank = torch.empty(batch, L, dtype=torch.int32, device=y.device)
     before = torch.empty(batch, L, dtype=torch.float32, device=y.device) if rules[0] == 1 else rank
@@ -219,8 +230,8 @@ def ats_select(score: torch.Tensor, v_norm: torch.Tensor, dense_rows: torch.Tens
 
     Returns:
         ``(index, count)``: int64 ``(B, width)`` (prefix, kept tokens by ascending significance, filler 0) and
-        int64 ``(B,)``. Same decisions as the torch function except where a sample point lies within fp32
-        rounding of the midpoint between two CDF values (the CDF is summed in another order). No host sync.
+        int64 ``(B,)``. The same decisions as the torch function, always: both compute the same integer CDF
+        and integer sample points (:func:`raggedvit.pruning.ats.fixed_point`). No host sync.
     """
     dev = score.get_device()
     if dev < 0 and not ats_launchers[0].interpreted:
@@ -237,21 +248,26 @@ def ats_select(score: torch.Tensor, v_norm: torch.Tensor, dense_rows: torch.Tens
                          f"{tuple(dense_rows.shape)}, got {tuple(score.shape)} and {tuple(v_norm.shape)}")
     rows = v_norm.shape[0]
     batch, L = _check_meta("ats_select", dense_rows, lengths, num_prefix, width, rows, check_lengths)
+    bits = ats_cdf_bits(num_samples)
+    if L > ATS_MAX_TOKENS or bits < 16:
+        raise ValueError(f"ats_select: needs L <= {ATS_MAX_TOKENS} and num_samples <= 2**32, got L={L}, "
+                         f"num_samples={num_samples}")
     device = score.device
     index = torch.empty(batch, width, dtype=torch.int64, device=device)
     count = torch.empty(batch, dtype=torch.int64, device=device)
     if batch == 0:
         return index, count
-    cdf = torch.empty(batch, L, dtype=torch.float32, device=device)
+    cdf = torch.empty(batch, L, dtype=torch.int64, device=device)
     rank = torch.empty(batch, L, dtype=torch.int32, device=device)
     keep = torch.empty(batch, L, dtype=torch.int8, device=device)
     block_l = max(16, 1 << (L - 1).bit_length())
     block_m = max(16, 1 << (num_samples - 1).bit_length())
-    block_i = max(1, min(64, _PAIRS // max(block_l, block_m)))
+    # the interpreter runs each program in Python: one program per image (the same integers, ~4x faster)
+    block_i = block_l if ats_launchers[0].interpreted else max(1, min(64, _PAIRS // max(block_l, block_m)))
     grid = (batch, -(-L // block_i))
     cdf_k, hits_k, index_k = ats_launchers
     _launch(cdf_k, dev, grid, (score, v_norm, dense_rows, lengths, cdf, rank),
-            (L, num_prefix, rows, score.stride(0), dense_rows.stride(0)), (block_i, block_l), score.dtype)
+            (L, num_prefix, rows, score.stride(0), dense_rows.stride(0), bits), (block_i, block_l), score.dtype)
     _launch(hits_k, dev, grid, (cdf, rank, lengths, keep), (L, num_prefix, num_samples), (block_i, block_l, block_m),
             score.dtype)
     _launch(index_k, dev, grid, (keep, rank, lengths, index, count), (L, width, num_prefix), (block_i, block_l),

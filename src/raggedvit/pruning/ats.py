@@ -7,7 +7,9 @@ sort ``S`` ascending, min-max normalised CDF ``F``, ``M`` sample points from ``y
 (first index on ties), duplicates are dropped; output order: prefix, kept tokens by *ascending*
 significance. The nearest-value lookup is ``O(M log N)`` (``searchsorted`` plus a two-neighbour compare)
 instead of the official ``O(M * N)`` distance matrix; equal-distance ties between non-neighbouring CDF
-values (a floating-point corner case) are not reproduced.
+values (a floating-point corner case) are not reproduced. The official fp32 CDF and sample points are
+computed exactly instead (integer significances, :func:`fixed_point`): decisions then depend on the
+significances alone, not on a summation order, so both layouts and the Triton kernel agree bit for bit.
 
 Only the min-max normalised CDF matters, so any positive scaling of the significance (the head mean
 instead of the head sum, no division by the image total) selects the same tokens up to rounding.
@@ -27,12 +29,12 @@ import torch
 from ..ops.select import ats_select, best_first_select
 from .evit import num_keep
 from .method import Pruner, check_int
-from .ragged import Selection, cached, const, dense_view
+from .ragged import Selection, arange, cached, const, dense_view
 from .selection import candidate_scores, fixed_count, num_candidates, prefixed
 from .stage import MID, StageInput
 from .threshold_l2 import l2_scores
 
-__all__ = ["ATS", "significance", "sample_points", "select_sampling", "select_topk", "max_kept"]
+__all__ = ["ATS", "significance", "fixed_point", "cdf_bits", "select_sampling", "select_topk", "max_kept"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -113,57 +115,84 @@ def max_kept(num_candidates: int, num_samples: int) -> int:
     return min(num_candidates, num_samples)
 
 
-def sample_points(y0: torch.Tensor, num_samples: int) -> torch.Tensor:
-    """``(B, M)`` points ``y0 + k (1 - y0) / (M - 1)``, written as the official ``create_ys`` computes it."""
-    if num_samples == 1:
-        return torch.ones_like(y0)[:, None]
-    return _sample_points(y0[:, None], num_samples)
+MAX_TOKENS = 8192  # tokens per image the integer CDF allows for (L <= MAX_TOKENS)
+_BIG = 1 << 62  # int64 sentinel above every scaled CDF value and sample point
 
 
-def _sample_points(y0: torch.Tensor, m: int) -> torch.Tensor:
-    """:func:`sample_points` of ``y0: (B, 1)`` (``m >= 2``) with cached ``linspace * (m - 1)`` and steps."""
-    device = y0.device
-    lin, steps = cached(("ats_points", m, device), lambda: (
-        torch.linspace(0.0, 1.0, m, device=device)[None, :] * (m - 1),
-        torch.arange(m, device=device, dtype=torch.float32)[None, :]))
-    return y0 + (lin - y0 * steps) / (m - 1)
+def cdf_bits(num_samples: int) -> int:
+    """Fraction bits ``Q`` of :func:`fixed_point`: at most 40, and few enough that twice ``(M - 1)`` times a
+    sum of ``MAX_TOKENS`` values below ``2 ** Q`` stays below ``2 ** 62`` (int64, no overflow)."""
+    return min(40, 61 - (MAX_TOKENS - 1).bit_length() - max(num_samples - 1, 1).bit_length())
+
+
+def check_sampling(L: int, num_samples: int) -> None:
+    """ValueError unless the integer CDF covers ``L`` positions and ``num_samples`` sample points."""
+    if L > MAX_TOKENS or num_samples < 1 or cdf_bits(num_samples) < 16:
+        raise ValueError(f"ATS sampling: needs L <= {MAX_TOKENS} and 1 <= num_samples <= 2**32, got L={L}, "
+                         f"num_samples={num_samples}")
+
+
+def fixed_point(s: torch.Tensor, s_max: torch.Tensor, bits: int) -> torch.Tensor:
+    """int64 ``floor(s * 2 ** (bits - E))`` with ``2 ** (E - 1) <= s_max < 2 ** E``: non-negative fp32
+    significances as integers below ``2 ** bits`` (values under ``2 ** -bits`` of the maximum become 0).
+
+    Every step is exact (the exponent from the bits of ``s_max`` as fp64, a power-of-two scale built from its
+    bits, a product that only shifts the exponent, truncation), so the Triton kernel computes the same
+    integers (:func:`raggedvit.kernels.select.ats_cdf_fwd`). ``s_max``: ``(B, 1)`` fp32, the row maximum."""
+    biased = (s_max.double().view(torch.int64) >> 52).clamp(min=1023 - 150)  # E + 1022 (s_max = 0: any scale)
+    scale = ((bits + 2045 - biased) << 52).view(torch.float64)  # 2 ** (bits - E)
+    return (s.double() * scale).long()
 
 
 def select_sampling(sig: torch.Tensor, valid: torch.Tensor | None, num_prefix: int, *,
                     num_samples: int) -> Selection:
     """Inverse-transform sampling of ``sig: (B, L)`` (:func:`significance`, or any positive multiple), per image.
 
-    ``valid=None``: every position is live. Output width: the host bound
-    ``num_prefix + min(L - num_prefix, num_samples)``.
+    Exact integer arithmetic after one rounding (:func:`fixed_point`): the CDF is an int64 prefix sum and the
+    nearest-value search compares ``(M - 1) x CDF`` with integer sample points, no division, so any
+    implementation (the Triton kernel of :func:`raggedvit.ops.select.ats_select`, any summation order) makes
+    the same decisions on the same significances. ``valid=None``: every position is live. Output width: the
+    host bound ``num_prefix + min(L - num_prefix, num_samples)``.
     """
     batch, L = sig.shape
     width = L - num_prefix
     device = sig.device
     m = num_samples
-    # Non-candidates sort last with a huge finite key: the CDF past the live ones is > 1 or inf, never NaN.
+    check_sampling(L, m)
+    # Non-candidates sort last with a huge finite key, then count as 0 (their ranks come after the live ones).
     key = candidate_scores(sig, valid, num_prefix, torch.finfo(torch.float32).max)
     s_sorted, perm = torch.sort(key, dim=1, stable=True)  # ascending
     n = num_candidates(valid, num_prefix)
+    big = const(_BIG, torch.int64, device)
     if n is None:
         top = cached(("ats_top", batch, width, device), lambda: torch.full((batch, 1), width - 1, device=device))
+        q = fixed_point(s_sorted, s_sorted[:, -1:], cdf_bits(m))
+        live = None
     else:
         top = (n[:, None] - 1).clamp(min=0)
-    cdf = torch.cumsum(s_sorted, dim=1)
-    first = cdf[:, :1]
-    den = cdf.gather(1, top) - first
-    one = const(1.0, torch.float32, device)
-    norm = (cdf - first) / torch.where(den > 0, den, one)  # min-max normalised, ascending
-    inf = const(float("inf"), torch.float32, device)
-    y0 = torch.where(norm > 0, norm, inf).amin(dim=1, keepdim=True).clamp(max=1.0)  # no positive value: 1
-    ys = _sample_points(y0, m) if m > 1 else torch.ones_like(y0)  # (B, M)
-    hi = torch.searchsorted(norm, ys).clamp(max=top)  # first rank with F >= y, at most the last live one
+        live = arange(width, device)[None, :] < n[:, None]
+        s_live = torch.where(live, s_sorted, const(0.0, torch.float32, device))
+        q = fixed_point(s_live, s_live.amax(1, keepdim=True), cdf_bits(m))
+    cdf = torch.cumsum(q, dim=1)  # exact
+    c = cdf - cdf[:, :1]  # min-max numerator: 0 at rank 0, D at the top rank
+    dp = c.gather(1, top).clamp(min=1)  # D (1 when every live rank after the first is 0)
+    g = max(m - 1, 1)
+    v = c * g if live is None else torch.where(live, c * g, big)  # (M - 1) F D: non-decreasing, non-live last
+    pos = c > 0 if live is None else (c > 0) & live
+    c0 = torch.minimum(torch.where(pos, c, big).amin(dim=1, keepdim=True), dp)  # y0 D (y0 = 1 if no F > 0)
+    if m > 1:  # (M - 1) D y_k = (M - 1) y0 D + k (1 - y0) D
+        steps = cached(("ats_steps", m, device), lambda: torch.arange(m, device=device)[None, :])
+        t = c0 * g + steps * (dp - c0)
+    else:
+        t = dp
+    hi = torch.searchsorted(v, t).clamp(max=top)  # first rank with F >= y, at most the last live one
     off = cached(("ats_off", device), lambda: torch.tensor([1, 0], device=device)[None, :, None])
     lohi = (hi[:, None, :] - off).clamp(min=0)  # (B, 2, M): the two neighbours
-    near = norm.gather(1, lohi.view(batch, 2 * m)).view(batch, 2, m)
-    d = (near - ys[:, None, :]).abs()
+    near = v.gather(1, lohi.view(batch, 2 * m)).view(batch, 2, m)
+    d = (near - t[:, None, :]).abs()
     value = torch.where(d[:, 1] < d[:, 0], near[:, 1], near[:, 0])  # nearest CDF value, lower one on ties
     # argmin's "first index" among equal CDF values (zero-significance tokens): the first rank of that value.
-    pick = torch.searchsorted(norm, value)
+    pick = torch.searchsorted(v, value)
     hit = torch.zeros(batch, width + 1, dtype=torch.uint8, device=device)
     hit.scatter_(1, pick, 1)
     hit = hit[:, :width]
