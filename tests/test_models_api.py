@@ -115,6 +115,24 @@ def test_distilled_keeps_both_prefix_tokens():
     assert st.kept_patch_mask.shape == (2, 49)
 
 
+@pytest.mark.parametrize("method,opts", [("evit", {"variant": "adaptive"}), ("ats", {}), ("threshold_l2", {})])
+def test_register_tokens_are_prefix_tokens(method, opts):
+    """CLS + 4 registers: never pruned, first in every image; packed == padded; unpruned == timm."""
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, reg_tokens=4, img_size=SMALL, depth=6).eval()
+    images = make_images(2, SMALL)
+    packed = raggedvit.prune(model, method, attention="reference", stages=(1, 3), **opts).eval()
+    padded = raggedvit.prune(model, method, layout="padded", stages=(1, 3), **opts).eval()
+    with torch.no_grad():
+        a, b = packed(images), padded(images)
+        dense = raggedvit.prune(model, "none", attention="reference").eval()(images)
+        torch.testing.assert_close(dense, model(images), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    st = packed.last_stats
+    final = st.token_index[st.final_meta.dense_rows]
+    assert (final[:, :5] == torch.arange(5, dtype=final.dtype)).all()
+    assert st.kept_patch_mask.shape == (2, 49) and not st.kept_patch_mask.all()
+
+
 def test_errors_at_prune_time():
     model = timm.create_model(TINY, pretrained=False, depth=12)
     cases = [
@@ -139,10 +157,9 @@ def test_errors_at_prune_time():
         assert msg in str(e.value), (kwargs, str(e.value))
     with pytest.raises(ValueError, match="expected a timm VisionTransformer"):
         raggedvit.prune(torch.nn.Linear(3, 3), "evit")
-    for bad in [timm.create_model("vit_tiny_patch16_224", pretrained=False, global_pool="avg", class_token=False),
-                timm.create_model("vit_tiny_patch16_224", pretrained=False, reg_tokens=4)]:
-        with pytest.raises(ValueError, match="unsupported VisionTransformer"):
-            raggedvit.prune(bad, "evit")
+    bad = timm.create_model("vit_tiny_patch16_224", pretrained=False, global_pool="avg", class_token=False)
+    with pytest.raises(ValueError, match="unsupported VisionTransformer"):
+        raggedvit.prune(bad, "evit")
     with pytest.raises(ValueError, match="already pruned"):
         raggedvit.prune(raggedvit.prune(model, "evit"), "evit")
 

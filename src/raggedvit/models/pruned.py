@@ -27,9 +27,9 @@ LAYOUTS = ("packed", "padded")
 
 
 def check_model(model: nn.Module) -> None:
-    """Raise ValueError unless ``model`` is a timm ViT this library supports (DeiT-style: CLS token,
-    optional distillation token, no register tokens, token pooling, fixed image size, pre-norm blocks with
-    a fused qkv attention)."""
+    """Raise ValueError unless ``model`` is a timm ViT this library supports: a class token, optional
+    distillation and register tokens (prefix tokens: never pruned), token pooling, a fixed image size, and
+    pre-norm blocks with a fused qkv attention."""
     try:
         from timm.models.vision_transformer import Block, VisionTransformer
     except ImportError as e:  # pragma: no cover
@@ -42,8 +42,6 @@ def check_model(model: nn.Module) -> None:
     problems = []
     if getattr(model, "cls_token", None) is None:
         problems.append("no class token")
-    if getattr(model, "reg_token", None) is not None:
-        problems.append("register tokens")
     if getattr(model, "global_pool", None) != "token" or getattr(model, "attn_pool", None) is not None:
         problems.append(f"global_pool={getattr(model, 'global_pool', None)!r} (need 'token')")
     if getattr(model, "dynamic_img_size", False):
