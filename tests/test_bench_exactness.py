@@ -94,3 +94,24 @@ def test_bad_arguments(tmp_path, capsys, argv, message):
 def test_float16_on_cpu_refused(tmp_path, capsys):
     rc = _main(["--device", "cpu", "--dtype", "float16", "--out", str(tmp_path)])
     assert rc == 2 and "--dtype float16 needs a CUDA GPU" in capsys.readouterr().err
+
+
+@pytest.mark.timeout(300)
+def test_sample_data_run_reports_top1(tmp_path, capsys, sample_data_root):
+    """Trained ViT-Tiny on the labelled sample photos: top-1 per layout, packed == padded in fp32."""
+    out = tmp_path / "res"
+    weights = sample_data_root / "weights" / "vit_tiny_patch16_224.augreg_in21k_ft_in1k.safetensors"
+    rc = _main(["--sample-data", "--models", "vit_tiny_patch16_224.augreg_in21k_ft_in1k", "--checkpoint",
+                str(weights), "--methods", "none", "evit", "--variants", "fixed", "--num-images", "8",
+                "--calib-images", "2", "--batch-size", "4", "--device", "cpu", "--dtype", "float32",
+                "--attention", "reference", "--strict", "--out", str(out)])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    result = json.loads(next(out.glob("exactness-cpu-*.json")).read_text())
+    assert "labelled ImageNet sample photos" in result["settings"]["images"]
+    rows = {r["method"]: r for r in result["rows"]}
+    assert set(rows) == {"none", "evit"}
+    for r in rows.values():
+        assert 0.5 <= r["packed_top1"] <= 1.0 and r["packed_top1"] == r["padded_top1"]
+        assert r["max_logit_diff"] <= 1e-4 and r["decisions_identical"] == 8
+    assert "top-1 packed / padded" in text

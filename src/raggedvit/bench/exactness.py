@@ -66,6 +66,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--attention", default="auto", help="packed layout's backend: auto (triton on cuda, reference on cpu) or a name")
     a("--tol", type=float, help="max |logit diff| allowed (default 0.004 float16, 0.03 bfloat16, 1e-4 float32)")
     a("--seed", type=int, default=0, help="image generator seed (default 0)")
+    a("--sample-data", action="store_true",
+      help="the labelled ImageNet sample photos (raggedvit.sample_data: $RAGGEDVIT_DATA or ../shared/data) instead "
+           "of generated crops: the first --num-images are evaluated (top-1 reported), the next --calib-images "
+           "calibrate Threshold-L2")
     a("--quick", action="store_true", help="deit_small, 256 images (GPU, < 2 min); CPU: deit_tiny, 32 images")
     a("--strict", action="store_true", help="exit status 1 when a row fails its tolerance")
     a("--out", default="benchmarks/results", help="output folder (default benchmarks/results)")
@@ -205,12 +209,19 @@ def _run_model(name: str, args, s: dict, device, bar) -> tuple[dict, list[dict]]
     ckpt = args.checkpoint[s["models"].index(name)] if args.checkpoint else None
     low, ref = _load(name, ckpt, args, s, device)
     fp32_same = low is ref
-    images, descr = make_images(s["n"] + s["calib"], resolve_data_config({}, model=low.model), seed=args.seed)
+    labels = None
+    if args.sample_data:
+        images, labels = _sample_photos(low.model, s["n"] + s["calib"])
+        descr = [f"sample photo {i}" for i in range(s["n"])]
+        src = f"{s['calib']} sample photos disjoint from the {s['n']} evaluated ones (indices {s['n']}..)"
+        labels = labels[: s["n"]]
+    else:
+        images, descr = make_images(s["n"] + s["calib"], resolve_data_config({}, model=low.model), seed=args.seed)
+        src = (f"{s['calib']} generated images disjoint from the {s['n']} evaluated ones (generator indices "
+               f"{s['n']}..{s['n'] + s['calib'] - 1})")
     evals, calib = images[: s["n"]], images[s["n"]:]
     info = {"weights": low.weights, "images": descr[: s["n"]], "notes": []}
     print(f"{name}: weights: {low.weights}", flush=True)
-    src = (f"{s['calib']} generated images disjoint from the {s['n']} evaluated ones (generator indices "
-           f"{s['n']}..{s['n'] + s['calib'] - 1})")
     cache_low, cache_ref, rows = {}, {}, []
     for method, variant in s["combos"]:
         t0 = time.perf_counter()
@@ -252,6 +263,8 @@ def _run_model(name: str, args, s: dict, device, bar) -> tuple[dict, list[dict]]
             row[f"{layout}_vs_fp32_same_decisions"] = c["max_logit_diff_same_decisions"]
             row[f"{layout}_vs_fp32_decisions_identical"] = c["decisions_identical"]
             row[f"{layout}_vs_fp32_top1_agree"] = c["top1_agree"]
+            if labels is not None:  # top-1 against the ImageNet labels
+                row[f"{layout}_top1"] = float((res[layout]["logits"].argmax(1) == labels).float().mean())
         row.update(kept_stages=_kept_stages(res["packed"], blocks), status=_status(row, s["n"], s["tol"]),
                    seconds=time.perf_counter() - t0)
         rows.append(row)
@@ -259,6 +272,19 @@ def _run_model(name: str, args, s: dict, device, bar) -> tuple[dict, list[dict]]
     for note in info["notes"]:
         print(f"  {note}", flush=True)
     return info, rows
+
+
+def _sample_photos(model, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``n`` labelled sample photos in ``model``'s eval transform; UsageError if there are fewer."""
+    from .. import sample_data
+
+    root = sample_data.locate()
+    if root is None:
+        raise UsageError(f"--sample-data: {sample_data.missing_reason()}")
+    total = len(sample_data.sample_files(root))
+    if n > total:
+        raise UsageError(f"--sample-data: --num-images + --calib-images = {n} > the {total} sample photos")
+    return sample_data.load_images(model, range(n), root)
 
 
 def _run(args) -> int:
@@ -287,7 +313,8 @@ def _run(args) -> int:
     bar.close()
     settings = {k: v for k, v in s.items() if k not in ("combos", "dtype")}
     settings.update(dtype=dt, batch_size=args.batch_size, seed=args.seed, calibration_keep_rate=0.7,
-                    images="scikit-image photos, their mirror images, seeded random-resized crops (see make_images)",
+                    images="labelled ImageNet sample photos (raggedvit.sample_data)" if args.sample_data else
+                    "scikit-image photos, their mirror images, seeded random-resized crops (see make_images)",
                     fp32_reference="padded layout in float32, TF32 off" if dt != "float32" else
                     "the padded layout itself (--dtype float32)")
     result = {"kind": "exactness", "env": env, "settings": settings, "models": models, "rows": rows}
@@ -308,16 +335,19 @@ def _fmt(v) -> str:
 
 def _table(rows: list[dict]) -> list[str]:
     """Markdown table: one row per (model, method, variant)."""
+    labelled = any("packed_top1" in r for r in rows)
     lines = ["| model | method | variant | max_logit_diff | max_logit_diff_same_decisions | top1_agree | "
-             "decisions_identical | packed / padded vs fp32 | kept per stage: block mean [min..max] | status |",
-             "|---|---|---|---:|---:|---:|---:|---|---|---|"]
+             "decisions_identical | packed / padded vs fp32 | " + ("top-1 packed / padded | " if labelled else "")
+             + "kept per stage: block mean [min..max] | status |",
+             "|---|---|---|---:|---:|---:|---:|---|" + ("---|" if labelled else "") + "---|---|"]
     for r in rows:
         n = r["num_images"]
         kept = ", ".join(f"b{k['block']} {k['mean']:.1f} [{k['min']}..{k['max']}]" for k in r["kept_stages"]) or "-"
+        top1 = f"{r['packed_top1']:.1%} / {r['padded_top1']:.1%} | " if labelled else ""
         lines.append(f"| {r['model'].removesuffix('_patch16_224')} | {r['method']} | {r['variant']} | "
                      f"{_fmt(r['max_logit_diff'])} | {_fmt(r['max_logit_diff_same_decisions'])} | "
                      f"{r['top1_agree']}/{n} | {r['decisions_identical']}/{n} | "
-                     f"{_fmt(r['packed_vs_fp32'])} / {_fmt(r['padded_vs_fp32'])} | {kept} | {r['status']} |")
+                     f"{_fmt(r['packed_vs_fp32'])} / {_fmt(r['padded_vs_fp32'])} | {top1}{kept} | {r['status']} |")
     return lines
 
 
