@@ -250,7 +250,7 @@ def _run_model(name: str, args, s: dict, device, bar) -> tuple[dict, list[dict]]
             if layout == "fp32" and fp32_same:
                 res["fp32"] = res["padded"]
             else:
-                with _TF32Off() if layout == "fp32" else contextlib.nullcontext():
+                with _TF32Off() if layout == "fp32" or s["dtype"] == torch.float32 else contextlib.nullcontext():
                     dtype = torch.float32 if layout == "fp32" else s["dtype"]
                     res[layout] = _forward_all(fn, evals, device, dtype, args.batch_size)
             bar.update(1)
