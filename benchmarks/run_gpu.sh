@@ -5,6 +5,8 @@
 #   bash benchmarks/run_gpu.sh attention    # raggedvit bench attention --quick
 #   bash benchmarks/run_gpu.sh e2e          # raggedvit bench e2e --quick
 #   bash benchmarks/run_gpu.sh exactness    # raggedvit bench exactness --quick
+#   bash benchmarks/run_gpu.sh frontier     # raggedvit bench frontier --quick (trained ViT-Tiny, labelled photos)
+#   bash benchmarks/run_gpu.sh profile      # benchmarks/profile_forward.py: device time per kernel family
 #   bash benchmarks/run_gpu.sh demo         # raggedvit demo on the GPU (PNG per photo)
 #   bash benchmarks/run_gpu.sh ab           # bench e2e --quick, raggedvit graph, this tree vs .base/src (an older
 #                                           # tree: git archive REV src | tar -x -C .base), one run each
@@ -22,6 +24,8 @@ for step in "$@"; do
     attention) python3 -m raggedvit bench attention --quick --out "$OUT" ;;
     e2e) python3 -m raggedvit bench e2e --quick --out "$OUT" ;;
     exactness) python3 -m raggedvit bench exactness --quick --out "$OUT" ;;
+    frontier) python3 -m raggedvit bench frontier --quick --out "$OUT" ;;
+    profile) python3 benchmarks/profile_forward.py --out "$OUT" 2>&1 | tee "$OUT/profile-forward.log" ;;
     demo) python3 -m raggedvit demo --out "$OUT/demo" 2>&1 | tee "$OUT/demo.log" ;;
     ab) for side in base new; do
           src=src; [ "$side" = base ] && src=.base/src
@@ -40,6 +44,6 @@ for step in "$@"; do
               tests/test_ops_layernorm.py tests/test_ops_select.py -k "not graph and not torch_compile" 2>&1 | tail -n 8
           } | tee "$OUT/sanitizer.log"
           unset PYTORCH_NO_CUDA_MEMORY_CACHING ;;
-    *) echo "unknown step $step (tests, attention, e2e, exactness, demo, ab, safety, sanitize)"; exit 2 ;;
+    *) echo "unknown step $step (tests, attention, e2e, exactness, frontier, profile, demo, ab, safety, sanitize)"; exit 2 ;;
   esac
 done

@@ -139,6 +139,7 @@ def test_errors_at_prune_time():
         (dict(method="bogus"), "unknown method 'bogus'; valid: none, threshold_l2, dynamicvit, evit, ats"),
         (dict(method="evit", layout="ragged"), "unknown layout 'ragged'; valid: packed, padded"),
         (dict(method="evit", attention="nope"), "unknown attention backend 'nope'; valid:"),
+        (dict(method="evit", layout="padded", padding="batch"), "unknown padding 'batch'; valid: max, static"),
         (dict(method="evit", keep_rate=0.0), "keep_rate must be a number in (0, 1]"),
         (dict(method="evit", keep_rate=1.5), "keep_rate must be a number in (0, 1]"),
         (dict(method="dynamicvit", keep_rate=-0.1), "keep_rate must be a number in (0, 1]"),
@@ -239,12 +240,15 @@ class _Recorder(TorchDispatchMode):
 @pytest.mark.parametrize("method,opts", [("ats", {}), ("evit", {"variant": "adaptive"}),
                                          ("threshold_l2", {}), ("dynamicvit", {"variant": "adaptive"}),
                                          ("evit", {})])
-def test_packed_forward_is_static_and_sync_free(method, opts):
+@pytest.mark.parametrize("layout", [dict(attention="reference"), dict(layout="padded", padding="static")],
+                         ids=["packed", "padded-static"])
+def test_packed_forward_is_static_and_sync_free(method, opts, layout):
     """Shapes depend only on (batch, model, config): two batches with different kept counts run the same ops
-    on the same shapes, and nothing reads a device value back (CUDA-graph ready)."""
+    on the same shapes, and nothing reads a device value back (CUDA-graph ready). The padded layout with
+    ``padding="static"`` (the fair padded baseline) is static too."""
     model, preds = make_model(img_size=SMALL)
     extra = {"predictors": preds} if method == "dynamicvit" else {}
-    pruned = raggedvit.prune(model, method, attention="reference", **extra, **opts).eval()
+    pruned = raggedvit.prune(model, method, **layout, **extra, **opts).eval()
     runs = []
     with torch.no_grad():
         for scale in (0.25, 1.0, 4.0, 16.0):  # different image statistics: different kept counts

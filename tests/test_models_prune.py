@@ -175,14 +175,16 @@ def test_packed_equals_padded_and_reference(case, name):
             a = packed(images)
         if not adaptive or any(len(set(k.tolist())) > 1 for k in packed.last_stats.kept):
             break
-    with torch.no_grad():
-        b = padded(images)
-    sa, sb = packed.last_stats, padded.last_stats
-    assert len(sa.kept) == len(sb.kept) == len(packed.plan)
-    for ka, kb in zip(sa.kept, sb.kept):
-        assert torch.equal(ka, kb), f"keep counts differ: {ka.tolist()} vs {kb.tolist()}"
-    assert torch.equal(sa.kept_patch_mask, sb.kept_patch_mask)
-    torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
+    static = _build(model, preds, method, opts, layout="padded", padding="static")
+    for other in (padded, static):  # padded to the batch maximum, and to each stage's static capacity
+        with torch.no_grad():
+            b = other(images)
+        sa, sb = packed.last_stats, other.last_stats
+        assert len(sa.kept) == len(sb.kept) == len(packed.plan)
+        for ka, kb in zip(sa.kept, sb.kept):
+            assert torch.equal(ka, kb), f"{other.padding}: keep counts differ: {ka.tolist()} vs {kb.tolist()}"
+        assert torch.equal(sa.kept_patch_mask, sb.kept_patch_mask)
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
     P = model.num_prefix_tokens
     final = sa.token_index[sa.final_meta.dense_rows]  # (B, L)
     assert (final[:, :P] == torch.arange(P, dtype=final.dtype)).all(), "prefix tokens must stay in front"

@@ -1,4 +1,4 @@
-"""The ``raggedvit`` command line: ``bench attention|e2e|exactness``, ``demo``, ``eval``, ``report``.
+"""The ``raggedvit`` command line: ``bench attention|e2e|frontier|exactness``, ``demo``, ``eval``, ``report``.
 
 Each subcommand lives in its own module exposing ``add_arguments(parser)`` and ``main(args) -> int``;
 this file only wires them up, importing a module when its command runs.
@@ -14,6 +14,8 @@ import sys
 COMMANDS = [
     (("bench", "attention"), "raggedvit.bench.attention", "time one attention call for every backend"),
     (("bench", "e2e"), "raggedvit.bench.e2e", "images/s of whole pruned DeiT forwards for every pipeline"),
+    (("bench", "frontier"), "raggedvit.bench.frontier",
+     "top-1 against images/s of every method over a sweep of its budget, trained model, real photos"),
     (("bench", "exactness"), "raggedvit.bench.exactness", "packed vs padded logits and keep decisions on real photos"),
     (("demo",), "raggedvit.apps.demo", "run DeiT + every pruning method on bundled real photos"),
     (("eval",), "raggedvit.apps.evaluate", "top-1, agreement, kept tokens and speed over an image folder"),

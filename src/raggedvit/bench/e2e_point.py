@@ -62,6 +62,12 @@ def _graph(fn, device):
     return g.replay, out, time.perf_counter() - t0
 
 
+def compiled_dense(model: torch.nn.Module):
+    """``torch.compile`` of the unpruned model as a user would deploy it: ``mode="reduce-overhead"`` (CUDA graphs),
+    ``fullgraph=True``, ``dynamic=False`` (static shapes: one compile per batch size)."""
+    return torch.compile(model, mode="reduce-overhead", fullgraph=True, dynamic=False)
+
+
 def _stage_summary(kept: list[list[int]], blocks) -> list[dict]:
     return [{"block": b, "mean": sum(k) / len(k), "min": min(k), "max": max(k)} for b, k in zip(blocks, kept)]
 
@@ -69,20 +75,25 @@ def _stage_summary(kept: list[list[int]], blocks) -> list[dict]:
 class Point:
     """One grid point: builds and times every pipeline on the same inputs; returns result rows."""
 
-    def __init__(self, ctx, model, method, variant, batch, options, base: dict) -> None:
+    def __init__(self, ctx, model, method, variant, batch, options, base: dict,
+                 images: torch.Tensor | None = None) -> None:
         self.ctx, self.model, self.method, self.variant, self.batch = ctx, model, method, variant, batch
         self.options, self.base, self.dev = options, base, ctx["device"]
-        g = torch.Generator().manual_seed(ctx["seed"] * 7919 + batch)
-        size = model.patch_embed.img_size
-        self.x = torch.randn(batch, 3, *size, generator=g).to(self.dev, ctx["dtype"])
+        if images is None:  # random-weight speed runs: seeded noise images
+            g = torch.Generator().manual_seed(ctx["seed"] * 7919 + batch)
+            images = torch.randn(batch, 3, *model.patch_embed.img_size, generator=g)
+        elif images.shape[0] != batch:
+            raise ValueError(f"Point: {images.shape[0]} images for batch {batch}")
+        self.x = images.to(self.dev, ctx["dtype"])
         self.ref = self.kept = None
         self.pm = "dynamicvit" if method == "lengths" else method
         self.dims = vit_dims(model)
         self.n0 = self.dims.num_prefix + self.dims.num_patches
 
-    def pruned(self, layout, attention="triton"):
+    def pruned(self, layout, attention="triton", padding="max"):
         live = self.ctx["live_rows"] if layout == "packed" else False
-        return prune(self.model, self.pm, layout=layout, attention=attention, live_rows=live, **self.options).eval()
+        return prune(self.model, self.pm, layout=layout, attention=attention, live_rows=live, padding=padding,
+                     **self.options).eval()
 
     def run(self, pipeline: str) -> dict:
         row = dict(self.base, pipeline=pipeline, batch=self.batch, status="ok")
@@ -110,7 +121,15 @@ class Point:
         extra: dict = {"attention": backend or ("sdpa" if pl.layout == "padded" else "timm")}
         stats, mode, fn, model = None, "eager", None, None
         with torch.no_grad():
-            if pl.layout == "dense":
+            if pl.layout == "dense" and pl.mode == "compiled":
+                t0 = time.perf_counter()
+                cm = compiled_dense(self.model)
+                for _ in range(3):  # reduce-overhead records its CUDA graph after warm-up calls
+                    out = cm(self.x)
+                synchronize(dev)
+                extra["capture_s"] = time.perf_counter() - t0
+                fn, kept, mode = (lambda: cm(self.x)), [], "compiled"  # noqa: E731
+            elif pl.layout == "dense":
                 fn = lambda: self.model(self.x)  # noqa: E731
                 kept = []
             elif pl.layout == "oracle":
@@ -119,7 +138,7 @@ class Point:
                 fn = lambda: orc(self.x)  # noqa: E731
                 kept = [[w] * self.batch for w in widths]
             else:
-                model = self.pruned(pl.layout, backend or "triton")
+                model = self.pruned(pl.layout, backend or "triton", pl.padding)
                 if pl.mode == "capture":
                     from ..models.graph import capture
                     gv = capture(model, self.batch, example=self.x)
@@ -127,7 +146,9 @@ class Point:
                     out, replay, stats, mode = gv.output, gv.replay, gv.stats, "graph"
                 else:
                     fn = lambda: model(self.x)  # noqa: E731
-            if fn is not None:
+            if fn is not None and mode == "compiled":
+                out = fn()
+            elif fn is not None:
                 t0 = time.perf_counter()
                 out = fn()
                 stats = getattr(model, "last_stats", None)
@@ -137,7 +158,9 @@ class Point:
                 if pl.mode == "graph" or exact:
                     replay, out, extra["capture_s"] = _graph(fn, dev)
                     mode = "graph"
-            if mode == "graph":
+            if mode == "compiled":
+                call = fn
+            elif mode == "graph":
                 replay()
                 extra["syncs_per_forward"] = _count_syncs(replay, dev)
                 call = replay

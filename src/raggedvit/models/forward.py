@@ -93,7 +93,8 @@ def _attention_half(blk, x: torch.Tensor, meta: RaggedMeta, attend: Attend, rows
 
 
 def run(model, images: torch.Tensor, method: Method, plans: tuple[StagePlan, ...], modules, *, packed: bool,
-        attend: Attend, live_rows: bool | str = False, debug: bool = False) -> tuple[torch.Tensor, PruneStats]:
+        attend: Attend, live_rows: bool | str = False, debug: bool = False,
+        static_padding: bool = False) -> tuple[torch.Tensor, PruneStats]:
     """Pruned forward up to the final norm. Returns ``(prefix, stats)``, ``prefix: (B, P, C)`` final-normed
     prefix tokens (what timm's ``forward_head`` reads).
 
@@ -103,7 +104,8 @@ def run(model, images: torch.Tensor, method: Method, plans: tuple[StagePlan, ...
     ``live_rows`` (packed only, inference, blocks that :func:`~.live_rows.live_rows_unsupported` accepts):
     True, False or ``"auto"``: whether a stage's token-wise layers run as :class:`~.live_rows.LiveRows`
     kernels on the live rows only (see :func:`~.live_rows.live_rows_for`). ``debug``: validate each stage's
-    selection and metadata on the device (see :func:`~raggedvit.pruning.stage.run_stage`; syncs)."""
+    selection and metadata on the device (see :func:`~raggedvit.pruning.stage.run_stage`; syncs).
+    ``static_padding`` (padded only): adaptive stages pad to their planned width, not the batch maximum."""
     P = model.num_prefix_tokens
     x = model.norm_pre(model.patch_drop(model._pos_embed(patch_embed(model.patch_embed, images))))
     B, N0, C = x.shape
@@ -119,14 +121,15 @@ def run(model, images: torch.Tensor, method: Method, plans: tuple[StagePlan, ...
         plan = stages.get(i)
         module = None if plan is None or modules is None else modules[plan.index]
         if plan is not None and plan.site == PRE:
-            x, tok, meta, count = run_stage(method, plan, x, tok, meta, P, module=module, debug=debug)
+            x, tok, meta, count = run_stage(method, plan, x, tok, meta, P, module=module, debug=debug,
+                                             static_padding=static_padding)
             kept.append(count)
         if live_rows and rows_meta is not meta:
             rows, rows_meta = live_rows_for(live_rows, meta), meta
         y, q, k, v, scale = _attention_half(blk, x, meta, attend, rows)
         if plan is not None and plan.site == MID:
             y, tok, meta, count = run_stage(method, plan, y, tok, meta, P, qkv=(q, k, v), scale=scale, module=module,
-                                            debug=debug)
+                                            debug=debug, static_padding=static_padding)
             kept.append(count)
             if live_rows and rows_meta is not meta:
                 rows, rows_meta = live_rows_for(live_rows, meta), meta

@@ -24,6 +24,7 @@ from .stats import PruneStats
 __all__ = ["PrunedViT", "prune", "check_model", "LAYOUTS"]
 
 LAYOUTS = ("packed", "padded")
+PADDINGS = ("max", "static")  # prune(layout="padded", padding=...)
 
 
 def check_model(model: nn.Module) -> None:
@@ -88,6 +89,7 @@ class PrunedViT(nn.Module):
         self.attention = attention
         self.live_rows: bool | str = False  # see prune(live_rows=...)
         self.debug = False  # see prune(debug=...)
+        self.padding = "max"  # see prune(padding=...)
         self.num_prefix_tokens = model.num_prefix_tokens
         self.num_patches = model.patch_embed.num_patches
         self.last_stats: PruneStats | None = None
@@ -129,7 +131,7 @@ class PrunedViT(nn.Module):
         name = self.method.module_name
         prefix, stats = run(self.backbone, images, self.method, self.plan, getattr(self, name) if name else None,
                             packed=self.layout == "packed", attend=self._attend(images.device), live_rows=live,
-                            debug=self.debug)
+                            debug=self.debug, static_padding=self.layout == "padded" and self.padding == "static")
         self.last_stats = stats
         return prefix
 
@@ -145,7 +147,8 @@ class PrunedViT(nn.Module):
         return self.forward_head(self.forward_features(images))
 
     def extra_repr(self) -> str:
-        return f"method={self.method!r}, layout={self.layout!r}, attention={self.attention!r}"
+        pad = f", padding={self.padding!r}" if self.layout == "padded" else ""
+        return f"method={self.method!r}, layout={self.layout!r}{pad}, attention={self.attention!r}"
 
 
 def _auto_applies(images: torch.Tensor) -> bool:
@@ -154,7 +157,7 @@ def _auto_applies(images: torch.Tensor) -> bool:
 
 
 def prune(model: nn.Module, method: str | Method, *, layout: str = "packed", attention: str = "triton",
-          live_rows: bool | str = "auto", debug: bool = False, **options) -> PrunedViT:
+          live_rows: bool | str = "auto", debug: bool = False, padding: str = "max", **options) -> PrunedViT:
     """Token-pruned view of a timm DeiT/ViT that shares its weights.
 
     ``method`` is a method object (``prune(model, M(keep_rate=0.5))``) or a name of the registry
@@ -168,6 +171,10 @@ def prune(model: nn.Module, method: str | Method, *, layout: str = "packed", att
         layout: ``"packed"``: token rows ``(total, C)`` + ``cu_seqlens`` through the whole network, static
             capacities, no host sync (CUDA-graph ready); ``"padded"``: the baseline, kept tokens in a
             ``(B, max_kept, C)`` grid padded to the batch maximum, SDPA with a key-padding mask.
+        padding: padded layout only: the grid width after an adaptive stage. ``"max"`` (default): the batch
+            maximum of the kept counts (one device read per adaptive stage: no CUDA graph); ``"static"``: the
+            stage's static capacity (its bound on kept tokens; no host sync, CUDA-graph capturable, more padded
+            rows). Fixed stages are exact either way.
         attention: packed layout only: a backend name of :func:`raggedvit.ops.backends.get_backend`
             (``"triton"``, ``"reference"``, ...). Ignored by the padded layout (always SDPA).
         live_rows: packed layout, inference: run the token-wise layers of a stage as Triton kernels that read
@@ -193,6 +200,8 @@ def prune(model: nn.Module, method: str | Method, *, layout: str = "packed", att
     check_model(model)
     if layout not in LAYOUTS:
         raise ValueError(f"prune: unknown layout {layout!r}; valid: {', '.join(LAYOUTS)}")
+    if padding not in PADDINGS:
+        raise ValueError(f"prune: unknown padding {padding!r}; valid: {', '.join(PADDINGS)}")
     get_backend(attention)  # ValueError listing the valid backends
     try:
         method = make_method(method, **options)
@@ -217,4 +226,5 @@ def prune(model: nn.Module, method: str | Method, *, layout: str = "packed", att
         raise ValueError(f"prune: debug must be True or False, got {debug!r}")
     pruned.live_rows = live_rows
     pruned.debug = debug
+    pruned.padding = padding
     return pruned

@@ -120,11 +120,12 @@ def uses_kernels(meta: RaggedMeta, t: torch.Tensor) -> bool:
 
 def run_stage(method: Method, plan: StagePlan, x: torch.Tensor, tok: torch.Tensor, meta: RaggedMeta,
               num_prefix: int, *, qkv=None, scale: float | None = None, module: torch.nn.Module | None = None,
-              debug: bool = False):
+              debug: bool = False, static_padding: bool = False):
     """``method``'s selection at ``plan``, then the compaction. Returns ``(x, tok, meta, kept)``: the new
     rows, dense token ids and layout, and the ``(B,)`` int64 tokens per image after the stage (the same
     objects back for a no-op stage). ``debug``: validate the selection and the new metadata on the device
-    (syncs; ValueError naming the stage and the problem)."""
+    (syncs; ValueError naming the stage and the problem). ``static_padding``: padded layout: pad adaptive stages to
+    the plan's width instead of the batch maximum (no device read; see :func:`compact_stage`)."""
     if plan.noop:
         return x, tok, meta, meta.lengths
     sel = method.select(StageInput(plan, x, meta, num_prefix, qkv, scale, module))
@@ -133,15 +134,19 @@ def run_stage(method: Method, plan: StagePlan, x: torch.Tensor, tok: torch.Tenso
         last = meta.max_seqlen if sel.extra is not None else meta.max_seqlen - 1
         check_ragged(op, meta.capacity, bounded=[("kept count", sel.count, num_prefix, sel.width),
                                                  ("selected position", sel.index, 0, last)])
-    x, tok, meta = compact_stage(plan, sel, x, tok, meta)
+    x, tok, meta = compact_stage(plan, sel, x, tok, meta, static_padding=static_padding)
     if debug and not meta.padded:
         check_ragged(op, meta.capacity, what="buffer rows", cu_seqlens=meta.cu_seqlens, max_len=plan.width_out)
     return x, tok, meta, sel.count
 
 
-def compact_stage(plan: StagePlan, sel: Selection, x: torch.Tensor, tok: torch.Tensor, meta: RaggedMeta):
+def compact_stage(plan: StagePlan, sel: Selection, x: torch.Tensor, tok: torch.Tensor, meta: RaggedMeta, *,
+                  static_padding: bool = False):
     """Compact the rows ``x`` and gather the dense token ids ``tok: (B, L (+1))`` (last column -1 when the
-    selection may point at an appended token). Returns ``(x, tok, meta)``."""
+    selection may point at an appended token). Returns ``(x, tok, meta)``.
+
+    The padded layout pads an adaptive stage's grid to the batch maximum (one device read), or with
+    ``static_padding`` to the plan's width (static shapes: CUDA-graph capturable, more padded rows)."""
     width = None
     if uses_kernels(meta, x):  # one launch: rows, cu_seqlens, dense view, token ids
         if sel.width != plan.width_out:
@@ -154,7 +159,7 @@ def compact_stage(plan: StagePlan, sel: Selection, x: torch.Tensor, tok: torch.T
             return x, tok, uniform_meta(B, sel.width, x.device)
         return x, tok, ragged_meta(lengths=sel.count, cu_seqlens=cu, dense_rows=rows, dense_valid=valid,
                                    max_seqlen=sel.width)
-    if meta.padded and not sel.exact:
+    if meta.padded and not sel.exact and not static_padding:
         width = int(sel.count.max())  # padded baseline: pad to the batch maximum (one device read)
     elif not meta.padded and sel.width != plan.width_out:
         raise RuntimeError(f"stage {plan.index}: selection width {sel.width} != planned {plan.width_out}")

@@ -1,0 +1,85 @@
+"""Where the device time of a pruned forward goes: torch.profiler kernel totals per setting (GPU only).
+
+Runs the trained ViT-Tiny (raggedvit.sample_data) on real photos, fp16, the packed layout (eager and sync-free:
+the kernels are the ones its CUDA graph replays) and timm's dense forward, and prints, per setting, the device
+time per forward grouped by kernel family, then the largest kernels. Usage:
+``PYTHONPATH=src python benchmarks/profile_forward.py [--batches 64,256] [--out DIR]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+import raggedvit
+from raggedvit import sample_data
+
+SETTINGS = [("none", {}), ("evit", dict(variant="fixed", keep_rate=0.8)), ("ats", dict(variant="fixed", keep_rate=0.9)),
+            ("ats", dict(variant="adaptive")), ("evit", dict(variant="adaptive", mass=0.9))]
+FAMILIES = [("attention", r"attn|attention|fmha|flash"), ("gemm", r"gemm|sm90|cutlass|linear|matmul|nvjet|cublas"),
+            ("layernorm", r"layer_norm|layernorm"), ("select", r"select|sample|ats|cdf|topk|sort|cls"),
+            ("compact", r"compact|gather|scatter|index"),
+            ("elementwise", r"elementwise|vectorized|add|mul|gelu|copy|cat")]
+
+
+def family(name: str) -> str:
+    """Kernel family of a kernel name (first matching pattern of :data:`FAMILIES`)."""
+    low = name.lower()
+    for fam, pat in FAMILIES:
+        if re.search(pat, low):
+            return fam
+    return "other"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--batches", default="64,256")
+    ap.add_argument("--out", default="benchmarks/results")
+    args = ap.parse_args()
+    dev = torch.device("cuda")
+    model = sample_data.load_model().to(dev, torch.float16).eval()
+    images, _ = sample_data.load_images(model, range(256))
+    out = {}
+    for b in map(int, args.batches.split(",")):
+        x = images[:b].to(dev, torch.float16)
+        for method, opts in SETTINGS:
+            net = model if method == "none" else raggedvit.prune(model, method, **opts).eval()
+            reps = 10
+            with torch.no_grad():
+                for _ in range(3):
+                    net(x)
+                torch.cuda.synchronize()
+                with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                    for _ in range(reps):
+                        net(x)
+                    torch.cuda.synchronize()
+            fams, kern = defaultdict(float), defaultdict(lambda: [0.0, 0.0])
+            for e in prof.key_averages():
+                t = getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0)
+                if t <= 0 or e.key.startswith("cuda"):
+                    continue
+                fams[family(e.key)] += t / reps
+                kern[e.key][0] += t / reps
+                kern[e.key][1] += e.count / reps
+            total = sum(fams.values())
+            key = f"b{b} {method} {' '.join(f'{k}={v}' for k, v in opts.items())}"
+            top = sorted(kern.items(), key=lambda kv: -kv[1][0])[:12]
+            out[key] = {"total_us": total, "families": dict(fams),
+                        "top": [{"kernel": k[:90], "us": v[0], "calls": v[1]} for k, v in top]}
+            print(f"\n== {key}: {total:.0f} us device time per forward")
+            print("   " + ", ".join(f"{f} {t:.0f}" for f, t in sorted(fams.items(), key=lambda kv: -kv[1])))
+            for k, (us, n) in top:
+                print(f"   {us:8.1f} us {n:5.0f} calls  {k[:100]}")
+    path = Path(args.out)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "profile-forward.json").write_text(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
