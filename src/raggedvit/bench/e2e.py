@@ -37,6 +37,8 @@ from .e2e_point import Point
 from .pipelines import BASELINE, CPU_QUICK, PADDED_BEST, PIPELINES, SELECT_SHARE, SPEEDUPS
 
 MODELS = ("deit_tiny", "deit_small", "deit_base")
+SAMPLE_MODEL = "vit_tiny_trained"  # --sample-data: raggedvit.sample_data's ViT-Tiny
+SAMPLE_CALIB = 64  # --sample-data: the last photos calibrate Threshold-L2 (adaptive); the others are timed
 QUICK_GPU = dict(models=["deit_small"], img_sizes=[224], batches=[1, 8, 64, 256],
                  combos=[("evit", "fixed"), ("threshold_l2", "adaptive"), ("ats", "adaptive")],
                  extra=("deit_small", 384, "threshold_l2", "adaptive", 64))
@@ -58,6 +60,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--k-max", type=int, help="cap on kept tokens per image for adaptive methods (all layouts alike; not ATS)")
     a("--lengths-dist", help="also run method 'lengths': per-image keep rates per stage drawn from e.g. "
       "uniform:0.3:1.0, normal:0.7:0.15, beta:4:2, const:0.7")
+    a("--sample-data", action="store_true",
+      help="the trained ViT-Tiny on the labelled ImageNet sample photos (raggedvit.sample_data): each method "
+           "decides its own kept counts at its default options (or --keep-rate for fixed variants); no "
+           "calibration to a target count except Threshold-L2's adaptive thresholds (on 64 other photos)")
     a("--pretrained", action="store_true", help="timm pretrained weights (needs network access)")
     a("--checkpoint", help="a .pth state dict (timm keys; DynamicViT checkpoints also give the predictors)")
     a("--dtype", default="float16", choices=["float16", "bfloat16", "float32"])
@@ -75,6 +81,11 @@ def _grid(args, device) -> dict:
     cpu = device.type != "cuda"
     g = dict(QUICK_CPU if cpu else QUICK_GPU) if args.quick else dict(
         models=list(MODELS), img_sizes=[224, 384], combos=None, batches=[1, 4, 16, 64, 256], extra=None)
+    if args.sample_data:
+        if args.models or args.img_sizes or args.lengths_dist or args.pretrained or args.checkpoint:
+            raise SystemExit("bench e2e: --sample-data fixes the model (the trained ViT-Tiny at 224); drop "
+                             "--models/--img-sizes/--lengths-dist/--pretrained/--checkpoint")
+        g.update(models=[SAMPLE_MODEL], img_sizes=[224], extra=None)
     for k in ("models", "img_sizes", "batches"):
         if getattr(args, k):
             g[k], g["extra"] = getattr(args, k), None
@@ -85,7 +96,7 @@ def _grid(args, device) -> dict:
     if args.lengths_dist:
         g["combos"] = g["combos"] + [("lengths", "adaptive")]
     known = pruning_methods() + ("lengths",)
-    bad = [m for m, _ in g["combos"] if m not in known] + [m for m in g["models"] if m not in MODELS]
+    bad = [m for m, _ in g["combos"] if m not in known] + [m for m in g["models"] if m not in MODELS + (SAMPLE_MODEL,)]
     if bad:
         raise SystemExit(f"bench e2e: unknown model/method {bad}")
     g["pipelines"] = args.pipelines or list(CPU_QUICK if (cpu and args.quick) else PIPELINES)
@@ -126,9 +137,49 @@ def _load_model(name: str, img_size: int, device, dtype, args) -> LoadedModel:
                       device=device, dtype=dtype, img_size=None if full.endswith(str(img_size)) else img_size)
 
 
+def _sample_options(model, predictors, method: str, variant: str, keep_rate, calib, cache: dict, base: dict) -> dict:
+    """``prune`` options of a trained-weights point: the method's defaults (``keep_rate`` for fixed variants when
+    given); Threshold-L2 adaptive thresholds calibrated at ``keep_rate`` (default 0.7) on ``calib`` photos;
+    DynamicViT needs the checkpoint's trained predictors."""
+    opts: dict = {"variant": variant}
+    if keep_rate is not None and variant == "fixed":
+        opts["keep_rate"] = keep_rate
+    base["keep_rate"] = keep_rate
+    if method == "dynamicvit":
+        if predictors is None:
+            raise SystemExit("bench e2e --sample-data: dynamicvit needs trained predictors, and the sample "
+                             "checkpoint has none; drop it from --methods")
+        opts["predictors"] = predictors
+    if method == "threshold_l2" and variant == "adaptive":
+        from ..models import calibrate_thresholds
+
+        rate = 0.7 if keep_rate is None else keep_rate
+        if rate not in cache:
+            cache[rate] = calibrate_thresholds(model, calib, keep_rate=rate)
+        opts["thresholds"] = cache[rate]
+        base["calibration"] = {"param": "thresholds", "value": list(cache[rate]), "target_keep_rate": rate,
+                               "achieved_keep_rate": float("nan"), "source": f"{len(calib)} other sample photos"}
+    return opts
+
+
 def main(args) -> int:
     """Run the grid, write ``e2e-<gpu>-<stamp>.json`` + ``.md`` + plots under ``--out``; print a summary."""
     return run_command("bench e2e", lambda: _run(args))
+
+
+def _sample_photos(device, dtype) -> tuple[LoadedModel, torch.Tensor, torch.Tensor]:
+    """``(model, timed photos, calibration photos)``: :mod:`raggedvit.sample_data`'s trained ViT-Tiny on ``device``
+    and its labelled photos in the model's eval transform (the last :data:`SAMPLE_CALIB` calibrate Threshold-L2)."""
+    from .. import sample_data
+    from ..runtime.errors import UsageError
+
+    root = sample_data.locate()
+    if root is None:
+        raise UsageError(f"--sample-data: {sample_data.missing_reason()}")
+    weights = root / "weights" / "vit_tiny_patch16_224.augreg_in21k_ft_in1k.safetensors"
+    loaded = load_model("vit_tiny_patch16_224", checkpoint=str(weights), device=device, dtype=dtype)
+    images, _ = sample_data.load_images(loaded.model, None, root)
+    return loaded, images[:-SAMPLE_CALIB], images[-SAMPLE_CALIB:].to(device, dtype)
 
 
 def _run(args) -> int:
@@ -151,6 +202,12 @@ def _run(args) -> int:
     if grid["extra"]:
         m, s, meth, var, b = grid["extra"]
         points.append((m, s, (meth, var), b, None))
+    photos = None
+    if args.sample_data:
+        if any(m == "dynamicvit" for m, _ in grid["combos"]) and not args.methods:
+            grid["combos"] = [c for c in grid["combos"] if c[0] != "dynamicvit"]  # no trained predictors
+            points = [p for p in points if p[2][0] != "dynamicvit"]
+        photos = _sample_photos(device, dtype)
     from tqdm import tqdm
     env = environment(device)
     rows, models, calib, dense_cache = [], {}, {}, {}
@@ -161,15 +218,22 @@ def _run(args) -> int:
             dense_cache, calib = {}, {}
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-            models[(mname, img)] = _load_model(mname, img, device, dtype, args)
+            models[(mname, img)] = photos[0] if photos else _load_model(mname, img, device, dtype, args)
         loaded = models[(mname, img)]
         model = loaded.model
         base = dict(model=mname, img_size=img, method=method, variant=variant, dtype=str(dtype).removeprefix("torch."),
-                    live_rows=args.live_rows, _point=pi)
-        opts = cal.point_options(model, loaded.predictor_state, method, variant, batch, base, cache=calib, keep_rate=kr,
-                                 k_max=args.k_max, lengths_dist=args.lengths_dist, seed=args.seed,
-                                 calib_images=calib_n, attention="reference" if cpu else "triton")
-        pt = Point(ctx, model, method, variant, batch, opts, base)
+                    live_rows=args.live_rows, weights="trained" if photos else "random", _point=pi)
+        images = None
+        if photos:
+            preds = cal.dynamicvit_predictors(model, loaded.predictor_state) if loaded.predictor_state else None
+            opts = _sample_options(model, preds, method, variant, kr, photos[2], calib, base)
+            timed = photos[1]
+            images = timed[torch.arange(batch) % len(timed)]  # the first photos (repeated past the last one)
+        else:
+            opts = cal.point_options(model, loaded.predictor_state, method, variant, batch, base, cache=calib,
+                                     keep_rate=kr, k_max=args.k_max, lengths_dist=args.lengths_dist, seed=args.seed,
+                                     calib_images=calib_n, attention="reference" if cpu else "triton")
+        pt = Point(ctx, model, method, variant, batch, opts, base, images)
         pt.setup()
         for p in [BASELINE] + [q for q in grid["pipelines"] if q != BASELINE]:
             if p not in grid["pipelines"]:

@@ -157,6 +157,7 @@ def _speed_rows(ctx, model, method, options, batches, images, base, dense_rows, 
         x = images[:b] if len(images) >= b else images.repeat((b + len(images) - 1) // len(images), 1, 1, 1)[:b]
         if b not in dense_rows:  # the references, once per batch size
             pt = Point(ctx, model, "none", "fixed", b, {}, dict(base, method="none", variant="", setting="dense"), x)
+            pt.setup()
             dense_rows[b] = [pt.run(p) for p in DENSE_PIPELINES]
             bar.update(len(DENSE_PIPELINES))
         point_id[0] += 1
