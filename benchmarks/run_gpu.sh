@@ -3,8 +3,9 @@
 # Run from the repository root on a CUDA machine; no install needed (PYTHONPATH=src):
 #   bash benchmarks/run_gpu.sh tests        # GPU test suite (writes gpu-tests.log)
 #   bash benchmarks/run_gpu.sh attention    # raggedvit bench attention --quick
-#   bash benchmarks/run_gpu.sh e2e          # raggedvit bench e2e --quick
-#   bash benchmarks/run_gpu.sh exactness    # raggedvit bench exactness --quick
+#   bash benchmarks/run_gpu.sh e2e          # raggedvit bench e2e --sample-data --quick (trained ViT-Tiny, real photos)
+#   bash benchmarks/run_gpu.sh e2e-random   # raggedvit bench e2e --quick (random-weight DeiT-S, calibrated counts)
+#   bash benchmarks/run_gpu.sh exactness    # bench exactness, trained ViT-Tiny, 436 labelled photos, fp32 and fp16
 #   bash benchmarks/run_gpu.sh frontier     # raggedvit bench frontier --quick (trained ViT-Tiny, labelled photos)
 #   bash benchmarks/run_gpu.sh profile      # benchmarks/profile_forward.py: device time per kernel family
 #   bash benchmarks/run_gpu.sh demo         # raggedvit demo on the GPU (PNG per photo)
@@ -22,8 +23,13 @@ for step in "$@"; do
     tests) nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/gpu-tests.log"
            python3 -m pytest -q -n 4 -p no:cacheprovider 2>&1 | tail -n 40 | tee -a "$OUT/gpu-tests.log" ;;
     attention) python3 -m raggedvit bench attention --quick --out "$OUT" ;;
-    e2e) python3 -m raggedvit bench e2e --quick --out "$OUT" ;;
-    exactness) python3 -m raggedvit bench exactness --quick --out "$OUT" ;;
+    e2e) python3 -m raggedvit bench e2e --sample-data --quick --out "$OUT" ;;
+    e2e-random) python3 -m raggedvit bench e2e --quick --out "$OUT" ;;
+    exactness) W=vit_tiny_patch16_224.augreg_in21k_ft_in1k
+          for dt in float32 float16; do
+            python3 -m raggedvit bench exactness --sample-data --models $W --checkpoint "${RAGGEDVIT_DATA:-.data}/weights/$W.safetensors" \
+              --num-images 436 --calib-images 64 --batch-size 128 --dtype $dt --out "$OUT" 2>&1 | tail -n 16
+          done ;;
     frontier) python3 -m raggedvit bench frontier --quick --out "$OUT" ;;
     profile) python3 benchmarks/profile_forward.py --out "$OUT" 2>&1 | tee "$OUT/profile-forward.log" ;;
     demo) python3 -m raggedvit demo --out "$OUT/demo" 2>&1 | tee "$OUT/demo.log" ;;
@@ -44,6 +50,6 @@ for step in "$@"; do
               tests/test_ops_layernorm.py tests/test_ops_select.py -k "not graph and not torch_compile" 2>&1 | tail -n 8
           } | tee "$OUT/sanitizer.log"
           unset PYTORCH_NO_CUDA_MEMORY_CACHING ;;
-    *) echo "unknown step $step (tests, attention, e2e, exactness, frontier, profile, demo, ab, safety, sanitize)"; exit 2 ;;
+    *) echo "unknown step $step (tests, attention, e2e, e2e-random, exactness, frontier, profile, demo, ab, safety, sanitize)"; exit 2 ;;
   esac
 done
