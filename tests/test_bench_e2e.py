@@ -179,14 +179,17 @@ def test_dynamicvit_predictors_from_checkpoint_state():
 
 def test_pipeline_table():
     """The table says what e2e's former name tuples and prefix branches said (names and order, backends, graphs)."""
-    assert list(PIPELINES) == ["dense", "dense_graph", "padded_sdpa", "packed_fa2", "packed_fa2_graph",
+    assert list(PIPELINES) == ["dense", "dense_graph", "dense_compiled", "padded_sdpa", "padded_static", "packed_fa2",
+                               "packed_fa2_graph",
                                "packed_varlen_attn", "packed_nested", "raggedvit_eager", "raggedvit_graph", "oracle",
                                "oracle_capacity"]
     assert {n: p.backend for n, p in PIPELINES.items() if p.backend} == {
         "packed_fa2": "fa2_varlen", "packed_fa2_graph": "fa2_varlen", "packed_varlen_attn": "varlen_attn",
         "packed_nested": "nested_sdpa", "raggedvit_eager": "triton", "raggedvit_graph": "triton"}
-    assert {n for n, p in PIPELINES.items() if p.needs_cuda} == {"dense_graph", "packed_fa2_graph", "raggedvit_graph",
-                                                                 "oracle", "oracle_capacity"}
+    assert {n for n, p in PIPELINES.items() if p.needs_cuda} == {
+        "dense_graph", "dense_compiled", "padded_static", "packed_fa2_graph", "raggedvit_graph", "oracle",
+        "oracle_capacity"}
+    assert [n for n, p in PIPELINES.items() if p.padding == "static"] == ["padded_static"]
     assert [n for n, p in PIPELINES.items() if p.backend_run(on_gpu=False) != p.backend] == ["raggedvit_eager"]
     assert PIPELINES["raggedvit_eager"].backend_run(on_gpu=False) == "reference"
     assert {p.layout for p in PIPELINES.values()} == {"dense", "padded", "packed", "oracle"}
@@ -194,3 +197,38 @@ def test_pipeline_table():
     assert [n for n, p in PIPELINES.items() if p.capacity] == ["oracle_capacity"]
     with pytest.raises(ValueError, match="layout 'diagonal'"):
         Pipeline("x", "diagonal", None, "eager", "")
+
+
+def test_padded_best_is_the_faster_padded_mode():
+    """Each point's speed-ups against the padded baseline use its faster mode, named in the row."""
+    def row(p, ips, point=0, mode="graph"):
+        return dict(pipeline=p, images_per_s=ips, latency_us=1e6 / ips, status="ok", mode=mode, variant="adaptive",
+                    _point=point)
+    rows = [row("padded_sdpa", 100.0, mode="eager"), row("padded_static", 250.0), row("raggedvit_graph", 500.0),
+            row("dense_compiled", 400.0, mode="compiled"),
+            row("padded_sdpa", 300.0, 1, "eager"), row("padded_static", 200.0, 1), row("raggedvit_graph", 600.0, 1)]
+    e2e.finish_rows(rows)
+    assert rows[2]["padded_best"] == "padded_static (graph)" and rows[2]["speedup_vs_padded_best"] == 2.0
+    assert rows[2]["speedup_vs_dense_compiled"] == 1.25 and rows[2]["speedup_vs_padded"] == 5.0
+    assert rows[6]["padded_best"] == "padded_sdpa (eager)" and rows[6]["speedup_vs_padded_best"] == 2.0
+    assert "speedup_vs_dense_compiled" not in rows[6]  # no reference at that point
+    assert "padded_best" not in rows[0] and "padded_best" not in rows[1]
+
+
+def test_sample_data_mode_runs_the_trained_model(tmp_path, sample_data_root):
+    """--sample-data: the trained ViT-Tiny on real photos, the method's own kept counts (no calibration to a
+    target count), every row labelled trained."""
+    args = _args(tmp_path, "--sample-data", "--batches", "1", "--methods", "evit,threshold_l2", "--variants",
+                 "adaptive", "--pipelines", "padded_sdpa,raggedvit_eager", "--budget", "0.01", "--live-rows", "off")
+    assert e2e.main(args) == 0
+    rows = json.loads(next(tmp_path.glob("e2e-cpu-*.json")).read_text())["rows"]
+    assert {r["model"] for r in rows} == {"vit_tiny_trained"} and {r["weights"] for r in rows} == {"trained"}
+    for r in rows:
+        assert r["status"] == "ok", r
+        if r["pipeline"] == "raggedvit_eager":
+            assert r["max_logit_diff"] < 1e-3 and r["top1_agree"] == 1.0
+    thr = [r for r in rows if r["method"] == "threshold_l2"]
+    assert thr[0]["calibration"]["param"] == "thresholds"  # Threshold-L2's own calibration, on other photos
+    assert "calibration" not in [r for r in rows if r["method"] == "evit"][0]
+    with pytest.raises(SystemExit, match="fixes the model"):
+        e2e.main(_args(tmp_path, "--sample-data", "--models", "deit_small"))

@@ -167,9 +167,10 @@ def main(args) -> int:
     return run_command("bench e2e", lambda: _run(args))
 
 
-def _sample_photos(device, dtype) -> tuple[LoadedModel, torch.Tensor, torch.Tensor]:
-    """``(model, timed photos, calibration photos)``: :mod:`raggedvit.sample_data`'s trained ViT-Tiny on ``device``
-    and its labelled photos in the model's eval transform (the last :data:`SAMPLE_CALIB` calibrate Threshold-L2)."""
+def _sample_photos(device, dtype, n: int) -> tuple[LoadedModel, torch.Tensor, torch.Tensor]:
+    """``(model, timed photos, calibration photos)``: :mod:`raggedvit.sample_data`'s trained ViT-Tiny on ``device``,
+    its first ``n`` labelled photos (at most all but the calibration ones) and the last :data:`SAMPLE_CALIB` (they
+    calibrate Threshold-L2), in the model's eval transform."""
     from .. import sample_data
     from ..runtime.errors import UsageError
 
@@ -178,8 +179,10 @@ def _sample_photos(device, dtype) -> tuple[LoadedModel, torch.Tensor, torch.Tens
         raise UsageError(f"--sample-data: {sample_data.missing_reason()}")
     weights = root / "weights" / "vit_tiny_patch16_224.augreg_in21k_ft_in1k.safetensors"
     loaded = load_model("vit_tiny_patch16_224", checkpoint=str(weights), device=device, dtype=dtype)
-    images, _ = sample_data.load_images(loaded.model, None, root)
-    return loaded, images[:-SAMPLE_CALIB], images[-SAMPLE_CALIB:].to(device, dtype)
+    total = len(sample_data.sample_files(root))
+    timed = min(n, total - SAMPLE_CALIB)
+    images, _ = sample_data.load_images(loaded.model, [*range(timed), *range(total - SAMPLE_CALIB, total)], root)
+    return loaded, images[:timed], images[timed:].to(device, dtype)
 
 
 def _run(args) -> int:
@@ -207,7 +210,7 @@ def _run(args) -> int:
         if any(m == "dynamicvit" for m, _ in grid["combos"]) and not args.methods:
             grid["combos"] = [c for c in grid["combos"] if c[0] != "dynamicvit"]  # no trained predictors
             points = [p for p in points if p[2][0] != "dynamicvit"]
-        photos = _sample_photos(device, dtype)
+        photos = _sample_photos(device, dtype, max(grid["batches"]))
     from tqdm import tqdm
     env = environment(device)
     rows, models, calib, dense_cache = [], {}, {}, {}

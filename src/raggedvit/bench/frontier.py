@@ -185,12 +185,12 @@ def _run(args) -> int:
     bad = [b for b in args.batches if b < 1]
     if bad:
         raise UsageError(f"--batches must be >= 1, got {bad}")
-    loaded, images, labels, calib, ckpt = _load(args, device, dtype)
-    model = loaded.model
-    methods = args.methods or [m for m in pruning_methods() if m != "none"]
+    methods = list(args.methods or [m for m in pruning_methods() if m != "none"])
     unknown = [m for m in methods if m not in pruning_methods()]
     if unknown:
         raise UsageError(f"unknown method(s) {unknown}; registered: {', '.join(pruning_methods())}")
+    loaded, images, labels, calib, ckpt = _load(args, device, dtype)
+    model = loaded.model
     skipped = {}
     if "dynamicvit" in methods and not loaded.predictor_state:
         methods.remove("dynamicvit")

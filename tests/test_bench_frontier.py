@@ -1,0 +1,58 @@
+"""Tests for raggedvit bench frontier: the sweep, accuracy on the trained ViT-Tiny, outputs (CPU: no speed)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+
+from raggedvit.bench import frontier
+
+
+def _args(tmp_path, *extra):
+    parser = argparse.ArgumentParser()
+    frontier.add_arguments(parser)
+    return parser.parse_args(["--out", str(tmp_path), "--device", "cpu", *extra])
+
+
+def test_settings_and_labels():
+    quick = frontier.settings(["evit", "ats"], quick=True)
+    full = frontier.settings(["evit", "ats"], quick=False)
+    assert len(quick) < len(full) and all(s in full for s in quick)
+    assert frontier.settings(["none_such"], quick=True) == [("none_such", {})]  # no sweep: its defaults
+    assert frontier.label("evit", dict(variant="fixed", keep_rate=0.8)) == "evit fixed keep_rate=0.8"
+
+
+def test_frontier_on_the_trained_model(tmp_path, sample_data_root, monkeypatch):
+    """Top-1 on labelled photos for dense and every setting, the method's own kept counts, JSON + markdown."""
+    monkeypatch.setitem(frontier.QUICK, "evit", (0, 1, 2))
+    monkeypatch.setitem(frontier.QUICK, "threshold_l2", (0,))
+    assert frontier.main(_args(tmp_path, "--quick", "--methods", "evit,threshold_l2", "--num-images", "4",
+                               "--calib-images", "4")) == 0
+    path = next(tmp_path.glob("frontier-cpu-*.json"))
+    data = json.loads(path.read_text())
+    assert data["kind"] == "frontier" and data["rows"] == []  # no speed without CUDA
+    res = data["settings"]
+    assert res[0]["setting"] == "dense" and res[0]["images"] == 4
+    names = [r["setting"] for r in res]
+    assert "evit fixed keep_rate=0.8" in names and "threshold_l2 adaptive calibrate=0.9" in names
+    for r in res:
+        assert r["status"] == "ok", r
+        assert 0.0 <= r["top1"] <= 100.0
+        if r["method"] != "none":
+            assert len(r["kept_stages"]) == 3
+            means = [s["mean"] for s in r["kept_stages"]]
+            assert means == sorted(means, reverse=True) and means[0] <= 197
+            assert all(s["min"] <= s["mean"] <= s["max"] for s in r["kept_stages"])
+    evit = {r["options"]["keep_rate"]: r for r in res if r["method"] == "evit" and r["variant"] == "fixed"}
+    assert evit[0.7]["kept_stages"][-1]["mean"] < evit[0.9]["kept_stages"][-1]["mean"]
+    md = path.with_suffix(".md").read_text()
+    assert "| dense |" in md and "evit fixed keep_rate=0.8" in md
+
+
+def test_bad_arguments(tmp_path, sample_data_root):
+    assert frontier.main(_args(tmp_path, "--methods", "bogus")) == 2
+    assert frontier.main(_args(tmp_path, "--num-images", "600")) == 2
+    with pytest.raises(SystemExit):
+        _args(tmp_path, "--batches", "x")
