@@ -98,3 +98,127 @@ def test_ats_sampling_exact_rule(num_samples):
         expected = [0] + [P + j for j in _fraction_reference(sig[b, P:n].tolist(), num_samples)] if n > P else [0]
         assert want.index[b, : int(want.count[b])].tolist() == expected, f"torch, image {b}"
         assert index[b, : int(count[b])].tolist() == expected, f"triton, image {b}"
+
+
+def _run_uniform(sig: torch.Tensor, num_prefix: int, num_samples: int):
+    """As :func:`_run_both` with every position live (``valid=None``: the reference's uniform path)."""
+    from raggedvit.ops.select import ats_select
+    from raggedvit.pruning import ats
+
+    B, L = sig.shape
+    want = ats.select_sampling(sig, None, num_prefix, num_samples=num_samples)
+    rows = torch.arange(B * L, device=sig.device).view(B, L)
+    lengths = torch.full((B,), L, dtype=torch.int64, device=sig.device)
+    index, count = ats_select(sig.contiguous(), torch.ones(B * L, device=sig.device), rows, lengths, num_prefix,
+                              want.width, num_samples)
+    return want, index, count
+
+
+def _assert_same(want, index, count):
+    assert torch.equal(count, want.count), (count - want.count).nonzero().flatten().tolist()
+    assert _kept(index, count) == _kept(want.index, want.count)
+    assert index.shape == want.index.shape
+
+
+def _edge_images(L: int, P: int) -> torch.Tensor:
+    """Images that reach every branch of the per-value hit test (the kernel's ``ats_sample_fwd``)."""
+    g = torch.Generator().manual_seed(L * 7 + P)
+    rand = lambda *s: torch.rand(*s, generator=g)  # noqa: E731
+    rows = [
+        torch.zeros(L),  # D == 0: rank 0 only
+        torch.ones(L),  # all equal: T_k on the values (step 1 per rank)
+        torch.cat([torch.zeros(L - 1), torch.ones(1)]),  # one positive value: c0 == D, step 0
+        torch.cat([torch.full((L - 1,), 1e-30), torch.ones(1)]),  # below 2**-40 of the max: q == 0 duplicates
+        torch.cat([torch.zeros(L // 2), rand(L - L // 2)]),  # a run of zeros, then distinct values
+        torch.cat([torch.full((L // 3,), 1e-20), rand(L - L // 3) + 1]),  # tiny (q == 0) then near-equal
+        torch.randint(0, 3, (L,), generator=g).float(),  # integers: zeros, ties, midpoints
+        torch.randint(1, 4, (L,), generator=g).float() * 0.375,
+        (rand(L) ** 8),  # wide dynamic range, some q == 0
+        rand(L),
+        torch.cat([torch.ones(2), torch.zeros(L - 2)]),  # two positives, equal
+        torch.cat([torch.tensor([3.0, 1.0]), torch.zeros(L - 2)]),
+    ]
+    sig = torch.stack(rows)[:, torch.randperm(L, generator=g)]
+    sig[:, :P] = 0.0
+    return sig.to(DEVICE)
+
+
+@pytest.mark.parametrize("num_samples", [1, 2, 3, 5, 16, 196])
+@pytest.mark.parametrize("P", [1, 2])
+def test_ats_sampling_edge_cases(num_samples, P):
+    """M == 1 (the single point D), M == 2 (the points c0 and D), step 0 (one positive CDF value), duplicate
+    CDF values from zero integer significances, ties, and lengths 0, 1, the prefix only, prefix + 1, + 2."""
+    L = 37
+    sig = _edge_images(L, P)
+    B = sig.shape[0]
+    lengths = torch.full((B,), L, dtype=torch.int64, device=DEVICE)
+    _assert_same(*_run_both(sig, lengths, P, num_samples))
+    _assert_same(*_run_uniform(sig, P, num_samples))
+    short = torch.tensor([0, 1, P, P + 1, P + 2, P + 3, 0, P, P + 1, L, L - 1, P + 2], device=DEVICE)
+    _assert_same(*_run_both(sig, short, P, num_samples))
+    ragged = torch.randint(0, L + 1, (B,), device=DEVICE)
+    _assert_same(*_run_both(sig, ragged, P, num_samples))
+
+
+@pytest.mark.parametrize("num_samples", [1, 2, 196, 576])
+def test_ats_sampling_long_images(num_samples):
+    """L = 577 (384 px, BLOCK_L = 1024), ragged and uniform, with zeros and ties."""
+    B, L, P = 6, 577, 1
+    sig = torch.rand(B, L, device=DEVICE) ** 4
+    sig[0, 100:300] = 0.0
+    sig[1] = torch.randint(0, 5, (L,), device=DEVICE).float()
+    sig[2, ::3] = 1e-25
+    sig[:, :P] = 0.0
+    lengths = torch.tensor([L, 400, 577, 2, 1, 300], device=DEVICE)
+    _assert_same(*_run_both(sig, lengths, P, num_samples))
+    _assert_same(*_run_uniform(sig, P, num_samples))
+
+
+def test_ats_sampling_fuzz_against_fraction_reference():
+    """Random small images (zeros, ties, tiny values, integer midpoints) and sample counts: both
+    implementations equal the exact rational reference (significances exactly representable, no value under
+    ``2 ** -40`` of the maximum, so the integer CDF is exact)."""
+    g = torch.Generator().manual_seed(0)
+    for trial in range(24):
+        L, P = int(torch.randint(2, 12, (1,), generator=g)), 1
+        m = [1, 2, 3, 4, 7, 10, 25][trial % 7]
+        kind = trial % 3
+        vals = torch.randint(0, 4 if kind else 2, (8, L), generator=g).float()
+        if kind == 2:
+            vals = vals * 2.0 ** torch.randint(-4, 5, (8, L), generator=g)
+        sig = vals.to(DEVICE)
+        sig[:, :P] = 0.0
+        lengths = torch.randint(0, L + 1, (8,), generator=g).to(DEVICE)
+        want, index, count = _run_both(sig, lengths, P, m)
+        _assert_same(want, index, count)
+        for b in range(8):
+            n = int(lengths[b])
+            if n > P:
+                expected = [0] + [P + j for j in _fraction_reference(sig[b, P:n].tolist(), m)]
+                assert index[b, : int(count[b])].tolist() == expected, (trial, b)
+            else:
+                assert int(count[b]) == P and index[b, 0] == 0, (trial, b)
+
+
+@pytest.mark.parametrize("num_samples", [2, 4, 6, 196])
+def test_ats_sampling_unit_steps(num_samples):
+    """Integer significances of 1, 2, 3, 5 and 7 beside values near the maximum (multiples of ``2 ** -39``
+    with the maximum in ``[0.5, 2)``: the integer CDF is exact), so sample points land on CDF values one
+    apart and on half-integer midpoints (odd ``M - 1``): the rounding of ``floor((v + lo) / 2)`` matters."""
+    g = torch.Generator().manual_seed(num_samples)
+    B, L, P = 32, 9, 1
+    unit = 2.0 ** -39
+    small = torch.tensor([0, 1, 1, 2, 3, 5, 7], dtype=torch.float64)[torch.randint(0, 7, (B, L), generator=g)]
+    large = torch.tensor([1.0, 0.5, 0.75, 1.5, 1 - 2.0 ** -23])[torch.randint(0, 5, (B, L), generator=g)]
+    sig = torch.where(torch.rand(B, L, generator=g) < 0.6, small * unit, large.double()).float().to(DEVICE)
+    sig[:, :P] = 0.0
+    sig[:, -1] = 1.0
+    lengths = torch.randint(P, L + 1, (B,), generator=g).to(DEVICE)
+    lengths[:8] = L
+    want, index, count = _run_both(sig, lengths, P, num_samples)
+    _assert_same(want, index, count)
+    for b in range(B):
+        n = int(lengths[b])
+        if n > P:
+            expected = [0] + [P + j for j in _fraction_reference(sig[b, P:n].tolist(), num_samples)]
+            assert index[b, : int(count[b])].tolist() == expected, b

@@ -178,23 +178,26 @@ def best_first_select_fwd(
             tl.store(EXTRA + b * C + cols, e.to(EXTRA.dtype.element_ty), mask=cols < C)
 
 
-# ATS sampling in three launches, each a grid of (image, slice of BLOCK_I positions) programs that compare
-# their slice with all BLOCK_L positions in one tile (no serial loops: a serial loop over 577 positions cost
-# ~400 us per stage at batch 1 on an H100). 1: ascending rank and integer CDF; 2: the scaled CDF, its
-# neighbouring distinct values and the sample hits; 3: output slots (ascending significance). Integer
-# arithmetic as :func:`raggedvit.pruning.ats.select_sampling` (the same integers: decisions independent of
-# the summation order and of GPU division rounding).
+# ATS sampling in two launches (:func:`ats_rank_fwd`, :func:`ats_sample_fwd`), integer arithmetic as
+# :func:`raggedvit.pruning.ats.select_sampling` (the same integers: decisions independent of the summation
+# order and of GPU division rounding). Only the ranking is quadratic (fp32 / int32 tiles of an (image, slice)
+# grid: no serial loops, a serial loop over 577 positions cost ~400 us per stage at batch 1 on an H100);
+# the CDF, the sample hits and the output slots are linear passes over the ranks, one program per image.
 
 _BIG = tl.constexpr(1 << 62)  # int64 sentinel above every scaled CDF value and sample point (pruning.ats._BIG)
 
 
 @triton.jit(do_not_specialize=["L", "P", "R", "stride_s", "stride_dr", "Q"])
-def ats_cdf_fwd(SCORE, WEIGHT, DENSE_ROWS, LENGTHS, CDF, RANK, L, P, R, stride_s, stride_dr, Q,
-                BLOCK_I: tl.constexpr, BLOCK_L: tl.constexpr):
-    """``RANK[b, i]``: ascending significance rank (ties: lower position first); ``CDF[b, i]`` (int64): the sum
-    of the integer significances of ranks ``<= RANK[b, i]``. Significance ``SCORE[b, l] * WEIGHT[row]`` (fp32),
-    as an integer ``floor(s * 2 ** (Q - E))``, ``2 ** (E - 1) <= max s < 2 ** E`` (exact steps:
-    :func:`raggedvit.pruning.ats.fixed_point`)."""
+def ats_rank_fwd(SCORE, WEIGHT, DENSE_ROWS, LENGTHS, QS, PS, L, P, R, stride_s, stride_dr, Q,
+                 BLOCK_I: tl.constexpr, BLOCK_L: tl.constexpr):
+    """Candidates in ascending significance order: ``QS[b, r]`` (int64) the integer significance and
+    ``PS[b, r]`` (int32) the position of the candidate of rank ``r`` (ties: lower position first), for
+    ``r < n`` (``n`` candidates; later ranks are not written). One (image, slice of BLOCK_I positions) program
+    ranks its slice against all positions in one (BLOCK_I x BLOCK_L) fp32 tile, an int32 count per row.
+
+    Significance ``SCORE[b, l] * WEIGHT[row]`` (fp32), as an integer ``floor(s * 2 ** (Q - E))``,
+    ``2 ** (E - 1) <= max s < 2 ** E`` (exact steps: :func:`raggedvit.pruning.ats.fixed_point`). The integer is
+    a non-decreasing function of ``s``, so ``QS[b, :n]`` is non-decreasing (:func:`ats_sample_fwd` uses it)."""
     b, ii, js, ci, cj = _slice(LENGTHS, L, P, BLOCK_I, BLOCK_L)
     si = _scores(SCORE, WEIGHT, DENSE_ROWS, b, ii, ci, stride_s, stride_dr, R, False, True)
     sj = _scores(SCORE, WEIGHT, DENSE_ROWS, b, js, cj, stride_s, stride_dr, R, False, True)
@@ -203,67 +206,64 @@ def ats_cdf_fwd(SCORE, WEIGHT, DENSE_ROWS, LENGTHS, CDF, RANK, L, P, R, stride_s
     s_max = tl.max(tl.where(cj, sj, 0.0), axis=0)
     biased = tl.maximum(s_max.to(tl.float64).to(tl.int64, bitcast=True) >> 52, 1023 - 150)  # E + 1022
     scale = ((Q + 2045 - biased) << 52).to(tl.float64, bitcast=True)  # 2 ** (Q - E)
-    qj = (sj.to(tl.float64) * scale).to(tl.int64)  # exact product (a power of two), truncated: floor
-    cdf = tl.sum(tl.where(lower | ((js[None, :] == ii[:, None]) & cj[None, :]), qj[None, :], 0), axis=1)
-    tl.store(RANK + b * L + ii, rank, mask=ii < L)
-    tl.store(CDF + b * L + ii, cdf, mask=ii < L)
+    qi = (si.to(tl.float64) * scale).to(tl.int64)  # exact product (a power of two), truncated: floor
+    tl.store(QS + b * L + rank, qi, mask=ci)
+    tl.store(PS + b * L + rank, ii, mask=ci)
 
 
-@triton.jit(do_not_specialize=["L", "P", "M"])
-def ats_hits_fwd(CDF, RANK, LENGTHS, KEEP, L, P, M,
-                 BLOCK_I: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_M: tl.constexpr):
-    """``KEEP[b, i]``: candidate ``i`` is the first (lowest rank) of its CDF value and some sample point has
-    that value as its nearest one (the lower value on equal distance). In integers, scaled by ``D (M - 1)``
-    (``D = CDF[top] - CDF[0]``, at least 1): values ``V = (M - 1) (CDF - CDF[0])``, sample points
-    ``T_k = (M - 1) c0 + k (D - c0)``, ``c0 = min{CDF - CDF[0] > 0}`` (``D`` if none): the official
-    ``y_k = y0 + k (1 - y0) / (M - 1)``, ``F = (CDF - CDF[0]) / D``, without rounding."""
-    b, ii, js, ci, cj = _slice(LENGTHS, L, P, BLOCK_I, BLOCK_L)
-    cdf_j = tl.load(CDF + b * L + js, mask=cj, other=0)
-    first = tl.min(tl.where(cj, cdf_j, _BIG), axis=0)  # the CDF at rank 0 (the smallest value)
-    dp = tl.maximum(tl.max(tl.where(cj, cdf_j, 0), axis=0) - first, 1)
-    g = tl.maximum(M - 1, 1).to(tl.int64)
-    c_j = tl.where(cj, cdf_j - first, 0)
-    vj = tl.where(cj, c_j * g, _BIG)
-    vi = tl.where(ci, (tl.load(CDF + b * L + ii, mask=ci, other=0) - first) * g, _BIG)
-    c0 = tl.minimum(tl.min(tl.where(cj & (c_j > 0), c_j, _BIG), axis=0), dp)
-    rank_i = tl.load(RANK + b * L + ii, mask=ci, other=0)
-    rank_j = tl.load(RANK + b * L + js, mask=cj, other=0)
-    lo = tl.max(tl.where(cj[None, :] & (vj[None, :] < vi[:, None]), vj[None, :], -_BIG), axis=1)
-    hi = tl.min(tl.where(cj[None, :] & (vj[None, :] > vi[:, None]), vj[None, :], _BIG), axis=1)
-    dup = tl.sum((cj[None, :] & (vj[None, :] == vi[:, None]) & (rank_j[None, :] < rank_i[:, None])).to(tl.int32),
-                 axis=1)
-    ks = tl.arange(0, BLOCK_M).to(tl.int64)
-    t = tl.where(M > 1, c0 * g + ks * (dp - c0), dp)[None, :]
-    v = vi[:, None]
-    lo = lo[:, None]
-    hi = hi[:, None]
-    from_below = (t <= v) & (t > lo) & ((v - t) < (t - lo))
-    from_above = (t > v) & (t <= hi) & ~((hi - t) < (t - v))
-    hit = tl.sum(((from_below | from_above) & (ks < M)[None, :]).to(tl.int32), axis=1)
-    tl.store(KEEP + b * L + ii, (ci & (dup == 0) & (hit > 0)).to(tl.int8), mask=ii < L)
+@triton.jit(do_not_specialize=["L", "W", "P", "M"])
+def ats_sample_fwd(QS, PS, LENGTHS, INDEX, COUNT, L, W, P, M, BLOCK_L: tl.constexpr):
+    """The sampling of one image per program, linear in its ``n`` candidates (ranks ``r`` of
+    :func:`ats_rank_fwd`): writes ``INDEX[b, :W]`` (prefix ``0..P-1``, the kept positions by ascending
+    significance, filler 0) and ``COUNT[b] = min(P + kept, W)``.
 
+    The official rule, in integers scaled by ``D (M - 1)`` (no rounding): CDF ``c_r = q_1 + ... + q_r``
+    (``CDF - CDF[0]``), ``D = c_{n-1}`` (1 if 0), values ``v_r = g c_r`` (``g = max(M - 1, 1)``), sample points
+    ``T_k = g c0 + k (D - c0)``, ``k < M`` (``T_0 = D`` when ``M == 1``), ``c0 = min{c_r > 0}`` (``D`` if none):
+    ``y_k = y0 + k (1 - y0) / (M - 1)`` and ``F = c / D`` times ``D (M - 1)``. Each point picks the nearest
+    value (the lower one on equal distance), each picked value its first rank.
 
-@triton.jit(do_not_specialize=["L", "W", "P"])
-def ats_index_fwd(KEEP, RANK, LENGTHS, INDEX, COUNT, L, W, P,
-                  BLOCK_I: tl.constexpr, BLOCK_L: tl.constexpr):
-    """Kept candidates to slots ``P + (kept candidates of lower rank)`` (those that fit in ``W``); slice 0 also
-    writes the prefix, the filler (0) past the count and ``COUNT[b]``."""
+    Per distinct value instead of per point: with ``lo < v < hi`` its neighbouring distinct values, a point
+    ``T`` picks ``v`` iff ``lo < T <= v`` and ``v - T < T - lo`` (``2 T > v + lo``), or ``v < T <= hi`` and
+    ``hi - T >= T - v`` (``2 T <= v + hi``); for integers that is ``T`` in ``(a, e]``, ``a = floor((v + lo) / 2)``
+    (``-1`` without ``lo``: every ``T >= g c0 >= 1``), ``e = floor((v + hi) / 2)`` (no bound without ``hi``;
+    beyond the top value, the all-zero case, the top value is the nearest as in the reference's clamped
+    search). The points are an arithmetic progression, so the test is O(1): the first ``k`` with ``T_k > a``
+    is ``0`` if ``T_0 > a``, else ``floor((a - T_0) / step) + 1`` (none if ``step == 0``); hit iff ``k < M`` and
+    ``T_k <= e``. All operands are non-negative (``//`` is floor) and below ``2 D M < 2 ** 62``
+    (:func:`raggedvit.pruning.ats.cdf_bits`).
+
+    Neighbours from the ranks: ``q`` is non-decreasing, so equal CDF values (``q_r = 0``) only occur from
+    rank 0 up to the last zero: rank ``r > 0`` repeats its predecessor's value iff ``q_r == 0`` (not a first
+    rank, never kept), and a first rank ``r > 0`` has ``q_r, q_{r+1} > 0``: ``lo = c_r - q_r``,
+    ``hi = c_r + q_{r+1}`` (none at the top rank). Rank 0 (value 0) has no ``lo`` and ``hi = c0`` (none if
+    ``D == 0``)."""
     b = tl.program_id(0).to(tl.int64)
-    sid = tl.program_id(1)
-    ii = sid * BLOCK_I + tl.arange(0, BLOCK_I)
-    js = tl.arange(0, BLOCK_L)
-    n_b = _length(LENGTHS, b, L)
-    cj = (js >= P) & (js < n_b)
-    keep_i = tl.load(KEEP + b * L + ii, mask=ii < L, other=0) != 0
-    keep_j = (tl.load(KEEP + b * L + js, mask=cj, other=0) != 0) & cj
-    rank_i = tl.load(RANK + b * L + ii, mask=keep_i, other=0)
-    rank_j = tl.load(RANK + b * L + js, mask=keep_j, other=0)
-    slot = tl.sum((keep_j[None, :] & (rank_j[None, :] < rank_i[:, None])).to(tl.int32), axis=1)
-    tl.store(INDEX + b * W + P + slot, ii.to(tl.int64), mask=keep_i & (P + slot < W))
-    if sid == 0:
-        count = tl.minimum(P + tl.sum(keep_j.to(tl.int32), axis=0), W)
-        for w0 in range(0, W, BLOCK_L):
-            ws = w0 + js
-            tl.store(INDEX + b * W + ws, tl.where(ws < P, ws, 0).to(tl.int64),
-                     mask=(ws < W) & ((ws < P) | (ws >= count)))
-        tl.store(COUNT + b, count.to(tl.int64))
+    r = tl.arange(0, BLOCK_L)
+    n = tl.maximum(_length(LENGTHS, b, L) - P, 0)  # candidates: ranks 0 .. n - 1
+    live = r < n
+    q = tl.load(QS + b * L + r, mask=live & (r > 0), other=0)  # rank 0's significance is not in c
+    q_next = tl.load(QS + b * L + r + 1, mask=r + 1 < n, other=0)
+    c = tl.cumsum(q, axis=0)
+    d = tl.sum(q, axis=0)  # D = c at the top rank
+    dp = tl.maximum(d, 1)
+    c0 = tl.minimum(tl.min(tl.where(live & (c > 0), c, _BIG), axis=0), dp)
+    g = tl.maximum(M - 1, 1).to(tl.int64)
+    base = tl.where(M > 1, c0 * g, dp)  # T_0
+    step = tl.where(M > 1, dp - c0, 0)  # T_{k+1} - T_k >= 0
+    v = c * g
+    a = tl.where(r == 0, -1, (v + (c - q) * g) // 2)
+    has_hi = tl.where(r == 0, d > 0, r + 1 < n)
+    e = tl.where(has_hi, (v + tl.where(r == 0, c0, c + q_next) * g) // 2, _BIG)
+    k = tl.where(a < base, 0, tl.where(step > 0, (a - base) // tl.maximum(step, 1) + 1, M))
+    t = base + tl.minimum(k, M - 1) * step  # the first point above a (if k < M)
+    hit = live & ((r == 0) | (q > 0)) & (k < M) & (t <= e)
+    slot = P + tl.cumsum(hit.to(tl.int32), axis=0) - 1
+    # clamped: NaN significances (no total order) could leave a rank unwritten; never index past the image
+    pos = tl.minimum(tl.maximum(tl.load(PS + b * L + r, mask=hit, other=0), 0), L - 1)
+    tl.store(INDEX + b * W + slot, pos.to(tl.int64), mask=hit & (slot < W))
+    count = tl.minimum(P + tl.sum(hit.to(tl.int32), axis=0), W)
+    for w0 in range(0, W, BLOCK_L):
+        ws = w0 + r
+        tl.store(INDEX + b * W + ws, tl.where(ws < P, ws, 0).to(tl.int64), mask=(ws < W) & ((ws < P) | (ws >= count)))
+    tl.store(COUNT + b, count.to(tl.int64))

@@ -16,9 +16,8 @@ from __future__ import annotations
 import torch
 
 from ..kernels.select import (
-    ats_cdf_fwd,
-    ats_hits_fwd,
-    ats_index_fwd,
+    ats_rank_fwd,
+    ats_sample_fwd,
     best_first_rank_fwd,
     best_first_select_fwd,
     l2_select_fwd,
@@ -29,8 +28,7 @@ from .launch import DirectLauncher
 launcher = DirectLauncher(l2_select_fwd, "l2_select")
 best_first_launcher = DirectLauncher(best_first_select_fwd, "best_first_select")
 best_first_rank_launcher = DirectLauncher(best_first_rank_fwd, "best_first_rank")
-ats_launchers = (DirectLauncher(ats_cdf_fwd, "ats_cdf"), DirectLauncher(ats_hits_fwd, "ats_hits"),
-                 DirectLauncher(ats_index_fwd, "ats_index"))
+ats_launchers = (DirectLauncher(ats_rank_fwd, "ats_rank"), DirectLauncher(ats_sample_fwd, "ats_sample"))
 _BIG = 1 << 30
 ATS_MAX_TOKENS = 8192  # = raggedvit.pruning.ats.MAX_TOKENS
 
@@ -216,8 +214,9 @@ def best_first_select(score: torch.Tensor, y: torch.Tensor, dense_rows: torch.Te
 def ats_select(score: torch.Tensor, v_norm: torch.Tensor, dense_rows: torch.Tensor, lengths: torch.Tensor,
                num_prefix: int, width: int, num_samples: int, *, check_lengths: bool = False
                ) -> tuple[torch.Tensor, torch.Tensor]:
-    """ATS inverse-transform sampling (:func:`raggedvit.pruning.ats.select_sampling`) in three launches of
-    (image, position slice) programs: ranks and CDF, sample hits, output slots.
+    """ATS inverse-transform sampling (:func:`raggedvit.pruning.ats.select_sampling`) in two launches: the
+    significance ranks (a grid of (image, position slice) programs, quadratic fp32 / int32 tiles), then the
+    integer CDF, the sample hits (O(1) per candidate) and the output slots (one program per image, linear).
 
     Args:
         score: ``(B, L)`` fp32 head-mean CLS attention (last stride 1); ``v_norm``: fp32 ``(rows,)`` value
@@ -257,19 +256,14 @@ def ats_select(score: torch.Tensor, v_norm: torch.Tensor, dense_rows: torch.Tens
     count = torch.empty(batch, dtype=torch.int64, device=device)
     if batch == 0:
         return index, count
-    cdf = torch.empty(batch, L, dtype=torch.int64, device=device)
-    rank = torch.empty(batch, L, dtype=torch.int32, device=device)
-    keep = torch.empty(batch, L, dtype=torch.int8, device=device)
+    qs = torch.empty(batch, L, dtype=torch.int64, device=device)  # integer significance by rank
+    ps = torch.empty(batch, L, dtype=torch.int32, device=device)  # position by rank
     block_l = max(16, 1 << (L - 1).bit_length())
-    block_m = max(16, 1 << (num_samples - 1).bit_length())
     # the interpreter runs each program in Python: one program per image (the same integers, ~4x faster)
-    block_i = block_l if ats_launchers[0].interpreted else max(1, min(64, _PAIRS // max(block_l, block_m)))
-    grid = (batch, -(-L // block_i))
-    cdf_k, hits_k, index_k = ats_launchers
-    _launch(cdf_k, dev, grid, (score, v_norm, dense_rows, lengths, cdf, rank),
+    block_i = block_l if ats_launchers[0].interpreted else max(1, min(64, _PAIRS // block_l))
+    rank_k, sample_k = ats_launchers
+    _launch(rank_k, dev, (batch, -(-L // block_i)), (score, v_norm, dense_rows, lengths, qs, ps),
             (L, num_prefix, rows, score.stride(0), dense_rows.stride(0), bits), (block_i, block_l), score.dtype)
-    _launch(hits_k, dev, grid, (cdf, rank, lengths, keep), (L, num_prefix, num_samples), (block_i, block_l, block_m),
-            score.dtype)
-    _launch(index_k, dev, grid, (keep, rank, lengths, index, count), (L, width, num_prefix), (block_i, block_l),
-            score.dtype)
+    _launch(sample_k, dev, (batch, 1), (qs, ps, lengths, index, count), (L, width, num_prefix, num_samples),
+            (block_l,), score.dtype)
     return index, count

@@ -138,7 +138,7 @@ def fixed_point(s: torch.Tensor, s_max: torch.Tensor, bits: int) -> torch.Tensor
 
     Every step is exact (the exponent from the bits of ``s_max`` as fp64, a power-of-two scale built from its
     bits, a product that only shifts the exponent, truncation), so the Triton kernel computes the same
-    integers (:func:`raggedvit.kernels.select.ats_cdf_fwd`). ``s_max``: ``(B, 1)`` fp32, the row maximum."""
+    integers (:func:`raggedvit.kernels.select.ats_rank_fwd`). ``s_max``: ``(B, 1)`` fp32, the row maximum."""
     biased = (s_max.double().view(torch.int64) >> 52).clamp(min=1023 - 150)  # E + 1022 (s_max = 0: any scale)
     scale = ((bits + 2045 - biased) << 52).view(torch.float64)  # 2 ** (bits - E)
     return (s.double() * scale).long()
