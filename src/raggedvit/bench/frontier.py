@@ -74,6 +74,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--device", help="default: cuda if available, else cpu")
     a("--budget", type=float, help="seconds of timing per pipeline (default 0.4, quick 0.15)")
     a("--no-speed", action="store_true", help="accuracy and kept tokens only")
+    a("--live-rows", default="auto", choices=["auto", "on", "off"],
+      help="prune(live_rows=...) of the packed pipeline: fused token-wise kernels on the live rows")
     a("--out", default="benchmarks/results", help="output folder")
 
 
@@ -198,7 +200,8 @@ def _run(args) -> int:
     sweep = [("none", {})] + settings(methods, args.quick)
     attention = "triton" if on_gpu else "reference"
     speed = on_gpu and not args.no_speed
-    ctx = dict(device=device, dtype=dtype, seed=0, nested_max_batch=0, live_rows="auto",
+    live = {"auto": "auto", "on": True, "off": False}[args.live_rows]
+    ctx = dict(device=device, dtype=dtype, seed=0, nested_max_batch=0, live_rows=live,
                budget=args.budget or (0.15 if args.quick else 0.4))
     predictors = None
     if loaded.predictor_state:
@@ -223,7 +226,7 @@ def _run(args) -> int:
         if speed:
             base = dict(model=args.model, weights="trained", img_size=model.patch_embed.img_size[0], method=method,
                         variant=opts.get("variant", ""), setting=name, dtype=str(dtype).removeprefix("torch."),
-                        live_rows="auto")
+                        live_rows=args.live_rows)
             rows += _speed_rows(ctx, model, method, options, args.batches, images, base, dense_rows, point_id, bar)
     bar.close()
     for mname in args.random_models:
@@ -237,7 +240,8 @@ def _run(args) -> int:
     result = {"kind": "frontier", "env": env, "config": dict(
         model=args.model, checkpoint=ckpt, images=f"{len(images)} labelled ImageNet sample photos",
         calibration=f"{len(calib)} other photos (Threshold-L2 thresholds)", dtype=str(dtype).removeprefix("torch."),
-        batches=args.batches, quick=args.quick, skipped=skipped), "settings": results, "rows": rows}
+        batches=args.batches, quick=args.quick, live_rows=args.live_rows, skipped=skipped),
+        "settings": results, "rows": rows}
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     path = timing.write_json(result, args.out, "frontier", stamp=stamp)
     table = markdown_table(result)
@@ -264,7 +268,7 @@ def _random_rows(mname: str, ctx, methods, args, device, dtype, point_id) -> lis
                desc=f"{mname} (random weights)", file=sys.stderr)
     for method, opts in cases:
         base = dict(model=mname, weights="random", img_size=224, method=method, variant=opts["variant"],
-                    setting=label(method, opts), dtype=str(dtype).removeprefix("torch."), live_rows="auto")
+                    setting=label(method, opts), dtype=str(dtype).removeprefix("torch."), live_rows=args.live_rows)
         rows += _speed_rows(ctx, model, method, opts, args.batches, images, base, dense_rows, point_id, bar)
     bar.close()
     del model
