@@ -66,10 +66,15 @@ def test_live_rows_options_are_checked():
 
 
 def test_auto_picks_stages_by_buffer_rows(monkeypatch):
-    """``live_rows="auto"`` runs the kernels on buffers of >= AUTO_MIN_ROWS rows with unused rows and of
-    >= AUTO_MIN_ROWS_FULL rows without; the results equal timm's modules either way."""
+    """``live_rows="auto"`` runs the LayerNorm kernel on every buffer, and the GEMM kernels on buffers of
+    >= AUTO_MIN_ROWS rows with unused rows and of >= AUTO_MIN_ROWS_FULL rows without (cuBLAS otherwise); the
+    results equal timm's modules either way."""
     from raggedvit.models import live_rows, pruned
     from raggedvit.ops.layernorm import launcher as ln_launcher
+    from raggedvit.ops.linear import launcher as gemm_launcher
+
+    def launches(lau):
+        return lau.stats["direct"] + lau.stats.get("jit", 0)
 
     monkeypatch.setattr(pruned, "_auto_applies", lambda images: True)  # CPU: the interpreter
 
@@ -81,10 +86,11 @@ def test_auto_picks_stages_by_buffer_rows(monkeypatch):
     x = torch.randn(4, 3, 64, 64, device=DEVICE) * torch.tensor([0.3, 2.0, 6.0, 1.0], device=DEVICE).view(4, 1, 1, 1)
     with torch.no_grad():
         want = full(x)
-        for min_rows, min_full, expected in [(10**6, 10**6, 0), (1, 10**6, 3 * 2), (1, 1, 4 * 2)]:  # 2 LN per block
+        for min_rows, min_full, gemms in [(10**6, 10**6, 0), (1, 10**6, 3 * 4), (1, 1, 4 * 4)]:  # 4 GEMMs per block
             monkeypatch.setattr(live_rows, "AUTO_MIN_ROWS", min_rows)
             monkeypatch.setattr(live_rows, "AUTO_MIN_ROWS_FULL", min_full)
-            before = ln_launcher.stats["direct"] + ln_launcher.stats.get("jit", 0)
+            before = launches(ln_launcher), launches(gemm_launcher)
             got = auto(x)
-            assert ln_launcher.stats["direct"] + ln_launcher.stats.get("jit", 0) - before == expected
+            assert launches(ln_launcher) - before[0] == 4 * 2  # 2 LayerNorms per block, always the kernel
+            assert launches(gemm_launcher) - before[1] == gemms
             torch.testing.assert_close(got, want, rtol=0, atol=1e-4 if ON_GPU else 1e-5)

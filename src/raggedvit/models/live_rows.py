@@ -17,19 +17,30 @@ class LiveRows:
     """The token-wise layers of a plain pre-norm block on the live rows of a packed buffer: LayerNorm
     (:func:`~raggedvit.ops.layernorm.ragged_layer_norm`), qkv, proj + residual, fc1 + GELU, fc2 + residual
     (:func:`~raggedvit.ops.linear.ragged_linear`). ``live``: the live row count on the device
-    (``cu_seqlens[-1:]``); rows past it are neither read nor written."""
+    (``cu_seqlens[-1:]``); rows past it are neither read nor written.
 
-    __slots__ = ("live",)
+    ``gemm=False``: only the LayerNorm runs as a kernel; the linear layers are cuBLAS (``nn.Linear`` on every
+    buffer row, then GELU / the residual add), for buffers where cuBLAS beats the Triton GEMM. PyTorch's own
+    LayerNorm kernel is slow for narrow models in half precision (H200, ViT-Tiny fp16, batch 64: 18 us per
+    call against a few us), so the kernel pays on every buffer."""
 
-    def __init__(self, live: torch.Tensor) -> None:
+    __slots__ = ("live", "gemm")
+
+    def __init__(self, live: torch.Tensor, gemm: bool = True) -> None:
         self.live = live
+        self.gemm = gemm
 
     def norm(self, mod: torch.nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
         return ragged_layer_norm(x, mod.weight, mod.bias, self.live, eps=mod.eps)
 
     def linear(self, mod: torch.nn.Linear, x: torch.Tensor, gelu: bool = False,
                residual: torch.Tensor | None = None) -> torch.Tensor:
-        return ragged_linear(x, mod.weight, mod.bias, self.live, gelu=gelu, residual=residual)
+        if self.gemm:
+            return ragged_linear(x, mod.weight, mod.bias, self.live, gelu=gelu, residual=residual)
+        y = mod(x)
+        if gelu:
+            y = torch.nn.functional.gelu(y)
+        return y if residual is None else residual + y
 
 
 def fusable_mlp(mlp) -> bool:
@@ -66,8 +77,12 @@ AUTO_MIN_ROWS_FULL = 32768  # ... and buffers without (fixed stages, before prun
 
 def live_rows_for(mode: bool | str, meta: RaggedMeta) -> LiveRows | None:
     """:class:`LiveRows` for a packed stage buffer, or None for timm's modules. ``mode``: True, False or
-    ``"auto"`` (by buffer size: on an H100 the Triton kernels lose to cuBLAS on small buffers, while on
-    large ones skipping the unused rows and fusing GELU and the residual adds win; see ``bench e2e``)."""
-    if mode is True or (mode == "auto" and meta.capacity >= (AUTO_MIN_ROWS_FULL if meta.uniform else AUTO_MIN_ROWS)):
+    ``"auto"``: the LayerNorm kernel always, the Triton GEMMs by buffer size (on an H100 they lose to cuBLAS on
+    small buffers, while on large ones skipping the unused rows and fusing GELU and the residual adds win; see
+    ``bench e2e``)."""
+    if mode is True:
         return LiveRows(meta.cu_seqlens[-1:])
+    if mode == "auto":
+        gemm = meta.capacity >= (AUTO_MIN_ROWS_FULL if meta.uniform else AUTO_MIN_ROWS)
+        return LiveRows(meta.cu_seqlens[-1:], gemm=gemm)
     return None

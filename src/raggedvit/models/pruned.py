@@ -183,8 +183,10 @@ def prune(model: nn.Module, method: str | Method, *, layout: str = "packed", att
             fc2 + residual) instead of timm's modules on every buffer row. ``True``: every stage (needs plain
             pre-norm blocks, i.e. DeiT/ViT without layer scale, CUDA or the Triton interpreter, eval mode and
             no autograd: errors otherwise); ``False``: never; ``"auto"`` (default): on CUDA, in eval under
-            ``torch.no_grad()``/``inference_mode()``, for supported blocks, on the stages whose buffer is large
-            enough to gain: >= 1024 rows with unused rows (adaptive stages), >= 32768 rows otherwise.
+            ``torch.no_grad()``/``inference_mode()``, for supported blocks: the LayerNorm kernel on every buffer
+            (PyTorch's is slow for narrow models in half precision), the GEMM kernels on the buffers large
+            enough to gain (>= 1024 rows with unused rows: adaptive stages; >= 32768 rows otherwise), cuBLAS
+            on the others.
         debug: validate every stage's ragged metadata on the device and raise ValueError naming what is
             wrong (:func:`raggedvit.ops.checks.check_ragged`); syncs once per stage, so not for timing or
             CUDA graphs.
