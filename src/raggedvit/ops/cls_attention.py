@@ -70,7 +70,7 @@ def cls_attention_mean(q: torch.Tensor, k: torch.Tensor, starts: torch.Tensor, e
     if out is not None and (tuple(out.shape) != (batch, out_width) or out.dtype != torch.float32):
         raise ValueError(f"cls_attention_mean: out must be float32 ({batch}, {out_width}), got {out.dtype} "
                          f"{tuple(out.shape)}")
-    if is_compiling() and (q.is_cuda or launcher.interpreted):  # the opaque op (the CPU reference is traced)
+    if is_compiling():  # the opaque op (on CPU without the interpreter its impl runs the reference)
         check_compilable("cls_attention_mean", out, check_lengths)
         return torch.ops.raggedvit.cls_attention_mean(q, k, starts, ends, out_width, float(scale))
     if check_lengths:

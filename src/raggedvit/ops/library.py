@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["is_compiling", "check_compilable", "NAMESPACE"]
+__all__ = ["is_compiling", "check_compilable", "batch_max", "NAMESPACE"]
 
 NAMESPACE = "raggedvit"
 is_compiling = torch.compiler.is_compiling
@@ -28,3 +28,26 @@ def check_compilable(op: str, out: torch.Tensor | None = None, check_lengths: bo
     if out is not None or check_lengths:
         raise ValueError(f"{op}: out= and check_lengths=True are not supported under torch.compile / torch.export "
                          "(the compiled op allocates its output and never syncs)")
+
+
+def batch_max(count: torch.Tensor, lo: int, hi: int) -> int:
+    """``max(count)`` clamped to ``[lo, hi]``: the grid width the padded layout pads a stage to.
+
+    Eager: a Python int (one device read). Under ``torch.compile`` / ``torch.export``: an unbacked SymInt in
+    ``[lo, hi]``, the size of the output of ``torch.ops.raggedvit.batch_max_size`` (an op with a data-dependent
+    output shape), so the compiled graph keeps padding to the batch maximum without ``.item()``."""
+    if is_compiling():
+        return torch.ops.raggedvit.batch_max_size(count, lo, hi).shape[0]
+    return max(lo, min(hi, int(count.max())))
+
+
+@torch.library.custom_op("raggedvit::batch_max_size", mutates_args=())
+def _batch_max_size(count: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+    """An empty uint8 tensor of ``max(count)`` (clamped to ``[lo, hi]``) elements: carries the size."""
+    return count.new_empty((batch_max(count, lo, hi),), dtype=torch.uint8)
+
+
+@_batch_max_size.register_fake
+def _(count, lo, hi):
+    size = torch.library.get_ctx().new_dynamic_size(min=lo, max=hi)
+    return count.new_empty((size,), dtype=torch.uint8)
