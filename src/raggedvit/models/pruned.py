@@ -66,7 +66,7 @@ class PrunedViT(nn.Module):
     ``torch.ops.raggedvit.*`` custom ops): :attr:`last_stats` is still set after each call of the compiled
     model (its tensors are extra outputs of the graph; with ``mode="reduce-overhead"`` they live in the
     CUDA-graph pool, valid until the next call). ``torch.export`` (:mod:`raggedvit.models.export`) records no
-    stats: :attr:`last_stats` stays None for an exported program.
+    stats (:attr:`last_stats` is left as it was; an exported program returns the logits only).
 
     Attributes:
         method: the :class:`~raggedvit.pruning.Method`, its model-dependent defaults resolved.
