@@ -1,4 +1,5 @@
-"""The ``raggedvit`` command line: ``bench attention|e2e|frontier|exactness``, ``demo``, ``eval``, ``report``.
+"""The ``raggedvit`` command line: ``bench attention|e2e|frontier|exactness``, ``demo``, ``eval``, ``export``,
+``report``.
 
 Each subcommand lives in its own module exposing ``add_arguments(parser)`` and ``main(args) -> int``;
 this file only wires them up, importing a module when its command runs.
@@ -19,6 +20,7 @@ COMMANDS = [
     (("bench", "exactness"), "raggedvit.bench.exactness", "packed vs padded logits and keep decisions on real photos"),
     (("demo",), "raggedvit.apps.demo", "run DeiT + every pruning method on bundled real photos"),
     (("eval",), "raggedvit.apps.evaluate", "top-1, agreement, kept tokens and speed over an image folder"),
+    (("export",), "raggedvit.apps.export", "a pruned model as an AOTInductor package at a fixed batch size"),
     (("report",), "raggedvit.bench.report", "plots and a markdown table from a benchmark JSON"),
 ]
 

@@ -63,6 +63,12 @@ class PrunedViT(nn.Module):
     average the CLS and DIST heads in eval). After each forward, :attr:`last_stats` holds a
     :class:`~raggedvit.models.stats.PruneStats` (kept tokens per stage, surviving patches).
 
+    ``torch.compile(pruned, fullgraph=True)`` works for every method, variant and layout (the kernels are
+    ``torch.ops.raggedvit.*`` custom ops): :attr:`last_stats` is still set after each call of the compiled
+    model (its tensors are extra outputs of the graph; with ``mode="reduce-overhead"`` they live in the
+    CUDA-graph pool, valid until the next call). ``torch.export`` (:mod:`raggedvit.models.export`) records no
+    stats (:attr:`last_stats` is left as it was; an exported program returns the logits only).
+
     Attributes:
         method: the :class:`~raggedvit.pruning.Method`, its model-dependent defaults resolved.
         plan: host-side stage schedule (:class:`~raggedvit.pruning.StagePlan` per stage).
@@ -132,7 +138,7 @@ class PrunedViT(nn.Module):
         prefix, stats = run(self.backbone, images, self.method, self.plan, getattr(self, name) if name else None,
                             packed=self.layout == "packed", attend=self._attend(images.device), live_rows=live,
                             debug=self.debug, static_padding=self.layout == "padded" and self.padding == "static")
-        self.last_stats = stats
+        self.last_stats = None if _exporting() else stats  # an exported program returns the logits only
         return prefix
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
@@ -149,6 +155,11 @@ class PrunedViT(nn.Module):
     def extra_repr(self) -> str:
         pad = f", padding={self.padding!r}" if self.layout == "padded" else ""
         return f"method={self.method!r}, layout={self.layout!r}{pad}, attention={self.attention!r}"
+
+
+def _exporting() -> bool:
+    """True while ``torch.export`` traces (``torch.compiler.is_exporting``; False on a torch without it)."""
+    return getattr(torch.compiler, "is_exporting", bool)()
 
 
 def _auto_applies(images: torch.Tensor) -> bool:

@@ -4,7 +4,8 @@ programs and a mean over heads (reference in torch).
 EViT scores tokens by the head-mean softmax attention of the CLS query; ATS by the head-sum times the value
 norm. Fused attention kernels do not return probabilities; this op recomputes the one row each image needs
 (``O(N * C)`` per image) in one kernel launch plus the mean, for packed (``cu_seqlens``) or padded (``b * L``)
-rows alike.
+rows alike. Also the ``torch.library`` op ``torch.ops.raggedvit.cls_attention_mean`` (used under
+``torch.compile``; see :mod:`raggedvit.ops.library`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torch
 from ..kernels.cls_attention import cls_attention_fwd
 from .checks import check_ragged
 from .launch import DirectLauncher
+from .library import check_compilable, is_compiling
 
 launcher = DirectLauncher(cls_attention_fwd, "cls_attention_mean")
 _LOG2E = 1.4426950408889634
@@ -68,6 +70,9 @@ def cls_attention_mean(q: torch.Tensor, k: torch.Tensor, starts: torch.Tensor, e
     if out is not None and (tuple(out.shape) != (batch, out_width) or out.dtype != torch.float32):
         raise ValueError(f"cls_attention_mean: out must be float32 ({batch}, {out_width}), got {out.dtype} "
                          f"{tuple(out.shape)}")
+    if is_compiling():  # the opaque op (on CPU without the interpreter its impl runs the reference)
+        check_compilable("cls_attention_mean", out, check_lengths)
+        return torch.ops.raggedvit.cls_attention_mean(q, k, starts, ends, out_width, float(scale))
     if check_lengths:
         check_ragged("cls_attention_mean", rows, what="rows of q", starts=starts, ends=ends, max_len=out_width,
                      max_name="out_width")
@@ -88,3 +93,14 @@ def cls_attention_mean(q: torch.Tensor, k: torch.Tensor, starts: torch.Tensor, e
     launcher.launch(key, dev, (batch, heads, 1), ptrs, (out_width, rows),
                     lambda: (q, k, starts, ends, per_head, out_width, rows, *constant), num_warps=4)
     return torch.mean(per_head, dim=1, out=out)
+
+
+@torch.library.custom_op("raggedvit::cls_attention_mean", mutates_args=())
+def _cls_attention_mean_op(q: torch.Tensor, k: torch.Tensor, starts: torch.Tensor, ends: torch.Tensor,
+                           out_width: int, scale: float) -> torch.Tensor:
+    return cls_attention_mean(q, k, starts, ends, out_width, scale=scale)
+
+
+@_cls_attention_mean_op.register_fake
+def _(q, k, starts, ends, out_width, scale):
+    return q.new_empty((starts.shape[0], out_width), dtype=torch.float32)

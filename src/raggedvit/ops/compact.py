@@ -3,7 +3,8 @@
 The pure-torch compaction of :func:`raggedvit.pruning.ragged.compact` plus the metadata of the new buffer
 costs about 15 small ops per adaptive pruning stage (gathers, a permutation scatter, a cumsum, masks),
 each a few microseconds of GPU time even inside a CUDA graph. This op does all of it in one Triton launch.
-See :mod:`raggedvit.kernels.compact` for the layout it writes.
+See :mod:`raggedvit.kernels.compact` for the layout it writes. Registered as
+``torch.ops.raggedvit.compact_packed`` for ``torch.compile`` (see :mod:`raggedvit.ops.library`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import torch
 from ..kernels.compact import compact_packed_fwd
 from .checks import check_ragged
 from .launch import DirectLauncher
+from .library import check_compilable, is_compiling
 
 launcher = DirectLauncher(compact_packed_fwd, "compact_packed")
 _BLOCK_W = 32
@@ -67,6 +69,11 @@ def compact_packed(x: torch.Tensor, extra: torch.Tensor | None, dense_rows: torc
     if batch and (L == 0 or rows == 0):
         raise ValueError(f"compact_packed: {batch} sequences over {L} positions and {rows} rows of x: nothing to "
                          f"index (need L >= 1 and rows >= 1)")
+    if is_compiling():
+        check_compilable("compact_packed", None, check_lengths)
+        out, cu, rows_out, valid, new_tok = torch.ops.raggedvit.compact_packed(x, extra, dense_rows, index, count,
+                                                                               tok, width)
+        return out, cu, rows_out, valid.view(torch.bool), new_tok
     if check_lengths:
         hi = L if extra is not None else L - 1
         check_ragged("compact_packed", rows, bounded=(("dense_rows", dense_rows, 0, rows - 1),
@@ -93,3 +100,21 @@ def compact_packed(x: torch.Tensor, extra: torch.Tensor | None, dense_rows: torc
                                                          valid, new_tok, *ints, has_extra, block_b, _BLOCK_W,
                                                          block_c), num_warps=4)
     return out, cu, rows_out, valid.view(torch.bool), new_tok
+
+
+Tensor = torch.Tensor
+
+
+@torch.library.custom_op("raggedvit::compact_packed", mutates_args=())
+def _compact_packed_op(x: Tensor, extra: Tensor | None, dense_rows: Tensor, index: Tensor, count: Tensor, tok: Tensor,
+                       width: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    out, cu, rows, valid, new_tok = compact_packed(x, extra, dense_rows, index, count, tok, width)
+    return out, cu, rows, valid.view(torch.uint8), new_tok  # the wrapper views it as bool again
+
+
+@_compact_packed_op.register_fake
+def _(x, extra, dense_rows, index, count, tok, width):
+    batch = dense_rows.shape[0]
+    return (x.new_empty((batch * width, x.shape[1])), x.new_empty((batch + 1,), dtype=torch.int32),
+            x.new_empty((batch, width), dtype=torch.int64), x.new_empty((batch, width), dtype=torch.uint8),
+            x.new_empty((batch, width), dtype=torch.int32))

@@ -1,7 +1,8 @@
 """``ragged_layer_norm``: ``nn.LayerNorm`` over the live rows of a capacity buffer (no host sync).
 
 See :mod:`raggedvit.kernels.layernorm`. Forward only; CUDA tensors, or CPU tensors under the Triton
-interpreter.
+interpreter. Registered as ``torch.ops.raggedvit.ragged_layer_norm`` for ``torch.compile`` (see
+:mod:`raggedvit.ops.library`).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import torch
 
 from ..kernels.layernorm import ragged_layer_norm_fwd
 from .launch import DirectLauncher
+from .library import check_compilable, is_compiling
 from .linear import check_live_rows
 
 launcher = DirectLauncher(ragged_layer_norm_fwd, "ragged_layer_norm")
@@ -49,7 +51,10 @@ def ragged_layer_norm(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.
     for name, t in (("weight", weight), ("bias", bias)):
         if t is not None and (tuple(t.shape) != (C,) or not t.is_contiguous()):
             _fail(f"{name} must be contiguous ({C},), got {tuple(t.shape)}")
-    check_live_rows("ragged_layer_norm", live_rows, M, check_lengths)
+    check_live_rows("ragged_layer_norm", live_rows, M, check_lengths and not is_compiling())
+    if is_compiling():
+        check_compilable("ragged_layer_norm", out, check_lengths)
+        return torch.ops.raggedvit.ragged_layer_norm(x, weight, bias, live_rows, float(eps))
     dev = x.get_device()
     if any(t is not None and t.get_device() != dev for t in (weight, bias, live_rows, out)):
         _fail("x, weight, bias, live_rows and out must be on one device")
@@ -74,3 +79,14 @@ def ragged_layer_norm(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.
     launcher.launch(key, dev, (grid, 1, 1), ptrs, (M,), lambda: (x, w, b, out, live_rows, M, *rest),
                     num_warps=num_warps)
     return out
+
+
+@torch.library.custom_op("raggedvit::ragged_layer_norm", mutates_args=())
+def _ragged_layer_norm_op(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
+                          live_rows: torch.Tensor, eps: float) -> torch.Tensor:
+    return ragged_layer_norm(x, weight, bias, live_rows, eps=eps)
+
+
+@_ragged_layer_norm_op.register_fake
+def _(x, weight, bias, live_rows, eps):
+    return x.new_empty(x.shape)

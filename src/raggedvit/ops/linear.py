@@ -4,7 +4,8 @@ Used by the packed pipeline, whose token buffers are sized for the worst case so
 (CUDA graphs) while the live row count stays on the device. ``torch.nn.functional.linear`` would multiply
 every capacity row; :func:`ragged_linear` visits only the row tiles below the live count, and fuses the
 bias, fc1's GELU or the block's residual add into the same pass. Forward only. See
-:mod:`raggedvit.kernels.linear` for the kernel.
+:mod:`raggedvit.kernels.linear` for the kernel. Registered as ``torch.ops.raggedvit.ragged_linear`` for
+``torch.compile`` (see :mod:`raggedvit.ops.library`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from triton.runtime import _allocation
 from ..kernels.linear import ragged_linear_fwd
 from .checks import check_ragged
 from .launch import DirectLauncher
+from .library import check_compilable, is_compiling
 
 launcher = DirectLauncher(ragged_linear_fwd, "ragged_linear")
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -134,7 +136,7 @@ def ragged_linear(
     N = weight.shape[0]
     if bias is not None and tuple(bias.shape) != (N,):
         _fail(f"bias must be ({N},), got {tuple(bias.shape)}")
-    check_live_rows("ragged_linear", live_rows, M, check_lengths)
+    check_live_rows("ragged_linear", live_rows, M, check_lengths and not is_compiling())
     if x.stride(1) != 1 or not weight.is_contiguous() or (bias is not None and not bias.is_contiguous()):
         _fail("x needs stride 1 along K; weight and bias must be contiguous")
     dev = x.get_device()
@@ -148,6 +150,9 @@ def ragged_linear(
             _fail(f"{name} must be ({M}, {N}) {x.dtype} with last stride 1, got {tuple(t.shape)} {t.dtype}")
     if gelu and residual is not None:
         _fail("gelu and residual cannot be combined")
+    if is_compiling():
+        check_compilable("ragged_linear", out, check_lengths)
+        return torch.ops.raggedvit.ragged_linear(x, weight, bias, live_rows, gelu, residual)
     if out is None:
         out = torch.empty(M, N, dtype=x.dtype, device=x.device)
     if M == 0 or N == 0:
@@ -178,3 +183,14 @@ def ragged_linear(
                     lambda: (x, weight, b, r, out, live_rows, M, programs, *rest), num_warps=cfg.num_warps,
                     num_stages=cfg.num_stages)
     return out
+
+
+@torch.library.custom_op("raggedvit::ragged_linear", mutates_args=())
+def _ragged_linear_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, live_rows: torch.Tensor,
+                      gelu: bool, residual: torch.Tensor | None) -> torch.Tensor:
+    return ragged_linear(x, weight, bias, live_rows, gelu=gelu, residual=residual)
+
+
+@_ragged_linear_op.register_fake
+def _(x, weight, bias, live_rows, gelu, residual):
+    return x.new_empty((x.shape[0], weight.shape[0]))

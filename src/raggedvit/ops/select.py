@@ -9,6 +9,9 @@ comparisons (stable tie rule) instead of sorting. See :mod:`raggedvit.kernels.se
 Malformed ``lengths`` or ``dense_rows`` (and a ``width`` too small for the rule) are clamped in the kernels
 (lengths to ``[0, L]``, rows to the buffer, the count to ``width``; see :mod:`raggedvit.ops.attention`); every
 op's ``check_lengths=True`` turns them into a ``ValueError`` instead (one host sync, debugging only).
+
+Each op is also registered as ``torch.ops.raggedvit.<name>`` with a fake implementation and called that way
+under ``torch.compile`` / ``torch.export`` (see :mod:`raggedvit.ops.library`).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from ..kernels.select import (
 )
 from .checks import check_ragged
 from .launch import DirectLauncher
+from .library import check_compilable, is_compiling
 
 launcher = DirectLauncher(l2_select_fwd, "l2_select")
 best_first_launcher = DirectLauncher(best_first_select_fwd, "best_first_select")
@@ -102,6 +106,9 @@ def l2_select(x: torch.Tensor, dense_rows: torch.Tensor, lengths: torch.Tensor, 
     fixed = k is not None
     if not fixed and (threshold is None) == (alpha is None):
         raise ValueError("l2_select: give k=, or exactly one of threshold= and alpha=")
+    compiling = is_compiling()
+    if compiling:
+        check_compilable("l2_select", None, check_lengths)
     dev = x.get_device()
     if dev < 0 and not launcher.interpreted:
         raise ValueError("l2_select: CPU tensors need the Triton interpreter (TRITON_INTERPRET=1); use "
@@ -110,6 +117,9 @@ def l2_select(x: torch.Tensor, dense_rows: torch.Tensor, lengths: torch.Tensor, 
             or lengths.dtype != torch.int64 or not lengths.is_contiguous():
         raise ValueError("l2_select: x (rows, C) and dense_rows need last stride 1; dense_rows, lengths int64")
     batch, L = _check_meta("l2_select", dense_rows, lengths, num_prefix, width, x.shape[0], check_lengths)
+    if compiling:
+        return torch.ops.raggedvit.l2_select(x, dense_rows, lengths, num_prefix, width, k, _opt_float(threshold),
+                                             _opt_float(alpha), k_min, k_max)
     index = torch.empty(batch, width, dtype=torch.int64, device=x.device)
     count = torch.empty(batch, dtype=torch.int64, device=x.device)
     if batch == 0:
@@ -162,6 +172,9 @@ def best_first_select(score: torch.Tensor, y: torch.Tensor, dense_rows: torch.Te
     rules = [r for r, v in ((0, k), (1, mass), (2, threshold)) if v is not None]
     if len(rules) != 1:
         raise ValueError("best_first_select: give exactly one of k=, mass= and threshold=")
+    compiling = is_compiling()
+    if compiling:
+        check_compilable("best_first_select", None, check_lengths)
     dev = y.get_device()
     if dev < 0 and not best_first_launcher.interpreted:
         raise ValueError("best_first_select: CPU tensors need the Triton interpreter (TRITON_INTERPRET=1); use "
@@ -183,6 +196,11 @@ def best_first_select(score: torch.Tensor, y: torch.Tensor, dense_rows: torch.Te
     indexed = [t.shape[0] for t, used in ((score, by_row), (row_weight, row_weight is not None), (y, fuse)) if used]
     rows = min(indexed, default=1)
     batch, L = _check_meta("best_first_select", dense_rows, lengths, num_prefix, width, rows, check_lengths)
+    if compiling:
+        index, count, extra = torch.ops.raggedvit.best_first_select(
+            score, y, dense_rows, lengths, num_prefix, width, k, _opt_float(mass), _opt_float(threshold), fuse, k_min,
+            k_max, row_weight, ascending)
+        return index, count, extra if fuse else None
     C = y.shape[1]
     index = torch.empty(batch, width, dtype=torch.int64, device=y.device)
     count = torch.empty(batch, dtype=torch.int64, device=y.device)
@@ -232,6 +250,9 @@ def ats_select(score: torch.Tensor, v_norm: torch.Tensor, dense_rows: torch.Tens
         int64 ``(B,)``. The same decisions as the torch function, always: both compute the same integer CDF
         and integer sample points (:func:`raggedvit.pruning.ats.fixed_point`). No host sync.
     """
+    compiling = is_compiling()
+    if compiling:
+        check_compilable("ats_select", None, check_lengths)
     dev = score.get_device()
     if dev < 0 and not ats_launchers[0].interpreted:
         raise ValueError("ats_select: CPU tensors need the Triton interpreter (TRITON_INTERPRET=1); use "
@@ -251,6 +272,8 @@ def ats_select(score: torch.Tensor, v_norm: torch.Tensor, dense_rows: torch.Tens
     if L > ATS_MAX_TOKENS or bits < 16:
         raise ValueError(f"ats_select: needs L <= {ATS_MAX_TOKENS} and num_samples <= 2**32, got L={L}, "
                          f"num_samples={num_samples}")
+    if compiling:
+        return torch.ops.raggedvit.ats_select(score, v_norm, dense_rows, lengths, num_prefix, width, num_samples)
     device = score.device
     index = torch.empty(batch, width, dtype=torch.int64, device=device)
     count = torch.empty(batch, dtype=torch.int64, device=device)
@@ -267,3 +290,56 @@ def ats_select(score: torch.Tensor, v_norm: torch.Tensor, dense_rows: torch.Tens
     _launch(sample_k, dev, (batch, 1), (qs, ps, lengths, index, count), (L, width, num_prefix, num_samples),
             (block_l,), score.dtype)
     return index, count
+
+
+def _opt_float(v) -> float | None:
+    return None if v is None else float(v)
+
+
+# ---------------------------------------------------------------------------------------- torch.library ops
+Tensor = torch.Tensor
+
+
+@torch.library.custom_op("raggedvit::l2_select", mutates_args=())
+def _l2_select_op(x: Tensor, dense_rows: Tensor, lengths: Tensor, num_prefix: int, width: int, k: int | None,
+                  threshold: float | None, alpha: float | None, k_min: int, k_max: int | None
+                  ) -> tuple[Tensor, Tensor]:
+    return l2_select(x, dense_rows, lengths, num_prefix, width, k=k, threshold=threshold, alpha=alpha, k_min=k_min,
+                     k_max=k_max)
+
+
+@_l2_select_op.register_fake
+def _(x, dense_rows, lengths, num_prefix, width, k, threshold, alpha, k_min, k_max):
+    batch = dense_rows.shape[0]
+    return x.new_empty((batch, width), dtype=torch.int64), x.new_empty((batch,), dtype=torch.int64)
+
+
+@torch.library.custom_op("raggedvit::best_first_select", mutates_args=())
+def _best_first_select_op(score: Tensor, y: Tensor, dense_rows: Tensor, lengths: Tensor, num_prefix: int, width: int,
+                          k: int | None, mass: float | None, threshold: float | None, fuse: bool, k_min: int,
+                          k_max: int | None, row_weight: Tensor | None, ascending: bool
+                          ) -> tuple[Tensor, Tensor, Tensor]:
+    index, count, extra = best_first_select(score, y, dense_rows, lengths, num_prefix, width, k=k, mass=mass,
+                                            threshold=threshold, fuse=fuse, k_min=k_min, k_max=k_max,
+                                            row_weight=row_weight, ascending=ascending)
+    return index, count, y.new_empty((0,)) if extra is None else extra  # an op returns tensors: empty = none
+
+
+@_best_first_select_op.register_fake
+def _(score, y, dense_rows, lengths, num_prefix, width, k, mass, threshold, fuse, k_min, k_max, row_weight,
+      ascending):
+    batch = dense_rows.shape[0]
+    extra = y.new_empty((batch, y.shape[1])) if fuse else y.new_empty((0,))
+    return y.new_empty((batch, width), dtype=torch.int64), y.new_empty((batch,), dtype=torch.int64), extra
+
+
+@torch.library.custom_op("raggedvit::ats_select", mutates_args=())
+def _ats_select_op(score: Tensor, v_norm: Tensor, dense_rows: Tensor, lengths: Tensor, num_prefix: int, width: int,
+                   num_samples: int) -> tuple[Tensor, Tensor]:
+    return ats_select(score, v_norm, dense_rows, lengths, num_prefix, width, num_samples)
+
+
+@_ats_select_op.register_fake
+def _(score, v_norm, dense_rows, lengths, num_prefix, width, num_samples):
+    batch = dense_rows.shape[0]
+    return score.new_empty((batch, width), dtype=torch.int64), score.new_empty((batch,), dtype=torch.int64)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cached_property
 
 import torch
 from torch.utils._python_dispatch import _disable_current_modes
@@ -40,7 +39,10 @@ def _capturing() -> bool:
 def cached(key: tuple, build: Callable[[], object]):
     """``build()`` once per ``key`` (include the device in it); not stored while a CUDA graph is captured.
 
-    The build runs outside any ``TorchDispatchMode`` (op recorders see the steady state on every call)."""
+    The build runs outside any ``TorchDispatchMode`` (op recorders see the steady state on every call). Under
+    ``torch.compile`` / ``torch.export`` nothing is cached: ``build()`` is traced into the graph."""
+    if torch.compiler.is_compiling():
+        return build()
     value = _CACHE.get(key)
     if value is None:
         with _disable_current_modes():
@@ -108,8 +110,19 @@ class RaggedMeta:
         """Host flag: row ``b * L + l`` is position ``l`` of sequence ``b`` (dense views are reshapes)."""
         return self.uniform or (self.padded and self.capacity == self.batch * self.max_seqlen)
 
-    @cached_property
+    @property
     def _rows_info(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        # computed once per object; not a functools.cached_property, whose lock (Python < 3.12) dynamo cannot
+        # trace: under torch.compile it is recomputed in the graph instead
+        if torch.compiler.is_compiling():
+            return self._build_rows_info()
+        info = self.__dict__.get("_rows_cache")
+        if info is None:
+            info = self._build_rows_info()
+            object.__setattr__(self, "_rows_cache", info)
+        return info
+
+    def _build_rows_info(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         device = self.dense_rows.device
         rows = arange(self.capacity, device)
         if self.padded:

@@ -18,6 +18,7 @@ from ..ops.checks import check_ragged
 from ..ops.cls_attention import cls_attention_mean
 from ..ops.compact import compact_packed
 from ..ops.compact import launcher as compact_launcher
+from ..ops.library import batch_max
 from .ragged import RaggedMeta, Selection, cached, compact, ragged_meta, uniform_meta
 from .selection import candidates
 
@@ -160,7 +161,8 @@ def compact_stage(plan: StagePlan, sel: Selection, x: torch.Tensor, tok: torch.T
         return x, tok, ragged_meta(lengths=sel.count, cu_seqlens=cu, dense_rows=rows, dense_valid=valid,
                                    max_seqlen=sel.width)
     if meta.padded and not sel.exact and not static_padding:
-        width = int(sel.count.max())  # padded baseline: pad to the batch maximum (one device read)
+        # padded baseline: pad to the batch maximum (one device read; an unbacked size under torch.compile)
+        width = batch_max(sel.count, min(2, plan.width_out), plan.width_out)
     elif not meta.padded and sel.width != plan.width_out:
         raise RuntimeError(f"stage {plan.index}: selection width {sel.width} != planned {plan.width_out}")
     new, (x,) = compact(meta, sel, [(x, sel.extra)], padded_width=width)

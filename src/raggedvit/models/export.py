@@ -1,0 +1,87 @@
+"""``torch.export`` and AOTInductor packages of a pruned model at a fixed batch size.
+
+The packed layout has static shapes for a given batch size (every buffer is sized from host ints), so a
+pruned model exports to one graph: :func:`export_pruned`. Its raggedvit kernels appear in it as the
+``torch.ops.raggedvit.*`` custom ops (see :mod:`raggedvit.ops.library`), whose implementations are Python
+functions registered when :mod:`raggedvit` is imported. :func:`package_pruned` compiles an exported model
+with AOTInductor into a ``.pt2`` file; :func:`load_package` loads one. The loaded package runs without
+raggedvit's Python forward (no timm module, no pruning code), but its custom ops still dispatch to
+raggedvit's registered implementations: **the loading process must** ``import raggedvit`` **first** (which
+:func:`load_package` does, being part of it). Stats (``PrunedViT.last_stats``) are not produced: an exported
+program returns the logits only.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from .pruned import PrunedViT
+
+__all__ = ["example_images", "export_pruned", "package_pruned", "load_package"]
+
+
+def example_images(model: torch.nn.Module, batch_size: int, *, seed: int = 0) -> torch.Tensor:
+    """``(batch_size, C, H, W)`` standard-normal images (seeded) on the device and dtype of ``model`` (a
+    :class:`PrunedViT` or a timm ViT)."""
+    pe = getattr(model, "backbone", model).patch_embed
+    weight = pe.proj.weight
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch_size, pe.proj.in_channels, *pe.img_size, generator=gen)
+    return x.to(device=weight.device, dtype=weight.dtype)
+
+
+def export_pruned(pruned: PrunedViT, batch_size: int | None = None, *,
+                  images: torch.Tensor | None = None) -> torch.export.ExportedProgram:
+    """``torch.export`` of ``pruned`` (eval mode, no autograd) for images of one batch size.
+
+    Args:
+        pruned: a :class:`PrunedViT` with ``layout="packed"`` (the padded layout's adaptive stages have a
+            data-dependent width: not supported here).
+        batch_size: the batch size the program takes (every input must have it); or give ``images``.
+        images: example input ``(B, C, H, W)`` on the model's device and dtype (default:
+            :func:`example_images`).
+
+    Returns:
+        the ``ExportedProgram`` (``ep.module()(images)`` runs it). Raises ValueError for a non-PrunedViT, the
+        padded layout or a batch size < 1.
+    """
+    if not isinstance(pruned, PrunedViT):
+        raise ValueError(f"export_pruned: expected a raggedvit PrunedViT (raggedvit.prune(...)), got "
+                         f"{type(pruned).__name__}")
+    if pruned.layout != "packed":
+        raise ValueError("export_pruned: only layout='packed' exports (static shapes at a fixed batch size); "
+                         f"this model has layout={pruned.layout!r}")
+    if images is None:
+        if type(batch_size) is not int or batch_size < 1:
+            raise ValueError(f"export_pruned: batch_size must be an int >= 1, got {batch_size!r}")
+        images = example_images(pruned, batch_size)
+    was_training = pruned.training
+    pruned.eval()
+    try:
+        with torch.no_grad():
+            return torch.export.export(pruned, (images,))
+    finally:
+        pruned.train(was_training)
+
+
+def package_pruned(program: torch.export.ExportedProgram, path: str | os.PathLike) -> str:
+    """Compile an exported program (:func:`export_pruned`) with AOTInductor into the package ``path``
+    (``.pt2``). Returns the path. The package holds the weights and the compiled graph; the raggedvit ops
+    in it need ``import raggedvit`` in the process that loads it."""
+    path = os.fspath(path)
+    if not path.endswith(".pt2"):
+        raise ValueError(f"package_pruned: the package path must end in .pt2, got {path!r}")
+    with torch.no_grad():
+        return torch._inductor.aoti_compile_and_package(program, package_path=path)
+
+
+def load_package(path: str | os.PathLike):
+    """Load an AOTInductor package written by :func:`package_pruned`: a callable ``images -> logits``.
+
+    Importing this module registered raggedvit's ops, which the package's graph calls."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"load_package: no such file {path!r}")
+    return torch._inductor.aoti_load_package(path)

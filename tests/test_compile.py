@@ -1,0 +1,95 @@
+"""torch.compile(fullgraph=True) of pruned models: every method, variant and layout against eager.
+
+On CPU the Triton kernels run under the interpreter, behind the ``torch.ops.raggedvit.*`` custom ops; the
+all-methods matrix uses ``backend="aot_eager"`` (dynamo + AOT autograd, no C++ compile) and one case runs
+Inductor. The fake implementations are checked with ``torch.library.opcheck`` in test_ops_library.py.
+"""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+
+import raggedvit
+from raggedvit.ops.library import batch_max, check_compilable
+from raggedvit.pruning import pruning_methods
+
+_MODEL: dict = {}
+
+
+def tiny_model(depth=4):
+    """ViT-Tiny, ``depth`` blocks, 64 x 64 images (16 patches), sharpened attention so adaptive counts differ."""
+    if depth not in _MODEL:
+        with torch.random.fork_rng():
+            torch.manual_seed(3)
+            model = timm.create_model("vit_tiny_patch16_224", pretrained=False, depth=depth, img_size=64).eval()
+            with torch.no_grad():
+                for blk in model.blocks:
+                    C = blk.attn.qkv.in_features
+                    blk.attn.qkv.weight[: 2 * C].mul_(3.0)
+        _MODEL[depth] = model
+    return _MODEL[depth]
+
+
+def _images(batch=2):
+    return torch.randn(batch, 3, 64, 64) * (0.5 + torch.rand(batch, 1, 1, 1))
+
+
+def _compare(pruned, backend="aot_eager", images=None):
+    images = _images() if images is None else images
+    torch._dynamo.reset()  # every test compiles a new module: stay below dynamo's recompile limit
+    with torch.no_grad():
+        expected = pruned(images)
+        kept = [k.clone() for k in pruned.last_stats.kept]
+        pruned.last_stats = None
+        got = torch.compile(pruned, fullgraph=True, backend=backend)(images)
+    assert (got - expected).abs().max().item() <= 1e-4
+    stats = pruned.last_stats
+    assert stats is not None, "last_stats is set under torch.compile"
+    assert len(stats.kept) == len(kept)
+    for a, b in zip(stats.kept, kept):
+        assert torch.equal(a, b), (a, b)  # the same keep decisions
+    return stats
+
+
+# packed: every method and variant; padded: the adaptive variants (their stages pad to a data-dependent
+# batch maximum; the fixed ones run the same torch selections on static shapes) and no pruning
+CASES = ([(m, v, "packed") for m in pruning_methods() for v in ("fixed", "adaptive")] + [("none", None, "packed")]
+         + [(m, "adaptive", "padded") for m in pruning_methods()] + [("none", None, "padded")])
+
+
+@pytest.mark.parametrize("method,variant,layout", CASES)
+def test_compile_fullgraph_matches_eager(method, variant, layout):
+    options = {} if variant is None else {"variant": variant, "stages": (1, 2, 3)}
+    _compare(raggedvit.prune(tiny_model(), method, layout=layout, **options))
+
+
+def test_compile_inductor_live_rows():
+    """Inductor (C++ on CPU) with the live-row LayerNorm/GEMM ops and EViT's fused token."""
+    pruned = raggedvit.prune(tiny_model(2), "evit", variant="adaptive", stages=(1,), live_rows=True)
+    _compare(pruned, backend="inductor")
+
+
+def test_compile_reference_attention():
+    """The packed layout with the pure-torch attention backend (traced, no custom attention op)."""
+    _compare(raggedvit.prune(tiny_model(), "ats", stages=(1, 2, 3), attention="reference"))
+
+
+def test_compile_only_options_are_rejected():
+    with pytest.raises(ValueError, match="not supported under torch.compile"):
+        check_compilable("op", out=torch.empty(1))
+    with pytest.raises(ValueError, match="not supported under torch.compile"):
+        check_compilable("op", check_lengths=True)
+    check_compilable("op")
+
+
+def test_batch_max_eager_and_compiled():
+    count = torch.tensor([3, 7, 5])
+    assert batch_max(count, 2, 6) == 6 and batch_max(count, 2, 9) == 7 and batch_max(torch.tensor([1]), 2, 9) == 2
+
+    def f(c):
+        return torch.zeros(batch_max(c, 2, 9))
+
+    torch._dynamo.reset()
+    assert torch.compile(f, fullgraph=True, backend="aot_eager")(count).shape == (7,)

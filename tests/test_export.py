@@ -1,0 +1,87 @@
+"""torch.export and AOTInductor packages of pruned models (raggedvit.models.export, ``raggedvit export``)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import raggedvit
+from raggedvit.cli import main
+from raggedvit.models import export as rexport
+from test_compile import tiny_model
+
+
+def test_export_matches_eager_and_records_no_stats():
+    pruned = raggedvit.prune(tiny_model(), "evit", variant="adaptive", stages=(1, 2, 3))
+    images = rexport.example_images(pruned, 2, seed=5)
+    with torch.no_grad():
+        expected = pruned(images)
+    pruned.last_stats = None
+    program = rexport.export_pruned(pruned, images=images)
+    assert pruned.last_stats is None  # exporting records no stats (no fake tensors left on the module)
+    ops = {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
+    assert any(o.startswith("raggedvit.") for o in ops), ops  # the kernels are opaque custom ops
+    with torch.no_grad():
+        got = program.module()(images)
+    assert (got - expected).abs().max().item() <= 1e-4
+
+
+def test_export_rejects_bad_input():
+    with pytest.raises(ValueError, match="only layout='packed'"):
+        rexport.export_pruned(raggedvit.prune(tiny_model(), "evit", layout="padded", stages=(1,)), 2)
+    with pytest.raises(ValueError, match="batch_size"):
+        rexport.export_pruned(raggedvit.prune(tiny_model(), "evit", stages=(1,)), 0)
+    with pytest.raises(ValueError, match="PrunedViT"):
+        rexport.export_pruned(tiny_model(), 2)
+    with pytest.raises(ValueError, match=".pt2"):
+        rexport.package_pruned(None, "model.zip")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_aoti_package_runs_in_a_fresh_process(tmp_path):
+    """AOTInductor package (C++ on CPU, ~30-50 s) of a 2-block model: loads and runs in a new process that
+    imported raggedvit (no Python forward), same logits; without the import the raggedvit ops are missing."""
+    pruned = raggedvit.prune(tiny_model(2), "evit", variant="adaptive", stages=(1,))
+    images = rexport.example_images(pruned, 2, seed=1)
+    with torch.no_grad():
+        expected = pruned(images)
+    path = rexport.package_pruned(rexport.export_pruned(pruned, images=images), tmp_path / "m.pt2")
+    torch.save({"images": images, "expected": expected}, tmp_path / "io.pt")
+    code = ("import sys, torch\n"
+            "if sys.argv[1] == '1':\n    import raggedvit\n"
+            f"io = torch.load({str(tmp_path / 'io.pt')!r})\n"
+            f"out = torch._inductor.aoti_load_package({path!r})(io['images'])\n"
+            "print('DIFF', (out - io['expected']).abs().max().item())\n")
+    run = [sys.executable, "-c", code]
+    ok = subprocess.run(run + ["1"], capture_output=True, text=True, timeout=240)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert float(ok.stdout.split("DIFF")[1]) <= 1e-4
+    bad = subprocess.run(run + ["0"], capture_output=True, text=True, timeout=240)
+    assert bad.returncode != 0 and "raggedvit::" in bad.stderr
+
+
+def test_export_command(tmp_path, monkeypatch, capsys):
+    """The command's wiring, with torch.export.save/load standing in for the (slow) AOTInductor compile."""
+    monkeypatch.setattr(rexport, "package_pruned", lambda ep, path: (torch.export.save(ep, str(path)), str(path))[1])
+    monkeypatch.setattr(rexport, "load_package", lambda path: torch.export.load(path).module())
+    out = tmp_path / "m.pt2"
+    rc = main(["export", "--model", "deit_tiny_patch16_224", "--weights", "random", "--method", "dynamicvit",
+               "--batch-size", "2", "--out", str(out), "--check"])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    assert out.is_file() and "import raggedvit" in text and "check     :" in text and "OK" in text
+
+
+@pytest.mark.parametrize("argv,msg", [
+    (["--out", "m.zip"], "must end in .pt2"),
+    (["--out", "m.pt2", "--batch-size", "0"], "--batch-size 0"),
+    (["--out", "m.pt2", "--method", "nope"], "unknown pruning method"),
+    (["--out", "/no/such/folder/m.pt2"], "does not exist"),
+])
+def test_export_command_errors(argv, msg, capsys):
+    assert main(["export", "--weights", "random", *argv]) == 2
+    assert msg in capsys.readouterr().err
