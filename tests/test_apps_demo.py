@@ -18,15 +18,15 @@ def test_demo_cpu_two_photos(tmp_path, capsys):
     assert "reference" in text and "the Triton kernel needs a CUDA GPU" in text  # backend said, with why
     assert "RANDOM weights" in text
     assert "calibrated on these 2 demo photos" in text
-    for method in ("threshold_l2", "dynamicvit", "evit", "ats"):
+    for method in ("threshold_l2", "dynamicvit", "evit", "ats", "tome"):
         for layout in ("padded", "packed"):
             assert any(line.startswith(f"{method:<13}{layout}") for line in text.splitlines()), (method, layout)
     # The two layouts run the same pruned model: same kept patches, same predictions. Threshold-L2 is left
     # out: its thresholds are calibrated on these very photos, so one token's norm sits exactly on a
     # threshold and a 1e-7 difference between the layouts' attention may flip it.
     lines = {line.split()[0]: line for line in text.splitlines() if "max |logit diff|" in line}
-    assert set(lines) == {"threshold_l2", "dynamicvit", "evit", "ats"}, text
-    for method in ("dynamicvit", "evit", "ats"):
+    assert set(lines) == {"threshold_l2", "dynamicvit", "evit", "ats", "tome"}, text
+    for method in ("dynamicvit", "evit", "ats", "tome"):
         assert "kept patches identical" in lines[method] and "same top-1 2/2" in lines[method], lines[method]
     for name in ("astronaut", "chelsea"):
         png = out / f"{name}.png"

@@ -38,8 +38,8 @@ def test_eval_empty_folder(capsys, tmp_path):
 
 
 def test_unknown_method_lists_valid(capsys, tmp_path):
-    err = _error(capsys, ["eval", "--data", str(tmp_path), "--method", "tome", "--weights", "random"])
-    assert "unknown pruning method 'tome'" in err
+    err = _error(capsys, ["eval", "--data", str(tmp_path), "--method", "tokenmerge", "--weights", "random"])
+    assert "unknown pruning method 'tokenmerge'" in err
     for m in ("threshold_l2", "dynamicvit", "evit", "ats"):
         assert m in err
 

@@ -335,3 +335,144 @@ def test_cuda_graph_replay_with_new_lengths():
         want = raggedvit.ragged_attention(q, k, v, cu, 197)
         torch.testing.assert_close(out, want, rtol=0, atol=0)
         assert (out[sum(lengths):] == 0).all()
+
+
+# ----------------------------------------------------------------------------------------------- key_bias
+
+
+def _biased_reference(q, k, v, lengths, bias, scale=None) -> torch.Tensor:
+    """float64 loop reference of ``softmax(q k^T * scale + bias[key]) v`` per sequence; rows past the end zero."""
+    total, heads, head_dim = q.shape
+    scale = head_dim**-0.5 if scale is None else scale
+    out = torch.zeros(total, heads, head_dim, dtype=torch.float64)
+    start = 0
+    for n in lengths:
+        if n:
+            qs, ks, vs = (t[start:start + n].double().cpu().transpose(0, 1) for t in (q, k, v))
+            s_ = qs @ ks.transpose(1, 2) * scale + bias[start:start + n].double().cpu()
+            out[start:start + n] = (torch.softmax(s_, dim=-1) @ vs).transpose(0, 1)
+        start += n
+    return out
+
+
+def _biased_yardstick(q, k, v, lengths, bias, ref) -> float:
+    """Error against ``ref`` of torch in q's dtype: SDPA with the bias as a float mask, and flash-style rounding
+    (unnormalised probabilities rounded to q's dtype before P @ V)."""
+    worst, start = 0.0, 0
+    for n in lengths:
+        if n:
+            qs, ks, vs = (t[start:start + n].transpose(0, 1) for t in (q, k, v))
+            b = bias[start:start + n]
+            o = F.scaled_dot_product_attention(qs[None], ks[None], vs[None], attn_mask=b.to(q.dtype)[None, None, None])
+            worst = max(worst, (o[0].transpose(0, 1).double().cpu() - ref[start:start + n]).abs().max().item())
+            s_ = qs.float().cpu() @ ks.float().cpu().transpose(1, 2) * qs.shape[-1] ** -0.5 + b.float().cpu()
+            p = torch.exp(s_ - s_.amax(-1, keepdim=True))
+            o = _round((_round(p, q.dtype).float() @ vs.float().cpu()) / p.sum(-1, keepdim=True), q.dtype)
+            worst = max(worst, (o.transpose(0, 1).double() - ref[start:start + n]).abs().max().item())
+        start += n
+    return worst
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("head_dim", [32, 64, 128])
+def test_key_bias_matches_fp64_reference(dtype, head_dim):
+    lengths = [0, 1, 2, 37, 5]
+    q, k, v, cu = _packed(lengths, 2, head_dim, dtype)
+    bias = torch.log(torch.randint(1, 9, (sum(lengths),), device=DEVICE).float())  # ToMe: log(token size)
+    got = raggedvit.ragged_attention(q, k, v, cu, max(lengths), key_bias=bias)
+    ref = _biased_reference(q, k, v, lengths, bias)
+    assert torch.isfinite(got).all()
+    if dtype == torch.float32:
+        rel = ((got.double().cpu() - ref).norm() / ref.norm()).item()
+        assert rel <= 1e-4, f"fp32 relative error {rel:.3g}"
+    else:
+        tol = 2 * max(_biased_yardstick(q, k, v, lengths, bias, ref), torch.finfo(dtype).eps / 2)
+        assert_close_report(got, ref, tol, f"{dtype} + key_bias vs fp64")
+    # the public op, the reference and padded SDPA agree; no bias == a zero bias
+    want = ragged_attention_reference(q, k, v, cu, max(lengths), key_bias=bias)
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    assert_close_report(got, want.double(), tol, "triton vs reference")
+    zero = raggedvit.ragged_attention(q, k, v, cu, max(lengths), key_bias=torch.zeros_like(bias))
+    torch.testing.assert_close(zero, raggedvit.ragged_attention(q, k, v, cu, max(lengths)), rtol=0, atol=0)
+
+
+def test_key_bias_is_token_size():
+    """A key of size s with bias log(s) weighs as s copies of that key (ToMe's proportional attention)."""
+    sizes = [1, 3, 1, 2, 5]
+    q, k, v, cu = _packed([len(sizes)], 1, 32, torch.float32, fused=False)
+    got = raggedvit.ragged_attention(q, k, v, cu, len(sizes), key_bias=torch.tensor(sizes, device=DEVICE).float().log())
+    rep = torch.repeat_interleave(torch.arange(len(sizes), device=DEVICE), torch.tensor(sizes, device=DEVICE))
+    k2, v2 = k[rep].contiguous(), v[rep].contiguous()
+    want = torch.softmax((q[:, 0] @ k2[:, 0].T) * 32**-0.5, dim=-1) @ v2[:, 0]
+    torch.testing.assert_close(got[:, 0], want, rtol=1e-5, atol=1e-5)
+
+
+def test_key_bias_rows_past_the_last_offset_and_backends():
+    from raggedvit.ops.backends import BACKENDS, BackendUnavailableError, get_backend, key_bias_backends
+
+    lengths = [7, 0, 12]
+    q, k, v, cu = _packed(lengths, 2, 64, torch.float32, extra_rows=5)
+    bias = torch.randn(q.shape[0], device=DEVICE)
+    got = raggedvit.ragged_attention(q, k, v, cu, 12, key_bias=bias, scale=0.2)
+    assert (got[sum(lengths):] == 0).all()
+    assert_close_report(got[:sum(lengths)], _biased_reference(q, k, v, lengths, bias, scale=0.2)[:sum(lengths)], 1e-5,
+                        "key_bias with scale")
+    assert key_bias_backends() == ["triton", "reference", "padded_sdpa"]
+    for name in key_bias_backends():
+        torch.testing.assert_close(get_backend(name)(q, k, v, cu, 12, scale=0.2, key_bias=bias), got, rtol=1e-5,
+                                   atol=1e-5)
+    for name in sorted(set(BACKENDS) - set(key_bias_backends())):
+        with pytest.raises(BackendUnavailableError, match=f"backend '{name}' takes no key_bias"):
+            get_backend(name)(q, k, v, cu, 12, key_bias=bias)
+
+
+@pytest.mark.parametrize("bias,exc,msg", [
+    (lambda n: torch.zeros(n, dtype=torch.float16), TypeError, "key_bias must be float32"),
+    (lambda n: torch.zeros(n + 1), ValueError, r"key_bias must be a contiguous \(9,\) tensor"),
+    (lambda n: torch.zeros(n, 2)[:, 0], ValueError, "key_bias must be a contiguous"),
+    (lambda n: [0.0] * n, TypeError, "key_bias must be a torch.Tensor or None"),
+])
+def test_bad_key_bias(bias, exc, msg):
+    q, k, v, cu = _packed([4, 5], 1, 32, torch.float32)
+    b = bias(q.shape[0])
+    if isinstance(b, torch.Tensor):
+        b = b.to(DEVICE)
+    with pytest.raises(exc, match=msg):
+        raggedvit.ragged_attention(q, k, v, cu, 5, key_bias=b)
+
+
+def test_torch_compile_traces_key_bias():
+    lengths = [4, 9]
+    q, k, v, cu = _packed(lengths, 2, 64, torch.float32)
+    bias = torch.randn(q.shape[0], device=DEVICE)
+
+    def f(q, k, v, cu, bias):
+        return raggedvit.ragged_attention(q, k, v, cu, 9, key_bias=bias * 2)
+
+    compiled = torch.compile(f, fullgraph=True, backend="inductor" if ON_GPU else "aot_eager")
+    torch.testing.assert_close(compiled(q, k, v, cu, bias), f(q, k, v, cu, bias))
+
+
+@requires_gpu
+def test_key_bias_direct_launches_and_graph_replay():
+    heads, d, batch = 3, 64, 4
+    qkv = torch.randn(batch * 197, 3, heads, d, device=DEVICE, dtype=torch.float16)
+    q, k, v = qkv.unbind(1)
+    cu = make_cu_seqlens([197] * batch, DEVICE)
+    bias = torch.zeros(batch * 197, device=DEVICE)
+    raggedvit.ragged_attention(q, k, v, cu, 197, key_bias=bias)
+    direct = launcher.stats["direct"]
+    out = raggedvit.ragged_attention(q, k, v, cu, 197, key_bias=bias)
+    assert launcher.stats["direct"] == direct + 1
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = raggedvit.ragged_attention(q, k, v, cu, 197, key_bias=bias)
+    g = torch.Generator().manual_seed(2)
+    for _ in range(3):
+        lengths = torch.randint(0, 198, (batch,), generator=g).tolist()
+        cu.copy_(make_cu_seqlens(lengths, DEVICE))
+        bias.copy_(torch.randn(batch * 197, generator=g).to(DEVICE))
+        graph.replay()
+        n = sum(lengths)
+        ref = _biased_reference(q, k, v, lengths, bias)
+        assert_close_report(out[:n], ref[:n], 5e-3, "graph replay with key_bias")

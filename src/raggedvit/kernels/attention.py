@@ -19,6 +19,11 @@ dtypes: fp16, bf16 (fp32 accumulation) and fp32 (IEEE fp32 dot products). Under 
 (CPU tests) bf16 products are formed in fp32 (``UPCAST_DOT``), because the interpreter's bf16 ``tl.dot``
 is wrong; bf16 x bf16 products are exact in fp32, so only the summation order differs. Head dims: any multiple of 8
 from 16 to 128 (``BLOCK_D`` is the next power of two; padded lanes are masked).
+
+Optional per-key bias (``HAS_BIAS``): ``KEY_BIAS`` is a ``(total_rows,)`` fp32 tensor added to the logit of
+every key row, in natural-log units after the softmax scale (``softmax(q k^T * scale + bias)``, ToMe's
+proportional attention with ``bias = log(token size)``); the kernel works in base 2, so it adds
+``bias * log2(e)``. Without it (``HAS_BIAS`` False) ``KEY_BIAS`` is any pointer and is never read.
 """
 
 import triton
@@ -51,6 +56,7 @@ def ragged_attention_fwd(
     V,
     O,
     CU_SEQLENS,
+    KEY_BIAS,  # (total_rows,) fp32 per-key logit bias (natural log units); read only when HAS_BIAS
     total_rows,  # rows of Q, K, V and O (host int): offsets are clamped to it
     stride_qt,
     stride_qh,
@@ -67,6 +73,7 @@ def ragged_attention_fwd(
     BLOCK_N: tl.constexpr,
     IS_FP32: tl.constexpr,
     UPCAST_DOT: tl.constexpr,  # interpreter only: its bf16 tl.dot is wrong, so multiply in fp32 (exact products)
+    HAS_BIAS: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     pid_b = tl.program_id(1)
@@ -125,7 +132,11 @@ def ragged_attention_fwd(
                     qk = tl.dot(q.to(tl.float32), kt.to(tl.float32), input_precision="ieee")
                 else:
                     qk = tl.dot(q, kt)
-                qk = tl.where(col_ok[None, :], qk * qk_scale, float("-inf"))
+                if HAS_BIAS:
+                    kb = tl.load(KEY_BIAS + row0 + cols, mask=col_ok, other=0.0).to(tl.float32)
+                    qk = tl.where(col_ok[None, :], qk * qk_scale + kb[None, :] * 1.4426950408889634, float("-inf"))
+                else:
+                    qk = tl.where(col_ok[None, :], qk * qk_scale, float("-inf"))
                 m_new = tl.maximum(m_i, tl.max(qk, 1))
                 p = tl.exp2(qk - m_new[:, None])
                 alpha = tl.exp2(m_i - m_new)

@@ -5,6 +5,11 @@ Token rows live in one ``(capacity, C)`` buffer described by a :class:`~raggedvi
 *padded* (a ``(B, L)`` grid, SDPA with a key-padding mask, adaptive stages pad to the batch maximum, which
 reads one device value per stage: this is the baseline). Token-wise layers (LayerNorm, qkv, proj, MLP)
 always run on the buffer rows; timm's own submodules are called by name, never copied.
+
+Methods that merge tokens (ToMe) make the forward track token sizes: a ``(capacity,)`` fp32 row tensor that
+every stage compacts with the rows (:func:`~raggedvit.pruning.stage.run_stage`). With proportional attention
+(:attr:`~raggedvit.pruning.method.Method.proportional_attention`) its log is the per-key logit bias of every
+later attention call. Other methods never create it: no size, no bias, no extra op.
 """
 
 from __future__ import annotations
@@ -20,7 +25,9 @@ from ..pruning.stage import MID, PRE, StagePlan, run_stage
 from .live_rows import LiveRows, live_rows_for
 from .stats import PruneStats
 
-Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, RaggedMeta, float], torch.Tensor]
+Attend = Callable[..., torch.Tensor]
+"""``attend(q, k, v, meta, scale[, bias]) -> (rows, H, D)``; ``bias``: ``(capacity,)`` fp32 per-key logit bias
+(natural log units, after the scale), passed only when there is one."""
 
 
 def patch_embed(pe, images: torch.Tensor) -> torch.Tensor:
@@ -46,18 +53,23 @@ def patch_embed(pe, images: torch.Tensor) -> torch.Tensor:
 
 
 def attend_packed(backend) -> Attend:
-    """Packed attention through a :mod:`raggedvit.ops.backends` backend."""
-    def attend(q, k, v, meta: RaggedMeta, scale: float) -> torch.Tensor:
-        return backend(q, k, v, meta.cu_seqlens, meta.max_seqlen, scale=scale)
+    """Packed attention through a :mod:`raggedvit.ops.backends` backend (a ``bias`` goes to its ``key_bias``:
+    backends without one raise)."""
+    def attend(q, k, v, meta: RaggedMeta, scale: float, bias: torch.Tensor | None = None) -> torch.Tensor:
+        return backend(q, k, v, meta.cu_seqlens, meta.max_seqlen, scale=scale, key_bias=bias)
     return attend
 
 
-def attend_padded(q, k, v, meta: RaggedMeta, scale: float) -> torch.Tensor:
-    """Padded attention: SDPA on the ``(B, L)`` grid, boolean key-padding mask unless no row is padded."""
+def attend_padded(q, k, v, meta: RaggedMeta, scale: float, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Padded attention: SDPA on the ``(B, L)`` grid, boolean key-padding mask unless no row is padded; with a
+    per-key ``bias`` (``(B * L,)`` fp32) a float mask: the bias on live keys, ``-inf`` on padding."""
     B, L = meta.batch, meta.max_seqlen
     H, D = q.shape[1], q.shape[2]
     qb, kb, vb = (t.reshape(B, L, H, D).transpose(1, 2) for t in (q, k, v))
     mask = None if meta.uniform else meta.dense_valid[:, None, None, :]
+    if bias is not None:
+        fmask = bias.view(B, 1, 1, L).to(q.dtype)
+        mask = fmask if mask is None else fmask.masked_fill(~mask, float("-inf"))
     out = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask, scale=scale)
     return out.transpose(1, 2).reshape(B * L, H, D)
 
@@ -70,10 +82,12 @@ def _mlp_half(blk, y: torch.Tensor, rows: LiveRows | None) -> torch.Tensor:
     return rows.linear(mlp.fc2, rows.linear(mlp.fc1, rows.norm(blk.norm2, y), gelu=True), residual=y)
 
 
-def _attention_half(blk, x: torch.Tensor, meta: RaggedMeta, attend: Attend, rows: LiveRows | None = None):
+def _attention_half(blk, x: torch.Tensor, meta: RaggedMeta, attend: Attend, rows: LiveRows | None = None,
+                    bias: torch.Tensor | None = None):
     """``y = x + drop_path1(ls1(attn(norm1(x))))`` on rows; also returns q, k, v ``(R, H, D)``.
 
-    ``rows``: None (timm's modules) or :class:`LiveRows` (fused kernels on the live rows)."""
+    ``rows``: None (timm's modules) or :class:`LiveRows` (fused kernels on the live rows). ``bias``: per-key
+    logit bias of the attention (log token sizes), or None."""
     attn = blk.attn
     h = blk.norm1(x) if rows is None else rows.norm(blk.norm1, x)
     R = x.shape[0]
@@ -81,7 +95,7 @@ def _attention_half(blk, x: torch.Tensor, meta: RaggedMeta, attend: Attend, rows
     q, k, v = (attn.qkv(h) if rows is None else rows.linear(attn.qkv, h)).view(R, 3, H, D).unbind(1)
     q, k = attn.q_norm(q), attn.k_norm(k)
     scale = float(getattr(attn, "scale", D ** -0.5))
-    o = attend(q, k, v, meta, scale).reshape(R, H * D)
+    o = (attend(q, k, v, meta, scale) if bias is None else attend(q, k, v, meta, scale, bias)).reshape(R, H * D)
     if rows is not None:
         return rows.linear(attn.proj, o, residual=x), q, k, v, scale
     o = attn.norm(o) if hasattr(attn, "norm") else o
@@ -116,20 +130,25 @@ def run(model, images: torch.Tensor, method: Method, plans: tuple[StagePlan, ...
     stages = {p.block: p for p in plans}
     live_rows = live_rows if packed else False
     rows, rows_meta = None, None  # LiveRows (or None: timm's modules) of the buffer described by rows_meta
+    prop_attn = method.proportional_attention
+    size = bias = None  # token sizes (capacity,) fp32 once a stage merged tokens; log(size) for attention
     kept = []
     for i, blk in enumerate(model.blocks):
         plan = stages.get(i)
         module = None if plan is None or modules is None else modules[plan.index]
         if plan is not None and plan.site == PRE:
-            x, tok, meta, count = run_stage(method, plan, x, tok, meta, P, module=module, debug=debug,
-                                             static_padding=static_padding)
+            x, tok, meta, count, size = run_stage(method, plan, x, tok, meta, P, module=module, size=size,
+                                                  debug=debug, static_padding=static_padding)
+            bias = size.log() if prop_attn and size is not None else None
             kept.append(count)
         if live_rows and rows_meta is not meta:
             rows, rows_meta = live_rows_for(live_rows, meta), meta
-        y, q, k, v, scale = _attention_half(blk, x, meta, attend, rows)
+        y, q, k, v, scale = _attention_half(blk, x, meta, attend, rows, bias)
         if plan is not None and plan.site == MID:
-            y, tok, meta, count = run_stage(method, plan, y, tok, meta, P, qkv=(q, k, v), scale=scale, module=module,
-                                            debug=debug, static_padding=static_padding)
+            y, tok, meta, count, size = run_stage(method, plan, y, tok, meta, P, qkv=(q, k, v), scale=scale,
+                                                  module=module, size=size, debug=debug,
+                                                  static_padding=static_padding)
+            bias = size.log() if prop_attn and size is not None else None
             kept.append(count)
             if live_rows and rows_meta is not meta:
                 rows, rows_meta = live_rows_for(live_rows, meta), meta

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..ops.backends import get_backend
+from ..ops.backends import get_backend, key_bias_backends
 from ..pruning.method import Method
 from ..pruning.registry import make_method
 from ..pruning.stage import StagePlan
@@ -223,6 +223,10 @@ def prune(model: nn.Module, method: str | Method, *, layout: str = "packed", att
         modules = method.modules(model)
     except ValueError as e:
         raise ValueError(f"prune: {e}") from None
+    if layout == "packed" and method.proportional_attention and not get_backend(attention).key_bias:
+        raise ValueError(f"prune: {method.name} uses proportional attention (a per-key logit bias), which attention "
+                         f"backend {attention!r} does not take; use one of {', '.join(key_bias_backends())} "
+                         f"(or prop_attn=False)")
     if not (isinstance(live_rows, bool) or live_rows == "auto"):
         raise ValueError(f"prune: live_rows must be True, False or 'auto', got {live_rows!r}")
     if live_rows == "auto" and (layout != "packed" or any(live_rows_unsupported(b) for b in model.blocks)):

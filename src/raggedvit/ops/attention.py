@@ -83,7 +83,7 @@ def _fail(kind: type[Exception], msg: str) -> None:
     raise kind(f"ragged_attention: {msg}")
 
 
-def _check_inputs(q, k, v, cu_seqlens, max_seqlen, scale, out) -> None:
+def _check_inputs(q, k, v, cu_seqlens, max_seqlen, scale, out, key_bias=None) -> None:
     """Every check the launch relies on. Raises ``TypeError``/``ValueError`` naming the argument."""
     for name, t in (("q", q), ("k", k), ("v", v), ("cu_seqlens", cu_seqlens)):
         if not isinstance(t, torch.Tensor):
@@ -133,6 +133,16 @@ def _check_inputs(q, k, v, cu_seqlens, max_seqlen, scale, out) -> None:
         if out.shape != q.shape or out.dtype != q.dtype or out.get_device() != dev or out.stride(2) != 1:
             _fail(ValueError, f"out must match q's shape {tuple(q.shape)}, dtype and device with last stride 1, "
                   f"got {tuple(out.shape)} {out.dtype} on {out.device}")
+    if key_bias is not None:
+        if not isinstance(key_bias, torch.Tensor):
+            _fail(TypeError, f"key_bias must be a torch.Tensor or None, got {type(key_bias).__name__}")
+        if key_bias.dtype != torch.float32:
+            _fail(TypeError, f"key_bias must be float32, got {key_bias.dtype}")
+        if key_bias.dim() != 1 or key_bias.shape[0] != q.shape[0] or key_bias.stride(0) != 1:
+            _fail(ValueError, f"key_bias must be a contiguous ({q.shape[0]},) tensor (one value per row of q), got "
+                  f"shape {tuple(key_bias.shape)}")
+        if key_bias.get_device() != dev:
+            _fail(ValueError, f"key_bias must be on q's device {q.device}, got {key_bias.device}")
 
 
 def check_cu_seqlens(cu_seqlens: torch.Tensor, total_rows: int, max_seqlen: int | None = None) -> None:
@@ -147,54 +157,63 @@ def check_cu_seqlens(cu_seqlens: torch.Tensor, total_rows: int, max_seqlen: int 
 
 
 def _launch(q, k, v, out, cu_seqlens, max_seqlen: int, scale: float | None, variant: tuple,
-            sq: tuple, sk: tuple, sv: tuple, so: tuple, dev: int) -> None:
+            sq: tuple, sk: tuple, sv: tuple, so: tuple, dev: int, key_bias: torch.Tensor | None = None) -> None:
     """Launch on validated inputs: direct when the launch key is cached, else through Triton's JIT.
 
     Kernel arguments are ordered per-call first (pointers, row count), then what is constant per launch key
-    (strides, scale, constexprs), so a direct launch reuses one cached tuple for the latter.
+    (strides, scale, constexprs), so a direct launch reuses one cached tuple for the latter. Without
+    ``key_bias`` the kernel's bias pointer is ``cu_seqlens`` (never read: ``HAS_BIAS`` is False).
     """
     block_m, options, default_scale, tail = variant
     qp, kp, vp, op, cp = q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), cu_seqlens.data_ptr()
+    has_bias = key_bias is not None
+    bias = key_bias if has_bias else cu_seqlens
+    bp = bias.data_ptr()
     shape = q.shape
     gx, gy, gz = min((max_seqlen + block_m - 1) // block_m, 65535), cu_seqlens.shape[0], shape[1]
     # Triton specializes on strides (divisibility by 16, == 1) and 16-byte pointer alignment. Strides do not
     # depend on the token count, so keying on their values keeps the key set small.
     scale = None if scale is None else float(scale)  # part of the key: one cached launch per model scale
-    key = (q.dtype, shape[2], dev, sq, sk, sv, so, scale) if ((qp | kp | vp | op | cp) & 15) == 0 else None
+    key = None
+    if ((qp | kp | vp | op | cp | bp) & 15) == 0:
+        key = (q.dtype, shape[2], dev, sq, sk, sv, so, scale)
+        if has_bias:
+            key = (*key, "key_bias")
     entry = launcher.cache.get(key) if key is not None else None
     if entry is not None and launcher.usable(dev):
         call, prefix, constant = entry  # pointers as ints: the launcher then skips cuPointerGetAttribute
-        call(gx, gy, gz, raw_stream(dev), *prefix, qp, kp, vp, op, cp, shape[0], *constant)
+        call(gx, gy, gz, raw_stream(dev), *prefix, qp, kp, vp, op, cp, bp, shape[0], *constant)
         launcher.direct_launches += 1
         return
     qk_scale = default_scale if scale is None else float(scale) * _LOG2E
-    constant = (sq[0], sq[1], sk[0], sk[1], sv[0], sv[1], so[0], so[1], qk_scale, *tail)
+    constant = (sq[0], sq[1], sk[0], sk[1], sv[0], sv[1], so[0], so[1], qk_scale, *tail, has_bias)
     launcher.launch_jit(key, dev, (gx, gy, gz),
-                        (q, k, v, out, cu_seqlens, shape[0], *constant), n_per_call=6, **options)
+                        (q, k, v, out, cu_seqlens, bias, shape[0], *constant), n_per_call=7, **options)
 
 
-def _forward(q, k, v, cu_seqlens, max_seqlen: int, scale: float | None, out=None) -> torch.Tensor:
+def _forward(q, k, v, cu_seqlens, max_seqlen: int, scale: float | None, out=None,
+             key_bias: torch.Tensor | None = None) -> torch.Tensor:
     """Allocate (unless ``out``) and launch; inputs already validated."""
     if out is None:
         out = torch.empty_like(q)
     if q.shape[0] == 0:
         return out
     _launch(q, k, v, out, cu_seqlens, max_seqlen, scale, VARIANTS[q.dtype][q.shape[2]], q.stride(), k.stride(),
-            v.stride(), out.stride(), q.get_device())
+            v.stride(), out.stride(), q.get_device(), key_bias)
     return out
 
 
 @torch.library.custom_op("raggedvit::ragged_attention", mutates_args=())
 def _ragged_attention_op(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int,
-    scale: float | None,
+    scale: float | None, key_bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    _check_inputs(q, k, v, cu_seqlens, max_seqlen, scale, None)
-    return _forward(q, k, v, cu_seqlens, max_seqlen, scale)
+    _check_inputs(q, k, v, cu_seqlens, max_seqlen, scale, None, key_bias)
+    return _forward(q, k, v, cu_seqlens, max_seqlen, scale, key_bias=key_bias)
 
 
 @_ragged_attention_op.register_fake
-def _(q, k, v, cu_seqlens, max_seqlen, scale):
+def _(q, k, v, cu_seqlens, max_seqlen, scale, key_bias=None):
     return torch.empty(q.shape, dtype=q.dtype, device=q.device)
 
 
@@ -206,6 +225,7 @@ def ragged_attention(
     max_seqlen: int,
     *,
     scale: float | None = None,
+    key_bias: torch.Tensor | None = None,
     out: torch.Tensor | None = None,
     check_lengths: bool = False,
 ) -> torch.Tensor:
@@ -228,6 +248,9 @@ def ragged_attention(
             or the bound a pruning schedule implies). It sizes the grid only: a longer sequence is still
             computed exactly, just with less parallelism. Never read back from the device by this library.
         scale: softmax scale; default ``head_dim ** -0.5``.
+        key_bias: optional float32 ``(total_tokens,)`` contiguous tensor on q's device, added to the logit of
+            every key row in natural-log units after the scale: ``softmax(q k^T * scale + key_bias[key])``
+            (ToMe's proportional attention passes ``log(token size)``). Must be finite on the live rows.
         out: optional preallocated output (same shape, dtype and device as ``q``, last stride 1).
         check_lengths: validate the contents of ``cu_seqlens`` on the device first and raise ``ValueError``
             naming the problem (negative start, decreasing, past the rows, longer than ``max_seqlen``)
@@ -248,7 +271,7 @@ def ragged_attention(
     if _is_compiling():
         if out is not None or check_lengths:
             _fail(ValueError, "out= and check_lengths= are not supported under torch.compile")
-        return torch.ops.raggedvit.ragged_attention(q, k, v, cu_seqlens, max_seqlen, scale)
+        return torch.ops.raggedvit.ragged_attention(q, k, v, cu_seqlens, max_seqlen, scale, key_bias)
     # Common case first: every check of _check_inputs in one short-circuit chain, attributes read once.
     variant = None
     try:
@@ -257,7 +280,8 @@ def ragged_attention(
         dev = q.get_device()
         table = VARIANTS.get(dt)
         if (
-            table is not None and out is None and not check_lengths and type(max_seqlen) is int and max_seqlen >= 1
+            table is not None and out is None and key_bias is None and not check_lengths and type(max_seqlen) is int
+            and max_seqlen >= 1
             and k.dtype is dt and v.dtype is dt and cu_seqlens.dtype is _INT32
             and len(shape) == 3 and shape == k.shape and shape == v.shape and shape[0] > 0
             and 0 < shape[1] <= MAX_GRID_YZ and sq[2] == 1 and sk[2] == 1 and sv[2] == 1
@@ -278,15 +302,15 @@ def ragged_attention(
             if entry is not None and (launcher._single_device or dev == current_device()) and not hooks_installed():
                 call, prefix, constant = entry
                 call(min((max_seqlen + variant[0] - 1) // variant[0], 65535), cs[0], shape[1], raw_stream(dev),
-                     *prefix, qp, kp, vp, op, cp, shape[0], *constant)
+                     *prefix, qp, kp, vp, op, cp, cp, shape[0], *constant)  # cp: the unread bias pointer
                 launcher.direct_launches += 1
                 return out
         _launch(q, k, v, out, cu_seqlens, max_seqlen, scale, variant, sq, sk, sv, so, dev)
         return out
-    _check_inputs(q, k, v, cu_seqlens, max_seqlen, scale, out)  # raises a precise error, or accepts (out=, CPU...)
+    _check_inputs(q, k, v, cu_seqlens, max_seqlen, scale, out, key_bias)  # a precise error, or accepts (CPU...)
     if check_lengths:
         check_cu_seqlens(cu_seqlens, q.shape[0], max_seqlen)
-    return _forward(q, k, v, cu_seqlens, max_seqlen, scale, out)
+    return _forward(q, k, v, cu_seqlens, max_seqlen, scale, out, key_bias)
 
 
 def warmup(

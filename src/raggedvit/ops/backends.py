@@ -20,6 +20,11 @@ varlen_attn         no    no    no     ``torch.nn.attention.varlen.varlen_attn``
 (within ``max_seqlen``); "sync": the call waits for the device; "tail=0": rows at and past
 ``cu_seqlens[-1]`` are zero (otherwise they are whatever the kernel's ``empty`` output held).
 
+A per-key logit bias (``key_bias``: ``(total_tokens,)`` fp32, added after the scale; ToMe's proportional
+attention passes ``log(token size)``) is taken by ``triton``, ``reference`` and ``padded_sdpa``
+(:attr:`AttentionBackend.key_bias`); the others raise :class:`BackendUnavailableError` when given one
+instead of dropping it.
+
 A backend that cannot run says why through :meth:`AttentionBackend.unavailable_reason` and raises
 :class:`BackendUnavailableError` when called; nothing falls back to another backend silently.
 """
@@ -56,6 +61,8 @@ class AttentionBackend:
         check: ``check(device, dtype_or_None)`` returns None when the backend can run, else the reason.
         zero_tail: True if output rows at and past ``cu_seqlens[-1]`` are zero.
         syncs: True if a call synchronizes the host with the device.
+        key_bias: True if ``fn`` takes ``key_bias=`` (a per-key logit bias); calling a backend without it with
+            a bias raises :class:`BackendUnavailableError`.
     """
 
     name: str
@@ -65,14 +72,21 @@ class AttentionBackend:
     check: Callable[[torch.device, torch.dtype | None], str | None]
     zero_tail: bool = True
     syncs: bool = False
+    key_bias: bool = False
 
     def unavailable_reason(self, device: torch.device | str, dtype: torch.dtype | None = None) -> str | None:
         """None if this backend runs on ``device`` (for ``dtype``, when given), else a sentence saying why not."""
         return self.check(torch.device(device), dtype)
 
-    def __call__(self, q, k, v, cu_seqlens, max_seqlen, *, scale=None) -> torch.Tensor:
-        """Run the backend: ``(total_tokens, heads, head_dim)`` out."""
-        return self.fn(q, k, v, cu_seqlens, max_seqlen, scale=scale)
+    def __call__(self, q, k, v, cu_seqlens, max_seqlen, *, scale=None, key_bias=None) -> torch.Tensor:
+        """Run the backend: ``(total_tokens, heads, head_dim)`` out. ``key_bias``: see the module docstring."""
+        if key_bias is None:
+            return self.fn(q, k, v, cu_seqlens, max_seqlen, scale=scale)
+        if not self.key_bias:
+            raise BackendUnavailableError(
+                f"attention backend {self.name!r} takes no key_bias (a per-key logit bias, e.g. ToMe's proportional "
+                f"attention); backends that do: {', '.join(key_bias_backends())}")
+        return self.fn(q, k, v, cu_seqlens, max_seqlen, scale=scale, key_bias=key_bias)
 
 
 def _join(reasons: list[str]) -> str | None:
@@ -141,7 +155,8 @@ def _arange(n: int, device: torch.device) -> torch.Tensor:
     return t
 
 
-def padded_sdpa(q, k, v, cu_seqlens, max_seqlen: int, *, scale: float | None = None) -> torch.Tensor:
+def padded_sdpa(q, k, v, cu_seqlens, max_seqlen: int, *, scale: float | None = None,
+                key_bias: torch.Tensor | None = None) -> torch.Tensor:
     """Pad packed rows to ``(batch, max_seqlen)``, run SDPA with a boolean key-padding mask, unpad.
 
     Padding and unpadding use index arithmetic on the device (``cu_seqlens[b] + arange(max_seqlen)``
@@ -149,6 +164,7 @@ def padded_sdpa(q, k, v, cu_seqlens, max_seqlen: int, *, scale: float | None = N
     shape comes from host ints, so a CUDA graph captured around it stays correct when lengths change
     within ``max_seqlen``. On CUDA, SDPA with a mask runs the memory-efficient kernel (flash takes no
     mask). Rows at and past ``cu_seqlens[-1]`` are zero. ``max_seqlen`` must bound every length.
+    ``key_bias`` (``(total,)``, per-key logit bias): a float mask ``bias`` on live keys, ``-inf`` on padding.
     """
     total, heads, head_dim = q.shape
     batch = cu_seqlens.shape[0] - 1
@@ -161,7 +177,11 @@ def padded_sdpa(q, k, v, cu_seqlens, max_seqlen: int, *, scale: float | None = N
     flat = rows.view(-1)
     qp, kp, vp = (t.index_select(0, flat).view(batch, max_seqlen, heads, head_dim).transpose(1, 2)
                   for t in (q, k, v))
-    o = F.scaled_dot_product_attention(qp, kp, vp, attn_mask=valid[:, None, None, :], scale=scale)
+    mask = valid[:, None, None, :]
+    if key_bias is not None:
+        bias = key_bias.index_select(0, flat).view(batch, 1, 1, max_seqlen).to(q.dtype)
+        mask = bias.masked_fill(~mask, float("-inf"))
+    o = F.scaled_dot_product_attention(qp, kp, vp, attn_mask=mask, scale=scale)
     o = o.transpose(1, 2).reshape(batch * max_seqlen, heads, head_dim)
     out = q.new_zeros(total + 1, heads, head_dim)  # row `total` collects the padding and is dropped
     out.index_copy_(0, torch.where(valid, rows, total).view(-1), o)
@@ -365,11 +385,12 @@ def register(backend: AttentionBackend) -> AttentionBackend:
     return backend
 
 
-register(AttentionBackend("triton", ragged_attention, "raggedvit Triton kernel, direct launch", True, _triton_check))
+register(AttentionBackend("triton", ragged_attention, "raggedvit Triton kernel, direct launch", True, _triton_check,
+                          key_bias=True))
 register(AttentionBackend("reference", ragged_attention_reference, "pure PyTorch (any device)", True,
-                          _any_float_check))
+                          _any_float_check, key_bias=True))
 register(AttentionBackend("padded_sdpa", padded_sdpa, "pad, SDPA + boolean key-padding mask, unpad", True,
-                          _any_float_check))
+                          _any_float_check, key_bias=True))
 register(AttentionBackend("nested_sdpa", nested_sdpa, "NestedTensor (jagged) SDPA incl. wrapping; 1 sync",
                           False, _nested_check, syncs=True))
 register(AttentionBackend("fa2_varlen", fa2_varlen, "aten._flash_attention_forward, host max_seqlen", True,
@@ -386,6 +407,11 @@ def get_backend(name: str) -> AttentionBackend:
         return BACKENDS[name]
     except KeyError:
         raise ValueError(f"unknown attention backend {name!r}; valid: {', '.join(sorted(BACKENDS))}") from None
+
+
+def key_bias_backends() -> list[str]:
+    """Names of the registered backends that take a per-key logit bias (``key_bias``)."""
+    return [n for n, b in BACKENDS.items() if b.key_bias]
 
 
 def available_backends(device: torch.device | str, dtype: torch.dtype | None = None) -> list[str]:

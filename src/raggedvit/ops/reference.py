@@ -22,6 +22,7 @@ def ragged_attention_reference(
     max_seqlen: int,
     *,
     scale: float | None = None,
+    key_bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Reference bidirectional attention over packed sequences, in plain PyTorch.
 
@@ -31,6 +32,8 @@ def ragged_attention_reference(
             ones are clamped as by the kernel: ``c[i] = min(max(0, cu[0], ..., cu[i]), total_rows)``).
         max_seqlen: host-side upper bound on every sequence length (>= 1).
         scale: softmax scale, default ``head_dim ** -0.5``.
+        key_bias: optional ``(total_rows,)`` per-key logit bias, added after the scale (natural log units, as
+            :func:`raggedvit.ragged_attention`).
 
     Returns:
         ``(total_rows, heads, head_dim)`` in ``q.dtype``; rows outside every sequence are zero.
@@ -49,6 +52,8 @@ def ragged_attention_reference(
     qb, kb, vb = (t.to(compute)[rows] for t in (q, k, v))  # (batch, L, H, D)
     vb = vb.masked_fill(~valid[:, :, None, None], 0.0)  # rows past a sequence may hold anything, NaN included
     scores = torch.einsum("blhd,bmhd->bhlm", qb, kb) * scale
+    if key_bias is not None:
+        scores = scores + key_bias.to(compute)[rows][:, None, None, :]
     scores = scores.masked_fill(~valid[:, None, None, :], -math.inf)
     probs = torch.softmax(scores, dim=-1).nan_to_num(0.0)  # fully masked rows (length 0) give NaN
     ob = torch.einsum("bhlm,bmhd->blhd", probs, vb)

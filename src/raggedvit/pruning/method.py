@@ -10,7 +10,9 @@ nothing else in the library names a method. The contract, used by :mod:`raggedvi
 * :meth:`Method.select` turns a :class:`~.stage.StageInput` into a :class:`~.ragged.Selection`, choosing the
   Triton path (``inp.kernels``) or the torch path itself;
 * :meth:`Method.scores` returns the ``(B, L)`` scores it ranks by (calibration, inspection);
-* :meth:`Method.modules` returns the modules it owns (DynamicViT's predictors), registered on the model.
+* :meth:`Method.modules` returns the modules it owns (DynamicViT's predictors), registered on the model;
+* :attr:`Method.proportional_attention`: merging methods (ToMe) return merged values and token sizes in the
+  :class:`~.ragged.Selection`, and with this flag the attention weighs every key by its size.
 
 Options are validated in ``__post_init__`` (ValueError naming the option, the value and the valid range).
 """
@@ -59,6 +61,12 @@ class Method:
         """``(resolved method, stage plan)`` for a model of ``depth`` blocks and ``num_prefix + num_patches``
         tokens per image; ValueError if the options do not fit that model."""
         raise NotImplementedError
+
+    @property
+    def proportional_attention(self) -> bool:
+        """Whether attention adds ``log(token size)`` to every key's logit once a stage merged tokens (ToMe's
+        proportional attention; the forward then passes a per-key bias to the attention backend)."""
+        return False
 
     def modules(self, model: nn.Module) -> nn.Module | None:
         """Modules the method owns for ``model`` (indexed by stage), or None."""

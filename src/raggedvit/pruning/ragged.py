@@ -26,7 +26,7 @@ import torch
 from torch.utils._python_dispatch import _disable_current_modes
 
 __all__ = ["RaggedMeta", "Selection", "packed_meta", "padded_meta", "ragged_meta", "uniform_meta", "meta_from_counts",
-           "dense_view", "compact", "cached", "arange", "const", "clear_cache"]
+           "dense_view", "compact", "identity_rows", "rows_from_dense", "cached", "arange", "const", "clear_cache"]
 
 _CACHE: dict = {}
 _CACHE_MAX = 1024
@@ -247,6 +247,12 @@ class Selection:
         exact: host flag, every ``count`` equals ``width`` (fixed-count methods; with ``extra`` every
             sequence then ends with the appended token).
         extra: ``(B, C)`` token appended at position ``L``, or None.
+        values: ``(B, L, C)`` new values of the current positions (a merge: ToMe's weighted averages), read
+            instead of the stage's rows: position ``(b, l)`` of the output comes from ``values[b, l]``; None:
+            the rows themselves. Not with ``extra``.
+        size: ``(B, L)`` fp32 token sizes (how many original patches each token stands for) of the current
+            positions after the stage, for methods that merge; None: sizes unchanged (compacted with the rows
+            when the forward tracks them).
     """
 
     index: torch.Tensor
@@ -254,10 +260,37 @@ class Selection:
     width: int
     exact: bool
     extra: torch.Tensor | None = None
+    values: torch.Tensor | None = None
+    size: torch.Tensor | None = None
+
+
+def identity_rows(batch: int, width: int, device: torch.device) -> torch.Tensor:
+    """Cached ``(B, L)`` int64 ``b * L + l``: the dense rows of a ``(B, L, ...)`` tensor flattened to rows."""
+    return arange(batch * width, device).view(batch, width)
+
+
+def _packed_dest(new: RaggedMeta) -> torch.Tensor:
+    """``(B * W,)`` int64 bijection from the dense ``(B, W)`` entries of a packed buffer to its rows: entry
+    ``(b, l) < count[b]`` goes to row ``cu[b] + l``; the unused entries, in order, fill rows ``[total, B * W)``."""
+    batch, width = new.batch, new.max_seqlen
+    cu = new.cu_seqlens.long()
+    flat = arange(batch * width, new.lengths.device).view(batch, width)
+    return torch.where(new.dense_valid, new.dense_rows, flat + (cu[-1] - cu[1:, None])).reshape(-1)
+
+
+def rows_from_dense(meta: RaggedMeta, dense: torch.Tensor) -> torch.Tensor:
+    """The rows ``(capacity, ...)`` of a buffer of ``meta`` (built by this library: ``capacity = B * L``) from
+    its dense view ``(B, L, ...)``: a reshape when rows are laid out ``b * L + l``, else one scatter (every
+    row written once, the unused rows from the entries past each length)."""
+    flat = dense.reshape(meta.batch * meta.max_seqlen, *dense.shape[2:])
+    if meta.dense_identity:
+        return flat
+    return torch.empty_like(flat).index_copy_(0, _packed_dest(meta), flat)
 
 
 def compact(meta: RaggedMeta, sel: Selection, sources: list[tuple[torch.Tensor, torch.Tensor | None]],
-            *, padded_width: int | None = None) -> tuple[RaggedMeta, list[torch.Tensor]]:
+            *, padded_width: int | None = None, dense_rows: torch.Tensor | None = None
+            ) -> tuple[RaggedMeta, list[torch.Tensor]]:
     """Stable compaction of the rows ``sel`` keeps into a new buffer of the same layout.
 
     Args:
@@ -267,6 +300,8 @@ def compact(meta: RaggedMeta, sel: Selection, sources: list[tuple[torch.Tensor, 
             the appended token (position ``L``) for that source, or None when ``sel`` appends nothing.
         padded_width: padded layout only: the grid width of the new buffer (``>= count.max()``, e.g. the
             batch maximum read by the caller); default ``sel.width``. Ignored for the packed layout.
+        dense_rows: ``(B, L)`` rows of the sources' positions instead of ``meta.dense_rows`` (sources given as a
+            flattened dense view: :func:`identity_rows`).
 
     Returns:
         ``(new_meta, new_rows)``. Packed: ``capacity = B * sel.width``, new ``cu_seqlens`` from ``count``;
@@ -287,10 +322,11 @@ def compact(meta: RaggedMeta, sel: Selection, sources: list[tuple[torch.Tensor, 
     else:
         new = padded_meta(sel.count, width) if meta.padded else meta_from_counts(sel.count, width)
     index = sel.index[:, :width]
+    rows_of = meta.dense_rows if dense_rows is None else dense_rows
     out = []
     if exact:  # every row is live; with extra, the appended token is the last one of every sequence
         n = width - 1 if has_extra else width
-        src = meta.dense_rows.gather(1, index[:, :n]).reshape(-1)
+        src = rows_of.gather(1, index[:, :n]).reshape(-1)
         for rows, extra in sources:
             tail = rows.shape[1:]
             g = rows[src]
@@ -301,14 +337,11 @@ def compact(meta: RaggedMeta, sel: Selection, sources: list[tuple[torch.Tensor, 
     if has_extra:
         is_extra = index == L
         index = index.clamp(max=L - 1)
-    src = meta.dense_rows.gather(1, index).reshape(-1)
+    src = rows_of.gather(1, index).reshape(-1)
     dest = None
     if not meta.padded:
-        # A bijection onto the new buffer: entry (b, l) < count[b] goes to row cu[b] + l; the unused entries,
-        # in order, fill rows [total, capacity). Every row is written once: no dump row, no write contention.
-        cu = new.cu_seqlens.long()
-        flat = arange(batch * width, device).view(batch, width)
-        dest = torch.where(new.dense_valid, new.dense_rows, flat + (cu[-1] - cu[1:, None])).reshape(-1)
+        # A bijection onto the new buffer: every row is written once: no dump row, no write contention.
+        dest = _packed_dest(new)
     for rows, extra in sources:
         tail = rows.shape[1:]
         shape = (batch, width) + (1,) * len(tail)

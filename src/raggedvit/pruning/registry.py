@@ -12,10 +12,11 @@ from .dynamicvit import DynamicViT
 from .evit import EViT
 from .method import Method, NoPruning
 from .threshold_l2 import ThresholdL2
+from .tome import ToMe
 
 __all__ = ["METHODS", "make_method", "pruning_methods"]
 
-METHODS: dict[str, type[Method]] = {m.name: m for m in (NoPruning, ThresholdL2, DynamicViT, EViT, ATS)}
+METHODS: dict[str, type[Method]] = {m.name: m for m in (NoPruning, ThresholdL2, DynamicViT, EViT, ATS, ToMe)}
 
 
 def pruning_methods() -> tuple[str, ...]:

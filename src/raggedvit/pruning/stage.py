@@ -1,8 +1,10 @@
 """One pruning stage: its host-side plan, what a method sees there, and the compaction that follows.
 
 A method (:mod:`.method`) turns a :class:`StageInput` into a :class:`~.ragged.Selection`; :func:`run_stage`
-calls it and compacts the buffer, so the model's forward only says *where* a stage runs. The packed layout
-on CUDA (or under the Triton interpreter) selects and compacts with the one-launch kernels of
+calls it and compacts the buffer, so the model's forward only says *where* a stage runs. Methods that merge
+tokens (ToMe) also return new values for the kept positions (:attr:`~.ragged.Selection.values`) and token
+sizes (:attr:`~.ragged.Selection.size`); the sizes travel with the rows through every later compaction.
+The packed layout on CUDA (or under the Triton interpreter) selects and compacts with the one-launch kernels of
 :mod:`raggedvit.ops.select` / :mod:`raggedvit.ops.compact` (:attr:`StageInput.kernels`); the padded
 baseline and CPU runs use the torch functions of each method's module.
 """
@@ -19,7 +21,18 @@ from ..ops.cls_attention import cls_attention_mean
 from ..ops.compact import compact_packed
 from ..ops.compact import launcher as compact_launcher
 from ..ops.library import batch_max
-from .ragged import RaggedMeta, Selection, cached, compact, ragged_meta, uniform_meta
+from .ragged import (
+    RaggedMeta,
+    Selection,
+    cached,
+    compact,
+    const,
+    dense_view,
+    identity_rows,
+    ragged_meta,
+    rows_from_dense,
+    uniform_meta,
+)
 from .selection import candidates
 
 if TYPE_CHECKING:
@@ -69,6 +82,8 @@ class StageInput:
         qkv: MID stages: the block's ``(q, k, v)``, each ``(capacity, H, D)``; None at PRE stages.
         scale: MID stages: the block's softmax scale.
         module: the method's module for this stage (DynamicViT's keep predictor), or None.
+        size: ``(capacity,)`` fp32 token sizes of the rows of ``x`` once a method has merged tokens (ToMe);
+            None: every token has size 1.
     """
 
     plan: StagePlan
@@ -78,6 +93,7 @@ class StageInput:
     qkv: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
     scale: float | None = None
     module: torch.nn.Module | None = None
+    size: torch.Tensor | None = None
 
     @property
     def valid(self) -> torch.Tensor | None:
@@ -121,39 +137,51 @@ def uses_kernels(meta: RaggedMeta, t: torch.Tensor) -> bool:
 
 def run_stage(method: Method, plan: StagePlan, x: torch.Tensor, tok: torch.Tensor, meta: RaggedMeta,
               num_prefix: int, *, qkv=None, scale: float | None = None, module: torch.nn.Module | None = None,
-              debug: bool = False, static_padding: bool = False):
-    """``method``'s selection at ``plan``, then the compaction. Returns ``(x, tok, meta, kept)``: the new
-    rows, dense token ids and layout, and the ``(B,)`` int64 tokens per image after the stage (the same
-    objects back for a no-op stage). ``debug``: validate the selection and the new metadata on the device
-    (syncs; ValueError naming the stage and the problem). ``static_padding``: padded layout: pad adaptive stages to
-    the plan's width instead of the batch maximum (no device read; see :func:`compact_stage`)."""
+              size: torch.Tensor | None = None, debug: bool = False, static_padding: bool = False):
+    """``method``'s selection at ``plan``, then the compaction. Returns ``(x, tok, meta, kept, size)``: the new
+    rows, dense token ids and layout, the ``(B,)`` int64 tokens per image after the stage and the
+    ``(capacity,)`` fp32 token sizes of the new rows (None while no method has merged: ``size`` None and no
+    :attr:`~.ragged.Selection.size`); the same objects back for a no-op stage. ``debug``: validate the
+    selection and the new metadata on the device (syncs; ValueError naming the stage and the problem).
+    ``static_padding``: padded layout: pad adaptive stages to the plan's width instead of the batch maximum
+    (no device read; see :func:`compact_stage`)."""
     if plan.noop:
-        return x, tok, meta, meta.lengths
-    sel = method.select(StageInput(plan, x, meta, num_prefix, qkv, scale, module))
+        return x, tok, meta, meta.lengths, size
+    sel = method.select(StageInput(plan, x, meta, num_prefix, qkv, scale, module, size))
     op = f"stage {plan.index} (block {plan.block})"
     if debug:
         last = meta.max_seqlen if sel.extra is not None else meta.max_seqlen - 1
         check_ragged(op, meta.capacity, bounded=[("kept count", sel.count, num_prefix, sel.width),
                                                  ("selected position", sel.index, 0, last)])
-    x, tok, meta = compact_stage(plan, sel, x, tok, meta, static_padding=static_padding)
-    if debug and not meta.padded:
-        check_ragged(op, meta.capacity, what="buffer rows", cu_seqlens=meta.cu_seqlens, max_len=plan.width_out)
-    return x, tok, meta, sel.count
+    new_x, new_tok, new_meta = compact_stage(plan, sel, x, tok, meta, static_padding=static_padding)
+    if debug and not new_meta.padded:
+        check_ragged(op, new_meta.capacity, what="buffer rows", cu_seqlens=new_meta.cu_seqlens,
+                     max_len=plan.width_out)
+    if sel.size is not None or size is not None:
+        size = compact_size(sel, size, meta, new_meta)
+    return new_x, new_tok, new_meta, sel.count, size
 
 
 def compact_stage(plan: StagePlan, sel: Selection, x: torch.Tensor, tok: torch.Tensor, meta: RaggedMeta, *,
                   static_padding: bool = False):
-    """Compact the rows ``x`` and gather the dense token ids ``tok: (B, L (+1))`` (last column -1 when the
-    selection may point at an appended token). Returns ``(x, tok, meta)``.
+    """Compact the rows ``x`` (or the selection's merged :attr:`~.ragged.Selection.values`) and gather the
+    dense token ids ``tok: (B, L (+1))`` (last column -1 when the selection may point at an appended token).
+    Returns ``(x, tok, meta)``.
 
     The padded layout pads an adaptive stage's grid to the batch maximum (one device read), or with
     ``static_padding`` to the plan's width (static shapes: CUDA-graph capturable, more padded rows)."""
     width = None
+    src, rows = x, meta.dense_rows
+    if sel.values is not None:  # a merge: read the dense (B, L, C) values, flattened, through identity rows
+        if sel.extra is not None:
+            raise ValueError(f"stage {plan.index}: a selection takes either merged values or an appended token")
+        src = sel.values.reshape(meta.batch * meta.max_seqlen, -1)
+        rows = identity_rows(meta.batch, meta.max_seqlen, x.device)
     if uses_kernels(meta, x):  # one launch: rows, cu_seqlens, dense view, token ids
         if sel.width != plan.width_out:
             raise RuntimeError(f"stage {plan.index}: selection width {sel.width} != planned {plan.width_out}")
         extra = None if sel.extra is None else sel.extra.to(x.dtype)
-        x, cu, rows, valid, tok = compact_packed(x, extra, meta.dense_rows, sel.index[:, :sel.width], sel.count, tok,
+        x, cu, rows, valid, tok = compact_packed(src, extra, rows, sel.index[:, :sel.width], sel.count, tok,
                                                  sel.width)
         B = meta.batch
         if sel.exact:  # every slot live: the cached uniform metadata (no masks downstream)
@@ -165,11 +193,30 @@ def compact_stage(plan: StagePlan, sel: Selection, x: torch.Tensor, tok: torch.T
         width = batch_max(sel.count, min(2, plan.width_out), plan.width_out)
     elif not meta.padded and sel.width != plan.width_out:
         raise RuntimeError(f"stage {plan.index}: selection width {sel.width} != planned {plan.width_out}")
-    new, (x,) = compact(meta, sel, [(x, sel.extra)], padded_width=width)
+    new, (x,) = compact(meta, sel, [(src, sel.extra)], padded_width=width,
+                        dense_rows=None if src is x else rows)
     if sel.extra is not None:
         minus = cached(("tok_extra", meta.batch, tok.device), lambda: torch.full((meta.batch, 1), -1,
                                                                                 dtype=tok.dtype, device=tok.device))
         tok = torch.cat([tok, minus], dim=1)
     tok = tok.gather(1, sel.index[:, : new.max_seqlen])
     return x, tok, new
+
+
+def compact_size(sel: Selection, size: torch.Tensor | None, meta: RaggedMeta, new: RaggedMeta) -> torch.Tensor:
+    """``(new.capacity,)`` fp32 token sizes of the compacted rows: the selection's merged sizes (or the current
+    ``size`` rows, or 1 when both are None) at the kept positions; an appended token and the unused rows get 1."""
+    B = meta.batch
+    if sel.size is not None:
+        dense = sel.size.float()
+    elif size is not None:
+        dense = dense_view(size, meta)
+    else:
+        dense = torch.ones(B, meta.max_seqlen, dtype=torch.float32, device=sel.count.device)
+    if sel.extra is not None:  # position L: the appended token, size 1
+        dense = torch.cat([dense, torch.ones(B, 1, dtype=dense.dtype, device=dense.device)], dim=1)
+    kept = dense.gather(1, sel.index[:, :new.max_seqlen])
+    if not new.uniform:
+        kept = torch.where(new.dense_valid, kept, const(1.0, torch.float32, kept.device))
+    return rows_from_dense(new, kept)
 
