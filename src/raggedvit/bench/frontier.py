@@ -42,17 +42,18 @@ from .pipelines import REFERENCE
 # method -> settings swept (options of prune); "calibrate" (Threshold-L2 adaptive): the keep rate its
 # thresholds are calibrated to. QUICK: the settings --quick runs (indices into SWEEP's lists).
 SWEEP: dict[str, list[dict]] = {
-    "evit": [dict(variant="fixed", keep_rate=r) for r in (0.9, 0.8, 0.7, 0.6, 0.5)]
-    + [dict(variant="adaptive", mass=m) for m in (0.95, 0.9, 0.85, 0.8)],
-    "ats": [dict(variant="fixed", keep_rate=r) for r in (0.95, 0.9, 0.85, 0.8)]
+    "evit": [dict(variant="fixed", keep_rate=r) for r in (0.9, 0.8, 0.7, 0.6)]
+    + [dict(variant="adaptive", mass=m) for m in (0.95, 0.93, 0.9, 0.85)],
+    "ats": [dict(variant="fixed", keep_rate=r) for r in (0.95, 0.93, 0.9, 0.85)]
     + [dict(variant="adaptive", num_samples=n) for n in (392, 256, 196, 128)],
-    "threshold_l2": [dict(variant="adaptive", calibrate=r) for r in (0.9, 0.8, 0.7)]
-    + [dict(variant="fixed", keep_rate=r) for r in (0.9, 0.8, 0.7)],
-    "tome": [dict(variant="fixed", r=r) for r in (4, 8, 12, 16)],
+    "threshold_l2": [dict(variant="adaptive", calibrate=r) for r in (0.9, 0.85, 0.8, 0.7)]
+    + [dict(variant="fixed", keep_rate=r) for r in (0.9, 0.85, 0.8)],
+    "tome": [dict(variant="fixed", r=r) for r in (4, 6, 8, 12, 16)]
+    + [dict(variant="adaptive", threshold=t, r=16) for t in (0.95, 0.9, 0.85, 0.8)],
 }
-QUICK = {"evit": (0, 1, 2, 5, 6), "ats": (0, 1, 4, 5), "threshold_l2": (0, 1, 3), "tome": (0, 1, 2, 3)}
+QUICK = {"evit": (0, 1, 2, 5, 6), "ats": (1, 2, 4, 5), "threshold_l2": (1, 2, 5), "tome": (0, 2, 3, 6, 7)}
 RANDOM_SETTINGS = {"evit": [dict(variant="fixed", keep_rate=r) for r in (0.8, 0.7)],
-                   "tome": [dict(variant="fixed", r=r) for r in (8, 16)]}
+                   "tome": [dict(variant="fixed", r=r) for r in (4, 8)]}
 SPEED_PIPELINES = ("padded_sdpa", "padded_static", "raggedvit_graph")
 DENSE_PIPELINES = (REFERENCE, "dense_graph")
 
