@@ -59,7 +59,7 @@ def test_384_schedule():
     model = timm.create_model(TINY, pretrained=False, img_size=384).eval()
     images = make_images(1, size=384)
     with torch.no_grad():
-        dyn = raggedvit.prune(model, "dynamicvit", attention="reference").eval()
+        dyn = raggedvit.prune(model, "dynamicvit", attention="reference", random_predictors=True).eval()
         dyn(images)
         assert [int(k[0]) for k in dyn.last_stats.kept] == [1 + k for k in dynamicvit.keep_counts(576, 0.7)]
         assert dyn.last_stats.kept_patch_mask.shape == (1, 576)
@@ -115,7 +115,8 @@ def test_distilled_keeps_both_prefix_tokens():
     assert st.kept_patch_mask.shape == (2, 49)
 
 
-@pytest.mark.parametrize("method,opts", [("evit", {"variant": "adaptive"}), ("ats", {}), ("threshold_l2", {})])
+@pytest.mark.parametrize("method,opts", [("evit", {"variant": "adaptive"}), ("ats", {}),
+                                         ("threshold_l2", {"alpha": 1.0})])
 def test_register_tokens_are_prefix_tokens(method, opts):
     """CLS + 4 registers: never pruned, first in every image; packed == padded; unpruned == timm."""
     model = timm.create_model("vit_tiny_patch16_224", pretrained=False, reg_tokens=4, img_size=SMALL, depth=6).eval()
@@ -186,14 +187,15 @@ def test_weights_are_shared_and_state_dict_is_timms():
 
 def test_dynamicvit_official_checkpoint_layout(tmp_path):
     model = timm.create_model(TINY, pretrained=False).eval()
-    donor = raggedvit.prune(timm.create_model(TINY, pretrained=False), "dynamicvit", attention="reference")
+    donor = raggedvit.prune(timm.create_model(TINY, pretrained=False), "dynamicvit", attention="reference",
+                            random_predictors=True)
     state = {"model": {("module." + k): v.clone() for k, v in donor.state_dict().items()}, "epoch": 29}
     keys = [k for k in state["model"] if "score_predictor" in k]
     assert "module.score_predictor.2.in_conv.0.weight" in keys and "module.score_predictor.0.out_conv.4.bias" in keys
     assert donor.score_predictor[0].in_conv[0].eps == 1e-5
     path = tmp_path / "dynamicvit.pth"
     torch.save(state, path)
-    pruned = raggedvit.prune(model, "dynamicvit", attention="reference").eval()
+    pruned = raggedvit.prune(model, "dynamicvit", attention="reference", random_predictors=True).eval()
     load_dynamicvit_checkpoint(pruned, path)
     images = make_images(2)
     with torch.no_grad():
@@ -237,7 +239,7 @@ class _Recorder(TorchDispatchMode):
 
 
 @pytest.mark.parametrize("method,opts", [("ats", {}), ("evit", {"variant": "adaptive"}),
-                                         ("threshold_l2", {}), ("dynamicvit", {"variant": "adaptive"}),
+                                         ("threshold_l2", {"alpha": 1.0}), ("dynamicvit", {"variant": "adaptive"}),
                                          ("evit", {})])
 def test_packed_forward_is_static_and_sync_free(method, opts):
     """Shapes depend only on (batch, model, config): two batches with different kept counts run the same ops
@@ -315,7 +317,7 @@ def count_ops(pruned, images) -> int:
 # DynamicViT and fixed ATS; ranks/CDF, hits, slots for ATS sampling);
 # DynamicViT's remaining ops are its predictor MLP; ATS adds the value norms.
 OP_BUDGETS = [("threshold_l2", {"variant": "fixed"}, 3), ("evit", {}, 5), ("ats", {"variant": "fixed"}, 6),
-              ("dynamicvit", {}, 21), ("threshold_l2", {}, 4), ("evit", {"variant": "adaptive"}, 6),
+              ("dynamicvit", {}, 21), ("threshold_l2", {"alpha": 1.0}, 4), ("evit", {"variant": "adaptive"}, 6),
               ("dynamicvit", {"variant": "adaptive"}, 27), ("ats", {}, 8)]
 
 

@@ -141,7 +141,7 @@ CASES = [
     ("evit", {"variant": "adaptive", "fuse": False, "mass": 0.6}),
     ("ats", {}),
     ("ats", {"variant": "fixed"}),
-    ("threshold_l2", {}),
+    ("threshold_l2", {"alpha": 1.0}),
     ("threshold_l2", {"variant": "adaptive", "alpha": 1.1, "k_min": 4}),
     ("threshold_l2", {"variant": "fixed", "keep_rate": 0.6}),
 ]
