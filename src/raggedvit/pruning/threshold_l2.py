@@ -46,7 +46,9 @@ class ThresholdL2(BoundedPruner):
 
     Args:
         variant: ``"adaptive"`` (default: keep norms ``>= T``) or ``"fixed"`` (top-k, DynamicViT's schedule).
-        stages, keep_rate, k_min, k_max: see :class:`~.method.BoundedPruner` (``keep_rate``: fixed variant).
+        stages, k_min, k_max: see :class:`~.method.BoundedPruner`.
+        keep_rate: fixed variant: keep fraction per stage (default 0.85: at most 1 point of top-1 lost on the
+            trained ViT-Tiny, ``benchmarks/defaults_sweep.py``; 0.7 loses 3).
         thresholds: absolute ``T`` per stage (one number for every stage, or one per stage), e.g.
             ``raggedvit.models.calibrate_thresholds(model, images)``.
         alpha: relative rule ``T = alpha * mean`` of the image's candidate norms (when ``thresholds`` is None;
@@ -55,6 +57,7 @@ class ThresholdL2(BoundedPruner):
 
     name: ClassVar[str] = "threshold_l2"
     variant: str = "adaptive"
+    keep_rate: float = 0.85
     thresholds: float | tuple[float, ...] | None = None
     alpha: float | None = None
 
