@@ -25,7 +25,7 @@ TINY = "deit_tiny_patch16_224"
 ATS_SAMPLES_224 = 392  # ats.SAMPLES_PER_PATCH (2) x 196 patches
 ATS_KEEP_RATE = 0.93
 TL2_KEEP_RATE = 0.85
-TL2_CALIBRATION_KEEP_RATE = 0.9
+TL2_CALIBRATION_KEEP_RATE = 0.85
 
 
 def _tiny(depth=4, img_size=64):
