@@ -52,7 +52,8 @@ class ThresholdL2(BoundedPruner):
         thresholds: absolute ``T`` per stage (one number for every stage, or one per stage), e.g.
             ``raggedvit.models.calibrate_thresholds(model, images)``.
         alpha: relative rule ``T = alpha * mean`` of the image's candidate norms (when ``thresholds`` is None;
-            no default: on the trained ViT-Tiny ``alpha=1`` drops about half the tokens per stage).
+            no default: on the trained ViT-Tiny ``alpha=1`` keeps 92 > 42 > 4 tokens and top-1 falls from 80.8% to
+            16.6%; ``alpha=0.5`` prunes almost nothing).
     """
 
     name: ClassVar[str] = "threshold_l2"
