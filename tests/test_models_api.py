@@ -241,7 +241,7 @@ class _Recorder(TorchDispatchMode):
         return out
 
 
-@pytest.mark.parametrize("method,opts", [("ats", {}), ("evit", {"variant": "adaptive"}),
+@pytest.mark.parametrize("method,opts", [("ats", {"num_samples": 49}), ("evit", {"variant": "adaptive"}),
                                          ("threshold_l2", {"alpha": 1.0}), ("dynamicvit", {"variant": "adaptive"}),
                                          ("evit", {})])
 def test_packed_forward_is_static_and_sync_free(method, opts):

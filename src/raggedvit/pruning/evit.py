@@ -47,16 +47,16 @@ class EViT(BoundedPruner):
     Args:
         variant: ``"fixed"`` (default: ``ceil(keep_rate * n)`` per stage) or ``"adaptive"`` (attention mass).
         stages, k_min, k_max: see :class:`~.method.BoundedPruner`.
-        keep_rate: fixed variant: keep fraction per stage (default 0.8).
+        keep_rate: fixed variant: keep fraction per stage (default 0.78).
         fuse: fold the dropped tokens into one appended token.
-        mass: adaptive: the attention-mass fraction to keep (default 0.93; None: ``keep_rate``).
+        mass: adaptive: the attention-mass fraction to keep (default 0.92; None: ``keep_rate``).
     """
 
     name: ClassVar[str] = "evit"
     site: ClassVar[str] = MID
-    keep_rate: float = 0.8
+    keep_rate: float = 0.78
     fuse: bool = True
-    mass: float | None = 0.93
+    mass: float | None = 0.92
 
     def __post_init__(self) -> None:
         super().__post_init__()
