@@ -98,7 +98,7 @@ def test_debug_validates_every_stage():
     images = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         raggedvit.prune(model, "ats", stages=(1, 2), attention="reference", debug=True).eval()(images)
-        bad = raggedvit.prune(model, TooMany(stages=(1,)), layout="padded", debug=True).eval()
+        bad = raggedvit.prune(model, TooMany(stages=(1,), alpha=1.0), layout="padded", debug=True).eval()
         with pytest.raises(ValueError, match=r"stage 0 \(block 1\): kept count"):
             bad(images)
     with pytest.raises(ValueError, match="debug must be True or False"):

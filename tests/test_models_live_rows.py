@@ -26,7 +26,7 @@ def _tiny_vit(**kw) -> VisionTransformer:
     ("threshold_l2", {"variant": "adaptive", "alpha": 1.0}),
     ("ats", {}),
     ("evit", {"variant": "adaptive", "mass": 0.8}),
-    ("dynamicvit", {"variant": "fixed", "keep_rate": 0.6}),
+    ("dynamicvit", {"variant": "fixed", "keep_rate": 0.6, "random_predictors": True}),
 ])
 def test_live_rows_equal_timm_modules(method, opts):
     model = _tiny_vit()

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 import raggedvit
-from raggedvit.pruning import dynamicvit
+from raggedvit.pruning import dynamicvit, make_method
 from test_pruning_ragged import ats_reference
 
 TINY = "deit_tiny_patch16_224"
@@ -64,7 +64,8 @@ def reference_forward(model, image, method, opts, predictors=None):
     variant = opts.get("variant", "adaptive" if method in ("ats", "threshold_l2") else "fixed")
     default_stages = tuple(range(3, len(model.blocks))) if method == "ats" else (3, 6, 9)
     stages = {b: s for s, b in enumerate(opts.get("stages", default_stages))}
-    rho = opts.get("keep_rate", 0.9 if method == "ats" else 0.7)
+    defaults = make_method(method, **opts)  # the method's own defaults for what opts leaves out
+    rho = getattr(defaults, "keep_rate", 0.7)
     ids = list(range(x.shape[0]))
     kept_counts = []
     for i, blk in enumerate(model.blocks):
@@ -108,7 +109,7 @@ def reference_forward(model, image, method, opts, predictors=None):
                     k = math.ceil(rho * (n - P))
                 else:
                     csum = torch.cumsum(a[order], 0)
-                    k = max(1, int(((csum - a[order]) < opts.get("mass", rho) * a.sum()).sum()))
+                    k = max(1, int(((csum - a[order]) < defaults.target_mass * a.sum()).sum()))
                 keep, dropped = order[:k], order[k:]
                 parts, new_ids = [y[:P], yp[keep]], ids[:P] + [ids[P + j] for j in keep]
                 if opts.get("fuse", True) and dropped:
@@ -121,7 +122,7 @@ def reference_forward(model, image, method, opts, predictors=None):
                     keep = torch.sort(sig, descending=True, stable=True).indices[: math.ceil(rho * (n - P))]
                     keep = keep.flip(0).tolist()
                 else:
-                    keep = ats_reference(sig, opts.get("num_samples", num_patches))
+                    keep = ats_reference(sig, defaults.resolve(num_patches).num_samples)
                 parts, new_ids = [y[:P], yp[keep]], ids[:P] + [ids[P + j] for j in keep]
             y = torch.cat(parts)
             ids = new_ids
@@ -139,9 +140,9 @@ CASES = [
     ("evit", {"fuse": False}),
     ("evit", {"variant": "adaptive"}),
     ("evit", {"variant": "adaptive", "fuse": False, "mass": 0.6}),
-    ("ats", {}),
+    ("ats", {"num_samples": 49}),  # the official count (one per patch at SMALL): ragged on these random weights
     ("ats", {"variant": "fixed"}),
-    ("threshold_l2", {}),
+    ("threshold_l2", {"alpha": 1.0}),
     ("threshold_l2", {"variant": "adaptive", "alpha": 1.1, "k_min": 4}),
     ("threshold_l2", {"variant": "fixed", "keep_rate": 0.6}),
 ]

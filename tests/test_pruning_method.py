@@ -50,7 +50,7 @@ def _tiny():
 def test_string_and_object_forms_are_the_same():
     assert make_method("evit", keep_rate=0.5) == EViT(keep_rate=0.5)
     assert make_method(EViT(keep_rate=0.5), fuse=False) == EViT(keep_rate=0.5, fuse=False)
-    assert make_method("ats").stages == tuple(range(3, 12)) and make_method("ats").keep_rate == 0.9
+    assert make_method("ats").stages == tuple(range(3, 12)) and make_method("ats").keep_rate == 0.92
     assert list(METHODS) == ["none", "threshold_l2", "dynamicvit", "evit", "ats", "tome"]
     model = _tiny()
     images = torch.randn(2, 3, 64, 64, device=DEVICE)
@@ -78,7 +78,7 @@ def test_options_are_checked_in_the_signature():
 
 def test_bind_resolves_model_defaults():
     method, plan = ATS().bind(depth=12, num_prefix=1, num_patches=576)
-    assert method.num_samples == 576 and ATS().num_samples is None
+    assert method.num_samples == 2 * 576 and ATS().num_samples is None
     assert [p.block for p in plan] == list(range(3, 12)) and all(p.site == "mid" for p in plan)
     with pytest.raises(ValueError, match=r"stages must be strictly increasing block indices in \[1, 3\]"):
         EViT().bind(depth=4, num_prefix=1, num_patches=16)

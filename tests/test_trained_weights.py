@@ -34,20 +34,22 @@ PACKED_BATCH = 12  # images of SUBSET that the packed == padded checks run (the 
 # (63 sample photos disjoint from SUBSET), rounded
 THRESHOLDS = (7.87, 8.15, 14.55)
 
+# The options are the defaults before the trained-model defaults of issue 11 (keep rate 0.7, ATS 0.9 and 196
+# samples), stated explicitly: SUBSET was chosen for stable decisions with exactly these.
 CASES = [
     ("threshold_l2", {"variant": "adaptive", "alpha": 1.0}),
     ("threshold_l2", {"variant": "adaptive", "thresholds": THRESHOLDS}),
-    ("threshold_l2", {"variant": "fixed"}),
+    ("threshold_l2", {"variant": "fixed", "keep_rate": 0.7}),
     ("dynamicvit", {"variant": "fixed"}),
     ("dynamicvit", {"variant": "adaptive", "keep_threshold": 0.46, "k_max": (None, 120, 80)}),
-    ("evit", {"variant": "fixed"}),
-    ("evit", {"variant": "adaptive"}),
+    ("evit", {"variant": "fixed", "keep_rate": 0.7}),
+    ("evit", {"variant": "adaptive", "mass": 0.7}),
     # On the GPU machine (CPU model, no Triton interpreter: the packed layout takes the torch path, other CPU
     # kernels) ATS adaptive flipped a near-tie between layouts on this subset (issue 11: the two layouts'
     # attention differs by ~1e-6, and ATS decides at many rank boundaries); CI (interpreter) must pass.
-    pytest.param(("ats", {"variant": "adaptive"}), marks=pytest.mark.xfail(
+    pytest.param(("ats", {"variant": "adaptive", "num_samples": 196}), marks=pytest.mark.xfail(
         ON_GPU, reason="issue 11: ATS near-ties flip between layouts outside the CPU CI setting", strict=False)),
-    ("ats", {"variant": "fixed"}),
+    ("ats", {"variant": "fixed", "keep_rate": 0.9}),
 ]
 
 
@@ -101,7 +103,7 @@ def _seeded_predictors(model, method: str, opts: dict) -> dict:
         return {}
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        donor = raggedvit.prune(model, method, layout="padded", **opts)
+        donor = raggedvit.prune(model, method, layout="padded", random_predictors=True, **opts)
     return {"predictors": donor.score_predictor}
 
 

@@ -24,8 +24,16 @@ import torch
 from ..runtime.arguments import add_common_arguments
 from ..runtime.device import device_name, environment, resolve_attention, resolve_device, resolve_dtype, time_median
 from ..runtime.errors import UsageError, run_command
+from ..runtime.graphs import DenseGraph
 from ..runtime.loading import load_model
-from ..runtime.methods import LAYOUTS, add_method_arguments, build_pruned, check_layouts, check_methods
+from ..runtime.methods import (
+    LAYOUTS,
+    add_method_arguments,
+    build_pruned,
+    check_layouts,
+    check_methods,
+    usable_methods,
+)
 from ..runtime.photos import DEMO_PHOTOS, load_demo_photos
 from .images import class_names, denormalize
 
@@ -81,6 +89,7 @@ def _run(args) -> int:
     out_dir = None if args.no_figures else _make_out_dir(args.out)
     photos = load_demo_photos(args.photos)
     loaded = load_model(args.model, weights=args.weights, checkpoint=args.checkpoint, device=device, dtype=dtype)
+    methods, method_notes = usable_methods(args.methods, methods, loaded, args.random_predictors)
     model = loaded.model
     from timm.data import create_transform, resolve_data_config
 
@@ -94,7 +103,11 @@ def _run(args) -> int:
     print(f"  weights   : {loaded.weights}")
     print(f"  attention : packed layout -> {attention}: {attention_note}")
     print("              padded layout -> torch SDPA with a boolean key-padding mask (the baseline)")
-    print(f"  timing    : median of {repeats} forward(s) after a warm-up, whole batch")
+    print(f"  timing    : median of {repeats} forward(s) after a warm-up, whole batch" +
+          ("; eager rows, then 'graph' rows: the dense model and each packed model captured in a CUDA graph "
+           "(each model's fastest mode)" if device.type == "cuda" else ""))
+    for note in method_notes:
+        print(f"  note      : {note}")
     if device.type == "cpu":
         print("  note      : CPU run with the reference attention: timings show the pruning bookkeeping on CPU, not "
               "the GPU speed-up (run on a GPU for that)")
@@ -113,7 +126,8 @@ def _run(args) -> int:
                 pruned, notes = build_pruned(loaded, method, layout=layout, attention=attention,
                                              variant=args.variant, keep_rate=args.keep_rate, calibration=images,
                                              calibration_source=f"these {len(photos)} demo photos (no held-out "
-                                             "calibration set here)", cache=cache)
+                                             "calibration set here)", cache=cache,
+                                             random_predictors=args.random_predictors)
                 for note in notes:
                     print(f"  {note}")
                 results.append(_run_pruned(pruned, method, layout, images, device, repeats))
@@ -148,16 +162,10 @@ def _run_pruned(pruned, method: str, layout: str, images: torch.Tensor, device, 
 
 
 def _run_dense_graph(model, images: torch.Tensor, device, repeats: int) -> Result:
-    stream = torch.cuda.Stream(device)
-    stream.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(stream):
-        model(images)
-    torch.cuda.current_stream(device).wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        logits = model(images)
-    graph.replay()
-    return Result("dense", "graph", logits.clone(), time_median(graph.replay, device, repeats))
+    """timm's dense forward captured in a CUDA graph (:class:`~raggedvit.runtime.graphs.DenseGraph`)."""
+    graph = DenseGraph(model, images.shape[0], device=device, dtype=images.dtype, example=images)
+    logits = graph(images).clone()
+    return Result("dense", "graph", logits, time_median(graph.replay, device, repeats))
 
 
 def _run_graph(pruned, method: str, images: torch.Tensor, device, repeats: int) -> Result:

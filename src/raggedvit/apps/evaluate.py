@@ -1,13 +1,32 @@
 """``raggedvit eval --data DIR``: top-1, agreement with the dense model, kept tokens and images/s over a folder.
 
 ``DIR`` is an ImageFolder tree (class folders named by ImageNet synset id, e.g. ``n01440764``, give top-1;
-other names give agreement only) or a flat folder of images. Images go through timm's eval transform for
-the model (``resolve_data_config`` + ``create_transform``), loaded by ``torch.utils.data.DataLoader`` worker
-processes. Every batch runs the dense model and each ``--method`` pruned with ``raggedvit.prune``.
+other names give agreement only) or a flat folder of images. Every batch runs the dense model and each
+``--method`` pruned with ``raggedvit.prune``.
 
-Speed is model time only (data loading excluded), synchronized per batch; the first batch is a warm-up
-and is not timed when there is more than one. Threshold-L2 is calibrated on the first batch (printed).
-``--json OUT`` writes ``{"kind": "eval", "env": ..., "config": ..., "rows": [...]}``.
+Each model runs in its fastest mode (``--mode auto``): on CUDA, one CUDA graph per batch size, the dense model
+as timm's own forward captured in a graph (:class:`~raggedvit.runtime.graphs.DenseGraph`) and every packed
+pruned model captured whole (:func:`raggedvit.models.graph.capture`); the last partial batch gets a graph of
+its own size (no padding images). Graphs are captured outside the timed region. The padded layout, or an
+attention backend that cannot be captured, runs eagerly (said in the table). On the CPU everything is eager.
+
+Images: ``--decode gpu`` (the default on CUDA) has DataLoader workers only read the files; the main process
+decodes the batch's JPEGs in one nvJPEG call (``torchvision.io.decode_jpeg(..., device="cuda")``) and applies
+timm's eval transform for the model on the GPU (:class:`~raggedvit.apps.images.TensorEvalTransform`: bicubic
+resize of the short side to ``size / crop_pct``, centre crop, the model's mean/std). ``--decode cpu`` (the
+default on the CPU) decodes with PIL and applies timm's own transform in the worker processes.
+
+Speed, two figures per pipeline (the first batch is a warm-up and is not timed when there is more than one):
+
+* model: seconds inside the model calls only (input copy + replay, or the eager forward), synchronized before
+  and after each call;
+* end to end: the model seconds plus the batch's data seconds: waiting for the loader, host->device transfer,
+  decoding and transform, synchronized (bookkeeping of the evaluation itself is excluded). All pipelines share
+  one pass over the data, so with ``--decode cpu`` the loader workers keep decoding while the other pipelines
+  compute: a pipeline run alone may wait longer (``--method X`` alone measures it exactly).
+
+Threshold-L2 is calibrated on the first batch (printed). ``--json OUT`` writes ``{"kind": "eval", "env": ...,
+"config": ..., "rows": [...]}``.
 """
 
 from __future__ import annotations
@@ -23,9 +42,20 @@ import torch
 from ..runtime.arguments import add_common_arguments
 from ..runtime.device import environment, resolve_attention, resolve_device, resolve_dtype, synchronize
 from ..runtime.errors import UsageError, run_command
+from ..runtime.graphs import MODES, BatchGraphs, graph_unavailable_reason
 from ..runtime.loading import load_model
-from ..runtime.methods import LAYOUTS, add_method_arguments, build_pruned, check_methods
-from .images import ImageFiles, collate_images, scan_folder
+from ..runtime.methods import LAYOUTS, add_method_arguments, build_pruned, check_methods, usable_methods
+from .images import (
+    FileBytes,
+    ImageFiles,
+    TensorEvalTransform,
+    collate_bytes,
+    collate_images,
+    decode_images,
+    scan_folder,
+)
+
+DECODES = ("auto", "gpu", "cpu")
 
 
 def add_arguments(parser) -> None:
@@ -42,6 +72,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--limit", type=int, metavar="N", help="evaluate a fixed subset of N images")
     parser.add_argument("--skip-unreadable", action="store_true",
                         help="skip image files that cannot be decoded (counted) instead of stopping")
+    parser.add_argument("--mode", default="auto", choices=MODES,
+                        help="auto (default): CUDA graphs per batch size on CUDA where the model can be captured, "
+                             "else eager; graph: require graphs (error otherwise); eager: no graphs")
+    parser.add_argument("--decode", default="auto", choices=DECODES,
+                        help="gpu: nvJPEG decoding + timm's eval transform on the GPU; cpu: PIL + timm's transform in "
+                             "the loader workers; auto (default): gpu on CUDA when torchvision can, else cpu")
     parser.add_argument("--json", metavar="OUT", help="also write the results as JSON")
 
 
@@ -56,11 +92,14 @@ class Tally:
 
     name: str
     method: str
+    mode: str = "eager"
     correct: int = 0
     agree: int = 0
     images: int = 0
     timed_images: int = 0
     seconds: float = 0.0
+    data_seconds: float = 0.0
+    capture_seconds: float = 0.0
     stage_blocks: tuple[int, ...] = ()
     kept_sum: list[float] = field(default_factory=list)
     kept_min: list[int] = field(default_factory=list)
@@ -84,11 +123,15 @@ class Tally:
     def row(self, labelled: bool) -> dict:
         """This pipeline as a JSON row."""
         n = max(self.images, 1)
+        e2e = self.seconds + self.data_seconds
         return {
-            "pipeline": self.name, "method": self.method, "images": self.images,
+            "pipeline": self.name, "method": self.method, "mode": self.mode, "images": self.images,
             "top1": self.correct / n if labelled else None,
             "agreement": self.agree / n if self.method != "dense" else 1.0,
             "images_per_s": self.timed_images / self.seconds if self.seconds > 0 else None,
+            "images_per_s_e2e": self.timed_images / e2e if e2e > 0 else None,
+            "timed_images": self.timed_images, "model_seconds": self.seconds, "e2e_seconds": e2e,
+            "capture_seconds": self.capture_seconds,
             "stage_blocks": list(self.stage_blocks),
             "kept_mean": [s / n for s in self.kept_sum], "kept_min": self.kept_min, "kept_max": self.kept_max,
             "patches_kept_mean": self.patches_sum / n if self.kept_sum else None,
@@ -106,74 +149,210 @@ def _check_args(args) -> None:
             raise UsageError(f"--json {args.json}: folder {parent} does not exist")
 
 
+def gpu_decode_unavailable(device: torch.device) -> str | None:
+    """None when ``--decode gpu`` can run on ``device``; else why not."""
+    if device.type != "cuda":
+        return f"it decodes on a CUDA device, this run is on {device}"
+    try:
+        import torchvision  # noqa: F401
+        from torchvision.io import decode_jpeg  # noqa: F401
+        from torchvision.transforms.v2 import functional  # noqa: F401
+    except ImportError as e:
+        return f"torchvision with decode_jpeg and transforms.v2 is needed ({e})"
+    return None
+
+
+def resolve_decode(spec: str, device: torch.device) -> tuple[str, str]:
+    """``(gpu|cpu, reason)`` for ``--decode``; :class:`UsageError` when ``gpu`` cannot run here."""
+    reason = gpu_decode_unavailable(device)
+    if spec == "gpu" and reason is not None:
+        raise UsageError(f"--decode gpu: {reason}; use --decode cpu")
+    if spec == "cpu":
+        return "cpu", "PIL decoding + timm's eval transform in the loader workers (--decode cpu)"
+    if reason is None:
+        return "gpu", "nvJPEG decoding + timm's eval transform on the GPU" + (" (auto on cuda)" if spec == "auto"
+                                                                              else "")
+    return "cpu", ("PIL decoding + timm's eval transform in the loader workers (auto: GPU decoding unavailable, "
+                   f"{reason})")
+
+
+def _check_mode(mode: str, device: torch.device, layout: str, attention: str) -> None:
+    """``--mode graph`` that cannot run here: :class:`UsageError` before any model is built."""
+    if mode != "graph":
+        return
+    if device.type != "cuda":
+        raise UsageError(f"--mode graph: CUDA graphs need a CUDA device, this run is on {device}; use --mode auto")
+    if layout != "packed":
+        raise UsageError("--mode graph: the padded layout cannot be captured (it reads each adaptive stage's batch "
+                         "maximum back to the host); use --layout packed or --mode auto")
+    from ..models.graph import graph_safe_backends
+
+    if attention not in graph_safe_backends():
+        raise UsageError(f"--mode graph: attention backend {attention!r} cannot be captured; graph-safe backends: "
+                         f"{', '.join(graph_safe_backends())}")
+
+
+class _Images:
+    """Batches of model inputs from the loader: ``next_batch()`` -> ``(images on device or None, batch)``."""
+
+    def __init__(self, args, index, cfg: dict, decode: str, device: torch.device, dtype: torch.dtype) -> None:
+        from timm.data import create_transform
+
+        self.decode, self.device, self.dtype = decode, device, dtype
+        if decode == "gpu":
+            self.tensor_transform = TensorEvalTransform(cfg)
+            dataset, collate = FileBytes(index.paths, index.labels), collate_bytes
+        else:
+            dataset, collate = ImageFiles(index.paths, index.labels, create_transform(**cfg)), collate_images
+        self.paths = index.paths
+        self.loader = torch.utils.data.DataLoader(
+            dataset, batch_size=args.batch_size, shuffle=False, num_workers=args.workers, collate_fn=collate,
+            pin_memory=device.type == "cuda" and decode == "cpu")
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        for batch in self.loader:
+            yield self._prepare(batch)
+
+    def _prepare(self, batch):
+        if self.decode == "cpu":
+            x = None if batch.images is None else batch.images.to(device=self.device, dtype=self.dtype,
+                                                                  non_blocking=True)
+            return x, batch
+        names = [str(self.paths[int(i)]) for i in batch.indices]
+        decoded, errors = decode_images(batch.data, self.device, names)
+        keep = [i for i, e in enumerate(errors) if e is None]
+        batch.errors = batch.errors + [e for e in errors if e is not None]
+        if len(keep) < len(decoded):
+            batch.labels, batch.indices = batch.labels[keep], batch.indices[keep]
+        if not keep:
+            return None, batch
+        return self.tensor_transform([decoded[i] for i in keep], self.dtype), batch
+
+
 def _run(args) -> int:
     _check_args(args)
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     attention, attention_note = resolve_attention(args.attention, device, dtype)
+    decode, decode_note = resolve_decode(args.decode, device)
+    _check_mode(args.mode, device, args.layout, attention)
     methods = check_methods(args.method)
     index = scan_folder(args.data, args.limit)
     loaded = load_model(args.model, weights=args.weights, checkpoint=args.checkpoint, device=device, dtype=dtype)
+    methods, method_notes = usable_methods(args.method, methods, loaded, args.random_predictors)
     model, weights_note = loaded.model, loaded.weights
-    from timm.data import create_transform, resolve_data_config
+    from timm.data import resolve_data_config
     from tqdm import tqdm
 
-    transform = create_transform(**resolve_data_config({}, model=model))
+    cfg = resolve_data_config({}, model=model)
+    if decode == "gpu":
+        try:
+            TensorEvalTransform(cfg)
+        except ValueError as e:
+            if args.decode == "gpu":
+                raise UsageError(f"--decode gpu: this model's eval transform has {e}; use --decode cpu") from None
+            decode, decode_note = "cpu", f"PIL decoding + timm's eval transform in the loader workers (auto: {e})"
     labelled = index.labels is not None
     print(f"raggedvit eval: {args.model} on {len(index.paths)} images from {index.root} ({index.layout})")
     for note in index.notes:
         print(f"  data      : {note}")
     print(f"  device    : {device}, {str(dtype).removeprefix('torch.')}; batch {args.batch_size}, "
           f"{args.workers} loader worker(s)")
+    print(f"  decoding  : {decode_note}")
     print(f"  weights   : {weights_note}")
     if args.layout == "packed":
         print(f"  attention : packed layout -> {attention}: {attention_note}")
     else:
         print("  attention : padded layout -> torch SDPA with a boolean key-padding mask (the baseline)")
-    loader = torch.utils.data.DataLoader(
-        ImageFiles(index.paths, index.labels, transform), batch_size=args.batch_size, shuffle=False,
-        num_workers=args.workers, collate_fn=collate_images, pin_memory=device.type == "cuda")
+    for note in method_notes:
+        print(f"  note      : {note}")
+    images = _Images(args, index, cfg, decode, device, dtype)
     tallies = [Tally("dense", "dense")] + [Tally(f"{m} ({args.layout})", m) for m in methods]
-    pruned: dict[str, torch.nn.Module] = {}
+    runners: list = []
     skipped: list[str] = []
-    timed_from = 1 if len(loader) > 1 else 0
+    timed_from = 1 if len(images) > 1 else 0
+    bar = tqdm(total=len(index.paths), desc="eval", unit="img", dynamic_ncols=True)
     with torch.inference_mode():
-        for step, batch in enumerate(tqdm(loader, desc="eval", unit="batch", dynamic_ncols=True)):
+        t_data = time.perf_counter()
+        for step, (x, batch) in enumerate(images):
             if batch.errors:
                 if not args.skip_unreadable:
                     raise UsageError(f"cannot read image {batch.errors[0]}. Remove the file or pass "
                                      "--skip-unreadable to skip such files")
                 skipped += batch.errors
-            if batch.images is None:
+            bar.update(len(batch.labels) + len(batch.errors))
+            if x is None:
+                t_data = time.perf_counter()
                 continue
-            x = batch.images.to(device=device, dtype=dtype, non_blocking=True)
-            if not pruned:
-                for m in methods:
-                    pruned[m], notes = build_pruned(
-                        loaded, m, layout=args.layout, attention=attention, variant=args.variant,
-                        keep_rate=args.keep_rate, calibration=x,
-                        calibration_source=f"the first batch ({x.shape[0]} images) of the evaluated data")
-                    for note in notes:
-                        tqdm.write(f"  {note}")
-            dense_top1 = _step(tallies[0], model, x, batch.labels, None, device, step >= timed_from)
-            for tally, m in zip(tallies[1:], methods):
-                _step(tally, pruned[m], x, batch.labels, dense_top1, device, step >= timed_from)
+            synchronize(device)
+            data_s = time.perf_counter() - t_data
+            if not runners:
+                runners = _build_runners(args, loaded, methods, tallies, attention, x, device, dtype, tqdm.write)
+            timed = step >= timed_from
+            dense_top1 = None
+            for tally, run in zip(tallies, runners):
+                if isinstance(run, BatchGraphs):
+                    before = run.capture_s
+                    run.prepare(x)  # a new batch size: capture outside the timed region
+                    tally.capture_seconds += run.capture_s - before
+                top1 = _step(tally, run, x, batch.labels, dense_top1, device, timed)
+                if timed:
+                    tally.data_seconds += data_s
+                dense_top1 = top1 if dense_top1 is None else dense_top1
+            bar.set_postfix_str(_speeds(tallies), refresh=False)
+            t_data = time.perf_counter()
+    bar.close()
     if tallies[0].images == 0:
         raise UsageError(f"--data {args.data}: none of the {len(index.paths)} image files could be read")
     rows = [t.row(labelled) for t in tallies]
-    _print_table(rows, labelled, timed_from)
+    _print_table(rows, labelled, timed_from, decode, args.workers)
     if skipped:
         print(f"skipped {len(skipped)} unreadable file(s), e.g. {skipped[0]}")
     if args.json:
+        data_s = tallies[0].data_seconds
         config = {"model": args.model, "weights": weights_note, "data": str(index.root), "layout": args.layout,
-                  "variant": args.variant, "keep_rate": args.keep_rate,
+                  "variant": args.variant, "keep_rate": args.keep_rate, "random_predictors": args.random_predictors,
                   "attention": attention, "device": str(device), "dtype": str(dtype).removeprefix("torch."),
-                  "batch_size": args.batch_size, "images": tallies[0].images, "labelled": labelled,
-                  "skipped": len(skipped), "notes": index.notes}
+                  "batch_size": args.batch_size, "workers": args.workers, "images": tallies[0].images,
+                  "labelled": labelled, "skipped": len(skipped), "notes": index.notes + method_notes,
+                  "mode": args.mode, "decode": decode, "data_seconds": data_s,
+                  "data_images_per_s": tallies[0].timed_images / data_s if data_s > 0 else None,
+                  "timing": "images_per_s: model calls only (synchronized); images_per_s_e2e: model + loader wait, "
+                            "host->device transfer, decoding and transform; first batch untimed when more than one; "
+                            "graph capture excluded (capture_seconds)"}
         Path(args.json).write_text(json.dumps({"kind": "eval", "env": environment(device), "config": config,
                                                "rows": rows}, indent=2))
         print(f"wrote {args.json}")
     return 0
+
+
+def _build_runners(args, loaded, methods, tallies, attention, x, device, dtype, write) -> list:
+    """The dense model and each pruned model, wrapped in :class:`BatchGraphs` where they run as CUDA graphs."""
+    models = [loaded.model]
+    for m in methods:
+        pruned, notes = build_pruned(
+            loaded, m, layout=args.layout, attention=attention, variant=args.variant, keep_rate=args.keep_rate,
+            calibration=x, calibration_source=f"the first batch ({x.shape[0]} images) of the evaluated data",
+            random_predictors=args.random_predictors)
+        for note in notes:
+            write(f"  {note}")
+        models.append(pruned)
+    runners = []
+    for tally, model in zip(tallies, models):
+        reason = None if args.mode == "eager" else graph_unavailable_reason(model, device)
+        if args.mode == "eager" or reason is not None:
+            if reason is not None and args.mode == "graph":  # pragma: no cover - _check_mode refuses these first
+                raise UsageError(f"--mode graph: {tally.name} cannot run as a CUDA graph: {reason}")
+            if reason is not None and device.type == "cuda":
+                write(f"  {tally.name}: eager ({reason})")
+            runners.append(model)
+        else:
+            tally.mode = "graph"
+            runners.append(BatchGraphs(model, device=device, dtype=dtype))
+    return runners
 
 
 def _step(tally: Tally, fn, x, labels, dense_top1, device, timed: bool) -> torch.Tensor:
@@ -193,20 +372,33 @@ def _step(tally: Tally, fn, x, labels, dense_top1, device, timed: bool) -> torch
     return top1
 
 
-def _print_table(rows: list[dict], labelled: bool, timed_from: int) -> None:
+def _speeds(tallies: list[Tally]) -> str:
+    return " ".join(f"{t.method} {t.timed_images / t.seconds:.0f}" for t in tallies[:4] if t.seconds > 0)
+
+
+def _print_table(rows: list[dict], labelled: bool, timed_from: int, decode: str = "cpu", workers: int = 0) -> None:
     note = "after a 1-batch warm-up" if timed_from else "single batch, includes warm-up"
-    dense_speed = rows[0]["images_per_s"]
-    print(f"\n{'pipeline':<22}{'top-1':>8}{'agree':>8}{'img/s':>10}{'vs dense':>9}  {'patches kept':>12}  "
-          f"kept tokens per stage (mean[min-max])   [img/s: model time only, {note}]")
+    dense, dense_e2e = rows[0]["images_per_s"], rows[0]["images_per_s_e2e"]
+    print(f"\n{'pipeline':<22}{'mode':>6}{'top-1':>8}{'agree':>8}{'model img/s':>13}{'vs dense':>9}"
+          f"{'e2e img/s':>11}{'vs dense':>9}  {'patches kept':>12}  kept tokens per stage (mean[min-max])")
     for r in rows:
         top1 = f"{r['top1']:.2%}" if r["top1"] is not None else "-"
         agree = "-" if r["method"] == "dense" else f"{r['agreement']:.2%}"
         speed = f"{r['images_per_s']:.1f}" if r["images_per_s"] else "-"
-        ratio = f"{r['images_per_s'] / dense_speed:.2f}x" if r["images_per_s"] and dense_speed else "-"
+        ratio = f"{r['images_per_s'] / dense:.2f}x" if r["images_per_s"] and dense else "-"
+        e2e = f"{r['images_per_s_e2e']:.1f}" if r["images_per_s_e2e"] else "-"
+        ratio_e2e = f"{r['images_per_s_e2e'] / dense_e2e:.2f}x" if r["images_per_s_e2e"] and dense_e2e else "-"
         patches = "all" if r["patches_kept_mean"] is None else f"{r['patches_kept_mean']:.1f}"
         n = len(r["kept_mean"])  # with many stages (ATS), ranges only for the last one
         stages = " > ".join(f"{m:.0f}" + ("" if lo == hi or (n > 4 and s < n - 1) else f"[{lo}-{hi}]")
                             for s, (m, lo, hi) in enumerate(zip(r["kept_mean"], r["kept_min"], r["kept_max"])))
-        print(f"{r['pipeline']:<22}{top1:>8}{agree:>8}{speed:>10}{ratio:>9}  {patches:>12}  {stages or '-'}")
+        print(f"{r['pipeline']:<22}{r['mode']:>6}{top1:>8}{agree:>8}{speed:>13}{ratio:>9}{e2e:>11}{ratio_e2e:>9}  "
+              f"{patches:>12}  {stages or '-'}")
+    print(f"(img/s {note}; model = synchronized model calls only (graph = CUDA graph replay, captured untimed); "
+          f"e2e = model + loader wait, host->device copy, {'GPU' if decode == 'gpu' else 'CPU'} decoding and "
+          "transform)")
+    if decode == "cpu" and workers > 0 and len(rows) > 1:
+        print("(CPU decoding in loader workers overlaps every pipeline's compute: one pipeline alone may wait longer "
+              "for data; evaluate it alone for its exact e2e figure)")
     if not labelled:
         print("(no labels: top-1 not available; agreement = same top-1 class as the dense model)")

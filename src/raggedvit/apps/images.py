@@ -7,11 +7,19 @@
 * :class:`ImageFiles` + :func:`collate_images` - a map-style dataset for a ``torch.utils.data.DataLoader``
   with worker processes; an unreadable file never crashes a worker: it comes back as an error message in the
   batch, so the main process can name the file (or skip it when asked).
+* :class:`FileBytes` + :func:`collate_bytes` - the same for ``--decode gpu``: worker processes only read the
+  files; :class:`TensorEvalTransform` decodes JPEGs in one ``torchvision.io.decode_jpeg`` call on the GPU (other
+  formats, and JPEGs nvJPEG refuses, on the CPU) and applies timm's eval transform to the decoded tensors on
+  the device (bicubic antialiased resize of the short side to ``size / crop_pct``, centre crop, mean/std).
+  It matches timm's PIL transform to within a few 1/255 steps (resampling rounding, JPEG IDCT); see
+  ``tests/test_apps_eval.py``.
 * :func:`class_names` / :func:`synset_indices` - ImageNet-1k names from timm's offline metadata.
 """
 
 from __future__ import annotations
 
+import math
+import warnings
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -166,6 +174,146 @@ def collate_images(items) -> ImageBatch:
     labels = torch.tensor([it[1] for it in good], dtype=torch.long)
     indices = torch.tensor([it[2] for it in good], dtype=torch.long)
     return ImageBatch(images, labels, indices, errors)
+
+
+class FileBytes(torch.utils.data.Dataset):
+    """Raw file contents for on-device decoding; item ``i`` is ``(uint8 (n,) tensor or None, label, i, error)``."""
+
+    def __init__(self, paths: list[Path], labels: list[int] | None):
+        self.paths = list(paths)
+        self.labels = labels
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        label = self.labels[i] if self.labels is not None else -1
+        path = self.paths[i]
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            return None, label, i, f"{path}: {type(e).__name__}: {e}"
+        if not data:
+            return None, label, i, f"{path}: empty file"
+        return torch.frombuffer(bytearray(data), dtype=torch.uint8), label, i, None
+
+
+@dataclass
+class BytesBatch:
+    """A collated :class:`FileBytes` batch: encoded files, labels and indices ``(B,)``, read errors."""
+
+    data: list[torch.Tensor]
+    labels: torch.Tensor
+    indices: torch.Tensor
+    errors: list[str]
+
+
+def collate_bytes(items) -> BytesBatch:
+    """``DataLoader`` collate function for :class:`FileBytes`."""
+    good = [it for it in items if it[0] is not None]
+    return BytesBatch([it[0] for it in good], torch.tensor([it[1] for it in good], dtype=torch.long),
+                      torch.tensor([it[2] for it in good], dtype=torch.long), [it[3] for it in items if it[0] is None])
+
+
+def _is_jpeg(data: torch.Tensor) -> bool:
+    return data.numel() >= 3 and bool(data[0] == 0xFF) and bool(data[1] == 0xD8) and bool(data[2] == 0xFF)
+
+
+class TensorEvalTransform:
+    """timm's eval transform for a model (``resolve_data_config``) on decoded uint8 tensors, on any device.
+
+    Same steps as ``timm.data.create_transform(**cfg)`` with ``crop_mode`` ``"center"`` (timm's default) or
+    ``"squash"``: resize (torchvision's tensor resize, bicubic or bilinear, antialiased, in the uint8
+    domain: rounded and clamped as PIL does) of the short side to ``floor(size / crop_pct)``, centre crop
+    to ``size``, ``/ 255``, ``(x - mean) / std``. Images of the same size are resized in one call.
+
+    Raises ValueError for a data config it does not reproduce (the caller then decodes on the CPU).
+    """
+
+    def __init__(self, cfg: dict) -> None:
+        from torchvision.transforms import InterpolationMode
+
+        self.size = tuple(int(v) for v in cfg["input_size"][1:])
+        crop_pct = cfg.get("crop_pct") or 0.875
+        self.mode = cfg.get("crop_mode") or "center"
+        if self.mode not in ("center", "squash"):
+            raise ValueError(f"crop_mode {self.mode!r} (on-device decoding reproduces 'center' and 'squash')")
+        interp = {"bicubic": InterpolationMode.BICUBIC, "bilinear": InterpolationMode.BILINEAR}.get(
+            cfg.get("interpolation", "bilinear"))
+        if interp is None:
+            raise ValueError(f"interpolation {cfg.get('interpolation')!r} (on-device decoding reproduces bicubic and "
+                             "bilinear)")
+        self.interpolation = interp
+        self.scale = tuple(math.floor(v / crop_pct) for v in self.size)
+        if self.mode == "center" and self.scale[0] != self.scale[1]:
+            raise ValueError(f"non-square input size {self.size} (on-device decoding reproduces square sizes)")
+        self.mean = torch.tensor(cfg["mean"], dtype=torch.float32).view(1, 3, 1, 1)
+        self.std = torch.tensor(cfg["std"], dtype=torch.float32).view(1, 3, 1, 1)
+
+    def _resize_size(self, h: int, w: int) -> list[int]:
+        if self.mode == "squash":
+            return list(self.scale)
+        return [self.scale[0]]  # torchvision: the short side to this size, the long one int(size * long / short)
+
+    def __call__(self, images: list[torch.Tensor], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """``(B, 3, H, W)`` normalised images in ``dtype`` from ``images``, uint8 ``(3, h, w)`` on one device."""
+        from torchvision.transforms.v2 import functional as TF
+
+        if not images:
+            raise ValueError("TensorEvalTransform: no images")
+        device = images[0].device
+        out = torch.empty(len(images), 3, *self.size, device=device, dtype=torch.float32)
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, img in enumerate(images):
+            if img.dtype != torch.uint8 or img.dim() != 3 or img.shape[0] != 3:
+                raise ValueError(f"TensorEvalTransform: image {i} is {img.dtype} {tuple(img.shape)}, expected uint8 "
+                                 "(3, h, w)")
+            groups.setdefault(tuple(img.shape[1:]), []).append(i)
+        for (h, w), idx in groups.items():
+            batch = torch.stack([images[i] for i in idx])
+            batch = TF.resize(batch, self._resize_size(h, w), interpolation=self.interpolation, antialias=True)
+            batch = TF.center_crop(batch, list(self.size))
+            out[idx] = batch.float()
+        mean, std = self.mean.to(device), self.std.to(device)
+        return ((out / 255.0 - mean) / std).to(dtype)
+
+
+def decode_images(data: list[torch.Tensor], device: torch.device,
+                  names: list[str] | None = None) -> tuple[list[torch.Tensor | None], list[str | None]]:
+    """Decode encoded files (uint8 CPU tensors) to RGB uint8 ``(3, h, w)`` tensors on ``device``.
+
+    JPEGs go through one batched ``torchvision.io.decode_jpeg(..., device=device)`` call (nvJPEG on CUDA); if
+    that batch fails, each JPEG is decoded on its own there, and anything still failing, or not a JPEG (PNG,
+    ...), is decoded on the CPU (``torchvision.io.decode_image``) and moved. Returns ``(images, errors)``:
+    per file the image or None, and None or a message (naming ``names[i]``) for files nothing can decode.
+    """
+    from torchvision.io import ImageReadMode, decode_image, decode_jpeg
+
+    names = names if names is not None else [f"image {i}" for i in range(len(data))]
+    images: list[torch.Tensor | None] = [None] * len(data)
+    errors: list[str | None] = [None] * len(data)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torchvision >= 0.29: decoding is deprecated in favour of TorchCodec
+        jpegs = [i for i, d in enumerate(data) if _is_jpeg(d)]
+        if jpegs:
+            try:
+                for i, img in zip(jpegs, decode_jpeg([data[i] for i in jpegs], mode=ImageReadMode.RGB,
+                                                     device=device)):
+                    images[i] = img
+            except RuntimeError:
+                for i in jpegs:
+                    try:
+                        images[i] = decode_jpeg(data[i], mode=ImageReadMode.RGB, device=device)
+                    except RuntimeError:
+                        pass
+        for i, d in enumerate(data):
+            if images[i] is None:
+                try:
+                    img = decode_image(d, mode=ImageReadMode.RGB)
+                    images[i] = (img[0] if img.dim() == 4 else img).to(device)  # animated: the first frame
+                except (RuntimeError, ValueError) as e:
+                    errors[i] = f"{names[i]}: cannot decode ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+    return images, errors
 
 
 def denormalize(images: torch.Tensor, mean, std) -> torch.Tensor:

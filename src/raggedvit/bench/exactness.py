@@ -17,9 +17,9 @@ Method ``none`` compares the packed layout with timm's own forward. Images:
 :func:`raggedvit.runtime.photos.make_images` builds them deterministically from the colour photos scikit-image
 ships (the photos, their mirror images and seeded random-resized crops at several scales, half of them
 flipped), in the model's input size and normalisation. Threshold-L2 (adaptive) thresholds are calibrated on
-further generated images disjoint from the evaluated ones (keep rate 0.7 per stage); DynamicViT predictors
-without a checkpoint are a seed-0 random init shared by every layout and dtype. Random model weights are
-seeded (0) as well.
+further generated images disjoint from the evaluated ones (keep rate ``CALIBRATION_KEEP_RATE`` per stage);
+DynamicViT predictors without a checkpoint are a seed-0 random init shared by every layout and dtype. Random
+model weights are seeded (0) as well.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 
 from ..pruning import METHODS as REGISTRY
+from ..pruning.threshold_l2 import CALIBRATION_KEEP_RATE
 from ..runtime.arguments import split_names
 from ..runtime.device import environment, resolve_attention, resolve_device, resolve_dtype
 from ..runtime.errors import UsageError, run_command
@@ -312,7 +313,7 @@ def _run(args) -> int:
             torch.cuda.empty_cache()
     bar.close()
     settings = {k: v for k, v in s.items() if k not in ("combos", "dtype")}
-    settings.update(dtype=dt, batch_size=args.batch_size, seed=args.seed, calibration_keep_rate=0.7,
+    settings.update(dtype=dt, batch_size=args.batch_size, seed=args.seed, calibration_keep_rate=CALIBRATION_KEEP_RATE,
                     images="labelled ImageNet sample photos (raggedvit.sample_data)" if args.sample_data else
                     "scikit-image photos, their mirror images, seeded random-resized crops (see make_images)",
                     fp32_reference="padded layout in float32, TF32 off" if dt != "float32" else

@@ -16,7 +16,7 @@ from torch import nn
 
 from ..pruning.ragged import Selection
 from ..pruning.stage import StageInput
-from ..pruning.threshold_l2 import ThresholdL2, quantile_threshold
+from ..pruning.threshold_l2 import CALIBRATION_KEEP_RATE, ThresholdL2, quantile_threshold
 from .pruned import prune
 
 __all__ = ["calibrate_thresholds"]
@@ -44,7 +44,7 @@ def _batches(images, batch_size: int, device: torch.device) -> Iterable[torch.Te
 
 
 @torch.no_grad()
-def calibrate_thresholds(model: nn.Module, images, *, keep_rate: float | tuple[float, ...] = 0.7,
+def calibrate_thresholds(model: nn.Module, images, *, keep_rate: float | tuple[float, ...] = CALIBRATION_KEEP_RATE,
                          stages: tuple[int, ...] = (3, 6, 9), batch_size: int = 64, k_min: int = 1,
                          k_max: int | None = None) -> tuple[float, ...]:
     """Absolute Threshold-L2 thresholds, one per stage, for ``prune(model, "threshold_l2", thresholds=...)``.
@@ -54,7 +54,9 @@ def calibrate_thresholds(model: nn.Module, images, *, keep_rate: float | tuple[f
         images: ``(N, 3, H, W)`` calibration images (split into ``batch_size`` chunks) or an iterable of
             image batches or ``(images, labels)`` pairs (e.g. a DataLoader); iterated once per stage and moved
             to the model's device.
-        keep_rate: per-stage keep fraction of the tokens present at that stage (a float or one per stage).
+        keep_rate: per-stage keep fraction of the tokens present at that stage (a float or one per stage);
+            default :data:`~raggedvit.pruning.threshold_l2.CALIBRATION_KEEP_RATE` (0.85: loses at most 1 point of
+            top-1 on the trained ViT-Tiny, where 0.7 loses 4.6).
         stages, k_min, k_max: as for :class:`~raggedvit.pruning.ThresholdL2`.
 
     Returns:

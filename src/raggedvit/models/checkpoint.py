@@ -25,7 +25,8 @@ def load_dynamicvit_checkpoint(pruned: PrunedViT, checkpoint: str | os.PathLike 
     """Load backbone + predictor weights from an official DynamicViT checkpoint.
 
     Args:
-        pruned: a model from ``prune(model, "dynamicvit", ...)`` with as many stages as the checkpoint.
+        pruned: a model from ``prune(model, "dynamicvit", random_predictors=True, ...)`` (predictors to be
+            overwritten) with as many stages as the checkpoint.
         checkpoint: a path to the ``.pth`` (loaded on CPU with ``weights_only=True``) or an already loaded
             dict (``{"model": state_dict}`` or the state dict itself). A ``module.`` prefix (DDP) is removed.
         strict: as ``nn.Module.load_state_dict``.

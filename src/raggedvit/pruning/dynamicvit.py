@@ -8,7 +8,9 @@
 * adaptive: every patch token with ``p_keep > threshold`` (default 0.5), at least ``k_min`` and at most
   ``k_max``, in descending-score order (:func:`select_threshold`).
 
-Predictors need training (there is no official DeiT-Tiny checkpoint); random-init ones prune arbitrarily.
+Predictors need training (there is no official DeiT-Tiny checkpoint): ``prune(model, "dynamicvit")``
+without ``predictors=`` raises ValueError saying how to pass trained ones; random-init predictors (which
+prune arbitrarily: speed measurements only) need ``random_predictors=True``.
 :class:`DynamicViT` is the method object (``prune(model, DynamicViT(...))``).
 """
 
@@ -115,27 +117,45 @@ class DynamicViT(BoundedPruner):
         variant: ``"fixed"`` (default: DynamicViT's schedule, :func:`keep_counts`) or ``"adaptive"``.
         stages, keep_rate, k_min, k_max: see :class:`~.method.BoundedPruner`.
         keep_threshold: adaptive: keep ``p_keep > keep_threshold``, in (0, 1).
-        predictors: an ``nn.ModuleList`` of one module per stage with :class:`Predictor`'s call signature,
-            ``(x, seg_ids, dense_rows, cand) -> (R, 2)`` log-probabilities, shared with the caller; None:
-            random init (see :func:`raggedvit.load_dynamicvit_checkpoint`). Registered on the pruned model as
-            ``score_predictor`` (the official checkpoint layout).
+        predictors: trained keep predictors: an ``nn.ModuleList`` of one module per stage with
+            :class:`Predictor`'s call signature, ``(x, seg_ids, dense_rows, cand) -> (R, 2)``
+            log-probabilities, shared with the caller. Registered on the pruned model as ``score_predictor``
+            (the official checkpoint layout: a checkpoint's ``score_predictor.{i}.*`` keys load into
+            :func:`make_predictors` modules with ``load_state_dict``; ``raggedvit eval/demo --checkpoint`` does
+            that). Required unless ``random_predictors=True``.
+        random_predictors: with no ``predictors``, build randomly initialised ones instead of raising. They
+            prune arbitrarily (accuracy is meaningless): for speed measurements, or to load an official
+            checkpoint into afterwards (:func:`raggedvit.models.load_dynamicvit_checkpoint`).
     """
 
     name: ClassVar[str] = "dynamicvit"
     module_name: ClassVar[str] = "score_predictor"
     keep_threshold: float = 0.5
     predictors: nn.ModuleList | None = field(default=None, compare=False, repr=False)
+    random_predictors: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if check_rate(self.name, "keep_threshold", self.keep_threshold) >= 1.0:
             raise ValueError(f"{self.name}: keep_threshold must be < 1 (p_keep > threshold)")
+        if not isinstance(self.random_predictors, bool):
+            raise ValueError(f"{self.name}: random_predictors must be True or False, got {self.random_predictors!r}")
+        if self.random_predictors and self.predictors is not None:
+            raise ValueError(f"{self.name}: give predictors= or random_predictors=True, not both")
 
     def modules(self, model: nn.Module) -> nn.ModuleList:
-        """The predictors (random ones on ``model``'s device and dtype when none were given)."""
+        """The predictors (random ones on ``model``'s device and dtype with ``random_predictors=True``);
+        ValueError saying how to pass trained ones when there are none."""
         embed_dim, n = model.embed_dim, len(self.stages)
         p = self.predictors
         if p is None:
+            if not self.random_predictors:
+                raise ValueError(
+                    f"{self.name}: needs trained keep predictors (random ones prune arbitrarily). Pass "
+                    f"predictors=an nn.ModuleList of {n} raggedvit.pruning.dynamicvit.Predictor({embed_dim}) "
+                    "modules loaded from a DynamicViT checkpoint's 'score_predictor.{i}.*' weights (from the "
+                    "command line: --checkpoint PATH holding the timm keys and the score_predictor.* keys), or "
+                    "random_predictors=True for speed measurements only")
             ref = next(model.parameters())
             return make_predictors(embed_dim, n).to(device=ref.device, dtype=ref.dtype)
         if not (isinstance(p, nn.ModuleList) and len(p) == n and all(

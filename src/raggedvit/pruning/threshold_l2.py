@@ -26,25 +26,41 @@ from .ragged import Selection, arange, dense_view
 from .selection import candidate_scores, clamp_count, fixed_count, num_candidates, prefixed
 from .stage import StageInput
 
-__all__ = ["ThresholdL2", "l2_scores", "select_threshold", "select_topk", "quantile_threshold"]
+__all__ = ["ThresholdL2", "l2_scores", "select_threshold", "select_topk", "quantile_threshold",
+           "CALIBRATION_KEEP_RATE"]
+
+# Share of the tokens present at a stage that calibrated thresholds keep unless stated
+# (:func:`raggedvit.models.calibrate_thresholds`, ``raggedvit eval/demo``): the sweep of
+# benchmarks/defaults_sweep.py on the trained ViT-Tiny (500 labelled photos) loses <= 1 point of top-1 here.
+CALIBRATION_KEEP_RATE = 0.85
 
 
 @dataclass(frozen=True, kw_only=True)
 class ThresholdL2(BoundedPruner):
     """Threshold-L2 before blocks ``stages``.
 
+    The adaptive variant (the default) has no model-independent default: token norms differ from model
+    to model, so it needs absolute ``thresholds`` calibrated on the model (or an explicit relative
+    ``alpha``); :meth:`bind` (i.e. ``prune``) raises ValueError saying how when neither is given. The
+    fixed variant works on any model with its default ``keep_rate``.
+
     Args:
         variant: ``"adaptive"`` (default: keep norms ``>= T``) or ``"fixed"`` (top-k, DynamicViT's schedule).
-        stages, keep_rate, k_min, k_max: see :class:`~.method.BoundedPruner` (``keep_rate``: fixed variant).
-        thresholds: absolute ``T`` per stage (one number for every stage, or one per stage; see
-            :func:`raggedvit.models.calibrate_thresholds`). None: the relative rule.
-        alpha: relative rule ``T = alpha * mean`` of the image's candidate norms (when ``thresholds`` is None).
+        stages, k_min, k_max: see :class:`~.method.BoundedPruner`.
+        keep_rate: fixed variant: keep fraction per stage (default 0.85: at most 1 point of top-1 lost on the
+            trained ViT-Tiny, ``benchmarks/defaults_sweep.py``; 0.7 loses 3).
+        thresholds: absolute ``T`` per stage (one number for every stage, or one per stage), e.g.
+            ``raggedvit.models.calibrate_thresholds(model, images)``.
+        alpha: relative rule ``T = alpha * mean`` of the image's candidate norms (when ``thresholds`` is None;
+            no default: on the trained ViT-Tiny ``alpha=1`` keeps 92 > 42 > 4 tokens and top-1 falls from 80.8% to
+            16.6%; ``alpha=0.5`` prunes almost nothing).
     """
 
     name: ClassVar[str] = "threshold_l2"
     variant: str = "adaptive"
+    keep_rate: float = 0.85
     thresholds: float | tuple[float, ...] | None = None
-    alpha: float = 1.0
+    alpha: float | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -57,8 +73,20 @@ class ThresholdL2(BoundedPruner):
                                  f"stage), got {self.thresholds!r}")
             object.__setattr__(self, "thresholds", tuple(float(v) for v in t))
         a = self.alpha
-        if isinstance(a, bool) or not isinstance(a, (int, float)) or not math.isfinite(a) or not a >= 0:
-            raise ValueError(f"{self.name}: alpha must be a finite number >= 0, got {a!r}")
+        if a is not None and (isinstance(a, bool) or not isinstance(a, (int, float)) or not math.isfinite(a)
+                              or not a >= 0):
+            raise ValueError(f"{self.name}: alpha must be a finite number >= 0 or None, got {a!r}")
+
+    def bind(self, *, depth: int, num_prefix: int, num_patches: int):
+        if not self.fixed and self.thresholds is None and self.alpha is None:
+            raise ValueError(
+                f"{self.name}: the adaptive variant needs thresholds calibrated for this model (token norms "
+                "differ between models, so there is no usable default): pass "
+                "thresholds=raggedvit.models.calibrate_thresholds(model, images) with a few hundred of your "
+                f"images (keep_rate= sets the share kept per stage), or the relative rule alpha=A (keep norms "
+                f">= A * the image's mean), or variant='fixed' (keep_rate {self.keep_rate} per stage). "
+                "From the command line (raggedvit eval/demo) thresholds are calibrated on the first batch")
+        return super().bind(depth=depth, num_prefix=num_prefix, num_patches=num_patches)
 
     def select(self, inp: StageInput) -> Selection:
         plan, x, meta, P = inp.plan, inp.x, inp.meta, inp.num_prefix
