@@ -139,11 +139,24 @@ def main(argv=None) -> int:
     model, model_desc, images = load(args, device, dtype)
     attention = "triton" if device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1" else "reference"
     stage_opt = {"stages": tuple(int(s) for s in args.stages.split(","))} if args.stages else {}
+    calib = {}
+
+    def needs(m, v):
+        """What a method cannot run without: Threshold-L2 adaptive thresholds (calibrated on 64 inputs),
+        DynamicViT predictors (random: speed only, no trained ones here); ToMe has no stages."""
+        if m == "threshold_l2" and v == "adaptive":
+            if "t" not in calib:
+                calib["t"] = raggedvit.models.calibrate_thresholds(model, images(64), **stage_opt)
+            return {"thresholds": calib["t"]}
+        if m == "dynamicvit":
+            return {"random_predictors": True}
+        return {}
+
     configs = []
     for m in args.methods.split(","):
         for v in ([None] if m == "none" else args.variants.split(",")):
             try:
-                opts = {} if v is None else {"variant": v, **stage_opt}
+                opts = {} if v is None else {"variant": v, **({} if m == "tome" else stage_opt), **needs(m, v)}
                 pruned = raggedvit.prune(model, m, attention=attention, **opts).eval()
                 configs.append({"method": m, "variant": v or "-", "pruned": pruned, "rows": {}, "error": None})
             except Exception as e:  # noqa: BLE001

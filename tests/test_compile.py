@@ -64,6 +64,10 @@ def test_compile_fullgraph_matches_eager(method, variant, layout):
     options = {} if variant is None else {"variant": variant, "stages": (1, 2, 3)}
     if method == "tome":  # merges in every block: r tokens (fixed) or up to r (adaptive), no stages
         options = {"variant": variant, "r": 2}
+    if method == "threshold_l2" and variant == "adaptive":
+        options["alpha"] = 1.0  # a relative threshold (no calibration needed for a compile test)
+    if method == "dynamicvit":
+        options["random_predictors"] = True
     _compare(raggedvit.prune(tiny_model(), method, layout=layout, **options))
 
 
