@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# One device call of the 2026-11-30 session: GPU tests of the new parts, eval on the GPU, exactness (fp32, fp16).
+# Usage on the GPU machine: RAGGEDVIT_DATA=$PWD/.data OUT=... bash benchmarks/gpu_session.sh part1|part2
+set -uo pipefail
+export PYTHONPATH=src PYTHONUNBUFFERED=1 RAGGEDVIT_DATA=${RAGGEDVIT_DATA:-$PWD/.data}
+OUT=${OUT:-benchmarks/results}; mkdir -p "$OUT"
+W=vit_tiny_patch16_224.augreg_in21k_ft_in1k
+case "$1" in
+  part1)
+    timeout 230 python3 -m pytest -q -n 4 -p no:cacheprovider tests/test_pruning_tome.py tests/test_ops_attention.py \
+      tests/test_models_graph.py tests/test_apps_eval.py tests/test_models_live_rows.py tests/test_trained_weights.py \
+      tests/test_ops_library.py tests/test_pruning_method.py 2>&1 | tail -n 15 | tee "$OUT/gpu-tests-part1.log"
+    timeout 120 python3 -m raggedvit eval --data .data/imagenet-sample --checkpoint .data/weights/$W.safetensors \
+      --model vit_tiny_patch16_224 --method all --batch-size 250 --workers 8 --json "$OUT/eval-gpu.json" 2>&1 \
+      | grep -v "it/s\]" | tail -n 22 | tee "$OUT/eval-gpu.log"
+    for dt in float32 float16; do
+      timeout 100 python3 -m raggedvit bench exactness --sample-data --models $W --checkpoint .data/weights/$W.safetensors \
+        --num-images 436 --calib-images 64 --batch-size 128 --dtype $dt --out "$OUT" 2>&1 | grep -v "it/s\]" | tail -n 16
+    done ;;
+  part2)
+    timeout 330 python3 -m raggedvit bench frontier --quick --random-models deit_small --out "$OUT" 2>&1 \
+      | grep -v "it/s\]" | tail -n 40
+    timeout 230 python3 benchmarks/gpu_compile.py --budget 190 --out "$OUT" 2>&1 | tail -n 40 ;;
+esac
