@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import raggedvit  # noqa: F401  (registers the ops)
+from conftest import DEVICE
 
 
 def _meta(B=2, L=4, C=16):
@@ -44,9 +45,15 @@ def _cases():
     }
 
 
+def _on_device(a):
+    """The ops run their Triton kernels: on the GPU there, under the interpreter on CPU (conftest)."""
+    return a.to(DEVICE) if isinstance(a, torch.Tensor) else a
+
+
 @pytest.mark.parametrize("name", list(_cases()))
 def test_opcheck(name):
     op, args = _cases()[name]
+    args = tuple(_on_device(a) for a in args)
     torch.library.opcheck(op, args, test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_static"))
 
 
