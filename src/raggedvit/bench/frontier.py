@@ -42,9 +42,9 @@ from .pipelines import REFERENCE
 # method -> settings swept (options of prune); "calibrate" (Threshold-L2 adaptive): the keep rate its
 # thresholds are calibrated to. QUICK: the settings --quick runs (indices into SWEEP's lists).
 SWEEP: dict[str, list[dict]] = {
-    "evit": [dict(variant="fixed", keep_rate=r) for r in (0.9, 0.8, 0.7, 0.6)]
-    + [dict(variant="adaptive", mass=m) for m in (0.95, 0.93, 0.9, 0.85)],
-    "ats": [dict(variant="fixed", keep_rate=r) for r in (0.95, 0.93, 0.9, 0.85)]
+    "evit": [dict(variant="fixed", keep_rate=r) for r in (0.9, 0.78, 0.7, 0.6)]
+    + [dict(variant="adaptive", mass=m) for m in (0.95, 0.92, 0.9, 0.85)],
+    "ats": [dict(variant="fixed", keep_rate=r) for r in (0.95, 0.92, 0.9, 0.85)]
     + [dict(variant="adaptive", num_samples=n) for n in (392, 256, 196, 128)],
     "threshold_l2": [dict(variant="adaptive", calibrate=r) for r in (0.9, 0.85, 0.8, 0.7)]
     + [dict(variant="fixed", keep_rate=r) for r in (0.9, 0.85, 0.8)],
