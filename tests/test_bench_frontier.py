@@ -36,7 +36,7 @@ def test_frontier_on_the_trained_model(tmp_path, sample_data_root, monkeypatch):
     res = data["settings"]
     assert res[0]["setting"] == "dense" and res[0]["images"] == 4
     names = [r["setting"] for r in res]
-    assert "evit fixed keep_rate=0.8" in names and "threshold_l2 adaptive calibrate=0.9" in names
+    assert "evit fixed keep_rate=0.78" in names and "threshold_l2 adaptive calibrate=0.9" in names
     for r in res:
         assert r["status"] == "ok", r
         assert 0.0 <= r["top1"] <= 100.0
@@ -48,7 +48,7 @@ def test_frontier_on_the_trained_model(tmp_path, sample_data_root, monkeypatch):
     evit = {r["options"]["keep_rate"]: r for r in res if r["method"] == "evit" and r["variant"] == "fixed"}
     assert evit[0.7]["kept_stages"][-1]["mean"] < evit[0.9]["kept_stages"][-1]["mean"]
     md = path.with_suffix(".md").read_text()
-    assert "| dense |" in md and "evit fixed keep_rate=0.8" in md
+    assert "| dense |" in md and "evit fixed keep_rate=0.78" in md
 
 
 def test_bad_arguments(tmp_path, sample_data_root):

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import raggedvit  # noqa: F401  (registers the ops)
+
 from conftest import DEVICE
 
 
