@@ -130,7 +130,7 @@ class ImageFiles(torch.utils.data.Dataset):
     naming the file, so that worker processes never die on a bad file.
     """
 
-    def __init__(self, paths: list[Path], labels: list[int] | None, transform):
+    def __init__(self, paths: list[Path], labels: list[int] | None, transform=None):
         self.paths = list(paths)
         self.labels = labels
         self.transform = transform
@@ -138,15 +138,19 @@ class ImageFiles(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int):
+    def load(self, path: Path):
+        """The item's data: the transformed image (raises PIL's decode errors)."""
         from PIL import Image
 
+        with Image.open(path) as img:
+            return self.transform(img.convert("RGB"))
+
+    def __getitem__(self, i: int):
         label = self.labels[i] if self.labels is not None else -1
         path = self.paths[i]
         try:
-            with Image.open(path) as img:
-                return self.transform(img.convert("RGB")), label, i, None
-        except (OSError, ValueError, SyntaxError) as e:  # PIL's decode errors
+            return self.load(path), label, i, None
+        except (OSError, ValueError, SyntaxError) as e:  # PIL's decode errors, unreadable or empty files
             return None, label, i, f"{path}: {type(e).__name__}: {e}"
 
 
@@ -176,26 +180,14 @@ def collate_images(items) -> ImageBatch:
     return ImageBatch(images, labels, indices, errors)
 
 
-class FileBytes(torch.utils.data.Dataset):
+class FileBytes(ImageFiles):
     """Raw file contents for on-device decoding; item ``i`` is ``(uint8 (n,) tensor or None, label, i, error)``."""
 
-    def __init__(self, paths: list[Path], labels: list[int] | None):
-        self.paths = list(paths)
-        self.labels = labels
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int):
-        label = self.labels[i] if self.labels is not None else -1
-        path = self.paths[i]
-        try:
-            data = path.read_bytes()
-        except OSError as e:
-            return None, label, i, f"{path}: {type(e).__name__}: {e}"
+    def load(self, path: Path) -> torch.Tensor:
+        data = path.read_bytes()
         if not data:
-            return None, label, i, f"{path}: empty file"
-        return torch.frombuffer(bytearray(data), dtype=torch.uint8), label, i, None
+            raise ValueError("empty file")
+        return torch.frombuffer(bytearray(data), dtype=torch.uint8)
 
 
 @dataclass
