@@ -59,12 +59,15 @@ def test_matches_torch_compaction(dtype, with_extra, uniform):
     assert torch.equal(got_tok, want_tok)
 
 
+def _small_inputs():
+    """``(x, dense_rows, index, count, tok)`` of a well-formed 2-image, 4-position compaction to width 3."""
+    return (torch.randn(8, 4, device=DEVICE), torch.arange(8, device=DEVICE).view(2, 4),
+            torch.zeros(2, 3, dtype=torch.long, device=DEVICE), torch.ones(2, dtype=torch.long, device=DEVICE),
+            torch.zeros(2, 4, dtype=torch.int32, device=DEVICE))
+
+
 def test_errors():
-    x = torch.randn(8, 4, device=DEVICE)
-    rows = torch.arange(8, device=DEVICE).view(2, 4)
-    idx = torch.zeros(2, 3, dtype=torch.long, device=DEVICE)
-    cnt = torch.ones(2, dtype=torch.long, device=DEVICE)
-    tok = torch.zeros(2, 4, dtype=torch.int32, device=DEVICE)
+    x, rows, idx, cnt, tok = _small_inputs()
     with pytest.raises(TypeError, match="int64"):
         compact_packed(x, None, rows, idx.int(), cnt, tok, 3)
     with pytest.raises(ValueError, match="last stride 1"):
@@ -122,11 +125,7 @@ def test_malformed_counts_indices_and_rows_are_clamped(with_extra):
 def test_shapes_checked_before_launch():
     from raggedvit.ops.compact import launcher
 
-    x = torch.randn(8, 4, device=DEVICE)
-    rows = torch.arange(8, device=DEVICE).view(2, 4)
-    idx = torch.zeros(2, 3, dtype=torch.long, device=DEVICE)
-    cnt = torch.ones(2, dtype=torch.long, device=DEVICE)
-    tok = torch.zeros(2, 4, dtype=torch.int32, device=DEVICE)
+    x, rows, idx, cnt, tok = _small_inputs()
     before = dict(launcher.stats)
     with pytest.raises(ValueError, match="index \\(B, >= width\\)"):
         compact_packed(x, None, rows, idx, cnt, tok, 4)  # index narrower than width
