@@ -179,9 +179,9 @@ def main(argv=None) -> int:
         try:
             fn(cfg)
         except Exception as e:  # noqa: BLE001
-            record(cfg, step, error=err(e))
+            record(cfg, step, error=err(e), traceback="".join(traceback.format_exception(e))[-6000:])
         print(f"[{time.perf_counter() - t_start:6.1f} s] {cfg['method']} {cfg['variant']} {step}: "
-              f"{ {k: v for k, v in cfg['rows'].get(step, {}).items() if k != 'kept'} }", flush=True)
+              f"{ {k: v for k, v in cfg['rows'].get(step, {}).items() if k not in ('kept', 'traceback')} }", flush=True)
 
     def eager(cfg):
         p = cfg["pruned"]

@@ -66,6 +66,7 @@ def test_tiny_run_fp32_exact(tmp_path, capsys):
         assert r["max_logit_diff"] <= 1e-4 and r["max_logit_diff_same_decisions"] <= 1e-4, r
         assert r["top1_agree"] == 6 and r["decisions_identical"] == 6 and r["decision_diff_images"] == [], r
         assert r["packed_vs_fp32"] <= 1e-4 and r["padded_vs_fp32"] == 0.0, r
+        assert r["noise_max_logit_diff"] <= 1e-4 and r["noise_decisions_identical"] == 6, r  # math SDPA run
         assert [k["block"] for k in r["kept_stages"]] == [3, 6, 9], r
         assert all(1 <= k["min"] <= k["mean"] <= k["max"] <= 197 for k in r["kept_stages"]), r
         assert r["status"] == "pass", r

@@ -11,6 +11,9 @@ both run the same images in ``--dtype`` (default float16 on CUDA). Reported per 
 * ``top1_agree``: same argmax in both layouts; ``top1_flip_max_fp32_margin``: fp32 top-2 gap of the others.
 * ``packed_vs_fp32`` / ``padded_vs_fp32``: max |logit diff| of each layout against the padded layout in
   float32 (TF32 off), with their keep-decision agreement against it.
+* ``noise_decisions_identical`` / ``noise_top1_agree`` / ``noise_max_logit_diff``: the noise floor, the padded
+  layout against itself run with PyTorch's math SDPA kernel (same model, same dtype, another correct kernel).
+  Rules with discontinuous decisions (ATS's sample points, near-tied top-k scores) flip at this floor too.
 * kept tokens per stage (mean, min, max over images, prefix tokens included; packed layout).
 
 Method ``none`` compares the packed layout with timm's own forward. Images:
@@ -33,6 +36,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..pruning import METHODS as REGISTRY
 from ..pruning.threshold_l2 import CALIBRATION_KEEP_RATE
@@ -246,18 +250,23 @@ def _run_model(name: str, args, s: dict, device, bar) -> tuple[dict, list[dict]]
             runs = {k: (lambda x, m=m: (m(x), m.last_stats)) for k, m in
                     (("packed", packed), ("padded", padded), ("fp32", padded32))}
             blocks = tuple(pl.block for pl in packed.plan)
+        runs["padded_math"] = runs["padded"]  # the noise floor: the same padded model, another SDPA kernel
         res = {}
         for layout, fn in runs.items():
             if layout == "fp32" and fp32_same:
                 res["fp32"] = res["padded"]
             else:
-                with _TF32Off() if layout == "fp32" or s["dtype"] == torch.float32 else contextlib.nullcontext():
+                with _TF32Off() if layout == "fp32" or s["dtype"] == torch.float32 else contextlib.nullcontext(), \
+                        sdpa_kernel([SDPBackend.MATH]) if layout == "padded_math" else contextlib.nullcontext():
                     dtype = torch.float32 if layout == "fp32" else s["dtype"]
                     res[layout] = _forward_all(fn, evals, device, dtype, args.batch_size)
             bar.update(1)
         row = dict(model=name, method=method, variant=variant, dtype=str(s["dtype"]).removeprefix("torch."),
                    attention=s["attention"], padded="timm forward" if method == "none" else "sdpa",
                    num_images=s["n"], tolerance=s["tol"], **_compare(res["packed"], res["padded"], res["fp32"]))
+        noise = _compare(res["padded_math"], res["padded"], res["fp32"])
+        row.update(noise_max_logit_diff=noise["max_logit_diff"], noise_decisions_identical=noise["decisions_identical"],
+                   noise_top1_agree=noise["top1_agree"])
         for layout in ("packed", "padded"):
             c = _compare(res[layout], res["fp32"], res["fp32"])
             row[f"{layout}_vs_fp32"] = c["max_logit_diff"]
@@ -304,7 +313,7 @@ def _run(args) -> int:
           f"reference: padded layout in float32 (TF32 off); tolerance {s['tol']:g}")
     from tqdm import tqdm
 
-    bar = tqdm(total=len(s["models"]) * len(s["combos"]) * 3, desc="bench exactness", file=sys.stderr)
+    bar = tqdm(total=len(s["models"]) * len(s["combos"]) * 4, desc="bench exactness", file=sys.stderr)
     models, rows = {}, []
     for name in s["models"]:
         models[name], r = _run_model(name, args, s, device, bar)
@@ -338,9 +347,9 @@ def _table(rows: list[dict]) -> list[str]:
     """Markdown table: one row per (model, method, variant)."""
     labelled = any("packed_top1" in r for r in rows)
     lines = ["| model | method | variant | max_logit_diff | max_logit_diff_same_decisions | top1_agree | "
-             "decisions_identical | packed / padded vs fp32 | " + ("top-1 packed / padded | " if labelled else "")
-             + "kept per stage: block mean [min..max] | status |",
-             "|---|---|---|---:|---:|---:|---:|---|" + ("---|" if labelled else "") + "---|---|"]
+             "decisions_identical | noise floor: decisions / top-1 | packed / padded vs fp32 | "
+             + ("top-1 packed / padded | " if labelled else "") + "kept per stage: block mean [min..max] | status |",
+             "|---|---|---|---:|---:|---:|---:|---|---|" + ("---|" if labelled else "") + "---|---|"]
     for r in rows:
         n = r["num_images"]
         kept = ", ".join(f"b{k['block']} {k['mean']:.1f} [{k['min']}..{k['max']}]" for k in r["kept_stages"]) or "-"
@@ -348,6 +357,7 @@ def _table(rows: list[dict]) -> list[str]:
         lines.append(f"| {r['model'].removesuffix('_patch16_224')} | {r['method']} | {r['variant']} | "
                      f"{_fmt(r['max_logit_diff'])} | {_fmt(r['max_logit_diff_same_decisions'])} | "
                      f"{r['top1_agree']}/{n} | {r['decisions_identical']}/{n} | "
+                     f"{r['noise_decisions_identical']}/{n} / {r['noise_top1_agree']}/{n} | "
                      f"{_fmt(r['packed_vs_fp32'])} / {_fmt(r['padded_vs_fp32'])} | {top1}{kept} | {r['status']} |")
     return lines
 
@@ -365,5 +375,8 @@ def _markdown(result: dict, table: list[str], path: Path) -> str:
         head += [f"  * {n}" for n in info["notes"]]
     head += ["", "Keep decisions identical = same final kept-patch mask and same kept count at every stage; "
              "max_logit_diff_same_decisions is over those images only. Kept counts include prefix tokens "
-             "(and EViT's fused token), packed layout.", ""]
+             "(and EViT's fused token), packed layout. Noise floor: the padded layout against itself run with "
+             "PyTorch's math SDPA kernel instead of its default one (two correct implementations of the same "
+             "model in the same dtype): the decisions and top-1 on which those agree. A rule whose decisions "
+             "flip between those two flips between the layouts as often, and for the same reason.", ""]
     return "\n".join(head + table) + "\n"

@@ -197,8 +197,10 @@ def best_first_select(score: torch.Tensor, y: torch.Tensor, dense_rows: torch.Te
     rows = min(indexed, default=1)
     batch, L = _check_meta("best_first_select", dense_rows, lengths, num_prefix, width, rows, check_lengths)
     if compiling:
+        # a strided column (DynamicViT's keep log-probability) reaches the op contiguous: Inductor 2.11 cannot
+        # lay out a custom op's SliceView input ("NotImplementedError: SliceView" in ir.get_stride)
         index, count, extra = torch.ops.raggedvit.best_first_select(
-            score, y, dense_rows, lengths, num_prefix, width, k, _opt_float(mass), _opt_float(threshold), fuse, k_min,
+            score.contiguous(), y, dense_rows, lengths, num_prefix, width, k, _opt_float(mass), _opt_float(threshold), fuse, k_min,
             k_max, row_weight, ascending)
         return index, count, extra if fuse else None
     C = y.shape[1]

@@ -1,0 +1,80 @@
+"""A/B of ``prune(live_rows=...)`` per batch size on the GPU: CUDA-graph replay time of the packed pipeline,
+and kernels per forward, for the trained ViT-Tiny on real photos (fp16).
+
+``live_rows="auto"`` picks cuBLAS or the fused Triton GEMMs by buffer size (``AUTO_MIN_ROWS``); this measures
+each choice at every batch size in one run, so the policy rests on numbers from the card it runs on. Usage:
+``PYTHONPATH=src python benchmarks/live_rows_ab.py [--batches 1,8,64,256] [--out DIR]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+import raggedvit
+from raggedvit import sample_data
+from raggedvit.bench.timing import graph_replay_us
+from raggedvit.models import calibrate_thresholds
+from raggedvit.models.graph import capture
+from raggedvit.runtime.device import environment
+
+SETTINGS = [("evit", dict(variant="adaptive")), ("threshold_l2", dict(variant="adaptive", calibrate=0.85)),
+            ("ats", dict(variant="adaptive")), ("evit", dict(variant="fixed")), ("tome", dict(variant="fixed"))]
+MODES = {"auto": "auto", "on": True, "off": False}
+
+
+def kernels_per_replay(g, reps: int = 5) -> tuple[float, float]:
+    """(kernels, device microseconds) per graph replay, from the profiler."""
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            g.replay()
+        torch.cuda.synchronize()
+    n = t = 0.0
+    for e in prof.key_averages():
+        dt = getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0)
+        if dt > 0 and not e.key.startswith("cuda"):
+            n += e.count
+            t += dt
+    return n / reps, t / reps
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--batches", default="1,8,64,256")
+    ap.add_argument("--out", default="benchmarks/results")
+    args = ap.parse_args()
+    dev = torch.device("cuda")
+    model = sample_data.load_model().to(dev, torch.float16).eval()
+    images, _ = sample_data.load_images(model, range(320))
+    calib, images = images[:64].to(dev, torch.float16), images[64:].to(dev, torch.float16)
+    rows = []
+    for method, opts in SETTINGS:
+        opts = dict(opts)
+        if "calibrate" in opts:
+            opts["thresholds"] = calibrate_thresholds(model, calib, keep_rate=opts.pop("calibrate"))
+        for b in map(int, args.batches.split(",")):
+            x = images[:b]
+            for mode, value in MODES.items():
+                pruned = raggedvit.prune(model, method, live_rows=value, **opts).eval()
+                g = capture(pruned, b, example=x)
+                us = graph_replay_us(g.graph, dev, replays=max(20, 4000 // b))
+                nk, dev_us = kernels_per_replay(g)
+                rows.append(dict(method=method, options={k: v for k, v in opts.items() if k != "thresholds"},
+                                 batch=b, live_rows=mode, us=us, images_per_s=b / us * 1e6, kernels=nk,
+                                 device_us=dev_us))
+                print(f"{method:12s} {opts.get('variant', ''):8s} b{b:<4d} live_rows={mode:4s} {us:8.1f} us "
+                      f"{b / us * 1e6:9.0f} img/s  {nk:5.0f} kernels {dev_us:8.1f} us device", flush=True)
+                del g, pruned
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    env = environment(dev)
+    (out / "live-rows-ab.json").write_text(json.dumps({"env": env, "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
