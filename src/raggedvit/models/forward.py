@@ -19,6 +19,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from ..ops.library import is_compiling
 from ..pruning.method import Method
 from ..pruning.ragged import RaggedMeta, cached, dense_view, uniform_meta
 from ..pruning.stage import MID, PRE, StagePlan, run_stage
@@ -70,7 +71,13 @@ def attend_padded(q, k, v, meta: RaggedMeta, scale: float, bias: torch.Tensor | 
     if bias is not None:
         fmask = bias.view(B, 1, 1, L).to(q.dtype)
         mask = fmask if mask is None else fmask.masked_fill(~mask, float("-inf"))
-    out = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask, scale=scale)
+    if is_compiling():  # SDPA's kernel choice guards on the batch-max width, which torch 2.11 cannot decide
+        s = (qb.float() @ kb.float().transpose(-2, -1)) * scale
+        s = s.masked_fill(~mask, float("-inf")) if mask is not None and mask.dtype == torch.bool else (
+            s if mask is None else s + mask.float())
+        out = (s.softmax(-1) @ vb.float()).to(q.dtype)
+    else:
+        out = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask, scale=scale)
     return out.transpose(1, 2).reshape(B * L, H, D)
 
 

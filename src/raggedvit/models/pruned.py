@@ -158,8 +158,10 @@ class PrunedViT(nn.Module):
 
 
 def _exporting() -> bool:
-    """True while ``torch.export`` traces (``torch.compiler.is_exporting``; False on a torch without it)."""
-    return getattr(torch.compiler, "is_exporting", bool)()
+    """True while ``torch.export`` traces. Reads the flag behind ``torch.compiler.is_exporting()``: torch 2.11's
+    dynamo folds that call to True under ``torch.compile`` too (False on a torch without either)."""
+    flag = getattr(torch.compiler, "_is_exporting_flag", None)
+    return flag if isinstance(flag, bool) else getattr(torch.compiler, "is_exporting", bool)()
 
 
 def _auto_applies(images: torch.Tensor) -> bool:
