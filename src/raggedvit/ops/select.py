@@ -200,8 +200,8 @@ def best_first_select(score: torch.Tensor, y: torch.Tensor, dense_rows: torch.Te
         # a strided column (DynamicViT's keep log-probability) reaches the op contiguous: Inductor 2.11 cannot
         # lay out a custom op's SliceView input ("NotImplementedError: SliceView" in ir.get_stride)
         index, count, extra = torch.ops.raggedvit.best_first_select(
-            score.contiguous(), y, dense_rows, lengths, num_prefix, width, k, _opt_float(mass), _opt_float(threshold), fuse, k_min,
-            k_max, row_weight, ascending)
+            score.contiguous(), y, dense_rows, lengths, num_prefix, width, k, _opt_float(mass), _opt_float(threshold),
+            fuse, k_min, k_max, row_weight, ascending)
         return index, count, extra if fuse else None
     C = y.shape[1]
     index = torch.empty(batch, width, dtype=torch.int64, device=y.device)
