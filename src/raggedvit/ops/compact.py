@@ -73,7 +73,7 @@ def compact_packed(x: torch.Tensor, extra: torch.Tensor | None, dense_rows: torc
         check_compilable("compact_packed", None, check_lengths)
         out, cu, rows_out, valid, new_tok = torch.ops.raggedvit.compact_packed(x, extra, dense_rows, index, count,
                                                                                tok, width)
-        return out, cu, rows_out, valid.view(torch.bool), new_tok
+        return out, cu, rows_out, valid != 0, new_tok  # not a dtype view: Inductor 2.11 cannot lower one to bool
     if check_lengths:
         hi = L if extra is not None else L - 1
         check_ragged("compact_packed", rows, bounded=(("dense_rows", dense_rows, 0, rows - 1),
