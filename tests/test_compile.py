@@ -15,6 +15,8 @@ import raggedvit
 from raggedvit.ops.library import batch_max, check_compilable
 from raggedvit.pruning import pruning_methods
 
+from conftest import DEVICE
+
 _MODEL: dict = {}
 
 
@@ -28,12 +30,12 @@ def tiny_model(depth=4):
                 for blk in model.blocks:
                     C = blk.attn.qkv.in_features
                     blk.attn.qkv.weight[: 2 * C].mul_(3.0)
-        _MODEL[depth] = model
+        _MODEL[depth] = model.to(DEVICE)  # the GPU where there is one (the Triton kernels need it there)
     return _MODEL[depth]
 
 
 def _images(batch=2):
-    return torch.randn(batch, 3, 64, 64) * (0.5 + torch.rand(batch, 1, 1, 1))
+    return (torch.randn(batch, 3, 64, 64) * (0.5 + torch.rand(batch, 1, 1, 1))).to(DEVICE)
 
 
 def _compare(pruned, backend="aot_eager", images=None):

@@ -132,7 +132,9 @@ class RaggedMeta:
             positions = torch.where(row_valid, rows - seg * width, 0)
             return torch.where(row_valid, seg, self.batch), positions, row_valid
         cu = self.cu_seqlens
-        seg = torch.searchsorted(cu[1:], rows, right=True)  # B for rows past cu[-1]
+        # B for rows past cu[-1]; the whole of cu (cu[0] = 0 <= every row), not the slice cu[1:]: Inductor 2.11
+        # cannot take a sliced view as searchsorted's sequence ("NotImplementedError: SliceView")
+        seg = torch.searchsorted(cu, rows, right=True) - 1
         row_valid = seg < self.batch
         positions = torch.where(row_valid, rows - cu[seg], 0)
         return seg, positions, row_valid
