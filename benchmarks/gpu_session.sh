@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # One device call of the 2026-11-30 session: GPU tests of the new parts, eval on the GPU, exactness (fp32, fp16).
-# Usage on the GPU machine: RAGGEDVIT_DATA=$PWD/.data OUT=... bash benchmarks/gpu_session.sh part1|part2
+# Usage on the GPU machine: RAGGEDVIT_DATA=$PWD/.data OUT=... bash benchmarks/gpu_session.sh part1|part2|part3
+# part3 (next session, about 8 minutes): what the second 2026-11-30 session could not re-run for lack of device
+# time: the AOTInductor package on the GPU after the lifted-constants fix, torch.compile of both layouts on the
+# GPU (tests/test_compile.py), and the live_rows policy A/B.
 set -uo pipefail
 export PYTHONPATH=src PYTHONUNBUFFERED=1 RAGGEDVIT_DATA=${RAGGEDVIT_DATA:-$PWD/.data}
 OUT=${OUT:-benchmarks/results}; mkdir -p "$OUT"
@@ -21,4 +24,10 @@ case "$1" in
     timeout 330 python3 -m raggedvit bench frontier --quick --random-models deit_small --out "$OUT" 2>&1 \
       | grep -v "it/s\]" | tail -n 40
     timeout 230 python3 benchmarks/gpu_compile.py --budget 190 --out "$OUT" 2>&1 | tail -n 40 ;;
+  part3)
+    timeout 240 python3 -X faulthandler benchmarks/gpu_compile.py --methods evit,threshold_l2 --steps eager,graph,aoti \
+      --batches 64 --out "$OUT" 2>&1 | grep -v Warning | tail -n 30
+    timeout 150 python3 -m pytest -q -x -p no:cacheprovider tests/test_compile.py tests/test_export.py 2>&1 \
+      | tail -n 8 | tee "$OUT/gpu-tests-compile-export.log"
+    timeout 150 python3 benchmarks/live_rows_ab.py --out "$OUT" 2>&1 | grep -v Warn | tee "$OUT/live-rows-ab.log" ;;
 esac

@@ -322,10 +322,12 @@ def count_ops(pruned, images) -> int:
 # Compaction (rows, cu_seqlens, dense view, token ids) is one launch (ops.compact_packed); the selections take
 # two or three (ops.select: Threshold-L2 norms + selection; ranks + selection for EViT with its fused token,
 # DynamicViT and fixed ATS; ranks/CDF, hits, slots for ATS sampling);
-# DynamicViT's remaining ops are its predictor MLP; ATS adds the value norms.
+# DynamicViT's remaining ops are its predictor MLP (adaptive: also its row -> image map, whose searchsorted
+# runs over the whole cu_seqlens and subtracts 1, since Inductor 2.11 on CUDA cannot search a slice of it);
+# ATS adds the value norms.
 OP_BUDGETS = [("threshold_l2", {"variant": "fixed"}, 3), ("evit", {}, 5), ("ats", {"variant": "fixed"}, 6),
               ("dynamicvit", {}, 21), ("threshold_l2", {"alpha": 1.0}, 4), ("evit", {"variant": "adaptive"}, 6),
-              ("dynamicvit", {"variant": "adaptive"}, 27), ("ats", {}, 8)]
+              ("dynamicvit", {"variant": "adaptive"}, 28), ("ats", {}, 8)]
 
 
 @pytest.mark.parametrize("method,opts,budget", OP_BUDGETS)

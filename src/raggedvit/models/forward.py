@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from ..ops.library import is_compiling
 from ..pruning.method import Method
@@ -115,7 +116,7 @@ def _attention_half(blk, x: torch.Tensor, meta: RaggedMeta, attend: Attend, rows
 
 def run(model, images: torch.Tensor, method: Method, plans: tuple[StagePlan, ...], modules, *, packed: bool,
         attend: Attend, live_rows: bool | str = False, debug: bool = False,
-        static_padding: bool = False) -> tuple[torch.Tensor, PruneStats]:
+        static_padding: bool = False, params: nn.Module | None = None) -> tuple[torch.Tensor, PruneStats]:
     """Pruned forward up to the final norm. Returns ``(prefix, stats)``, ``prefix: (B, P, C)`` final-normed
     prefix tokens (what timm's ``forward_head`` reads).
 
@@ -126,9 +127,12 @@ def run(model, images: torch.Tensor, method: Method, plans: tuple[StagePlan, ...
     True, False or ``"auto"``: whether a stage's token-wise layers run as :class:`~.live_rows.LiveRows`
     kernels on the live rows only (see :func:`~.live_rows.live_rows_for`). ``debug``: validate each stage's
     selection and metadata on the device (see :func:`~raggedvit.pruning.stage.run_stage`; syncs).
-    ``static_padding`` (padded only): adaptive stages pad to their planned width, not the batch maximum."""
+    ``static_padding`` (padded only): adaptive stages pad to their planned width, not the batch maximum.
+    ``params``: the module the token and position embeddings are read from (timm's ``_pos_embed`` of
+    ``model``'s class runs on it; default ``model``): a :class:`~.pruned.PrunedViT`, which registers them."""
     P = model.num_prefix_tokens
-    x = model.norm_pre(model.patch_drop(model._pos_embed(patch_embed(model.patch_embed, images))))
+    x = type(model)._pos_embed(model if params is None else params, patch_embed(model.patch_embed, images))
+    x = model.norm_pre(model.patch_drop(x))
     B, N0, C = x.shape
     x = x.reshape(B * N0, C)
     meta = uniform_meta(B, N0, x.device, packed=packed)

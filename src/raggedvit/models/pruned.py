@@ -87,6 +87,12 @@ class PrunedViT(nn.Module):
             self.register_buffer(name, b, persistent=name not in model._non_persistent_buffers_set)
         for name, m in model.named_children():
             self.add_module(name, m)
+        # what timm's _pos_embed reads besides those: run() calls it on this module, so that torch.export sees
+        # cls_token / pos_embed as the parameters they are (read through the unregistered backbone, it lifts
+        # them as constants, which torch 2.11's AOTInductor loader crashes on for CUDA packages)
+        for name in ("cls_token", "reg_token", "dist_token", "pos_embed", "dynamic_img_size", "no_embed_class"):
+            if hasattr(model, name) and name not in self._parameters:
+                object.__setattr__(self, name, getattr(model, name))
         if modules is not None:  # the method's own modules (state-dict keys under method.module_name)
             self.add_module(method.module_name, modules)
         self.method = method
@@ -137,7 +143,8 @@ class PrunedViT(nn.Module):
         name = self.method.module_name
         prefix, stats = run(self.backbone, images, self.method, self.plan, getattr(self, name) if name else None,
                             packed=self.layout == "packed", attend=self._attend(images.device), live_rows=live,
-                            debug=self.debug, static_padding=self.layout == "padded" and self.padding == "static")
+                            debug=self.debug, static_padding=self.layout == "padded" and self.padding == "static",
+                            params=self)
         self.last_stats = None if _exporting() else stats  # an exported program returns the logits only
         return prefix
 
