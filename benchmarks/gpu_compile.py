@@ -85,6 +85,44 @@ def images_per_s(fn, x, device, iters) -> float:
     return x.shape[0] * iters / (time.perf_counter() - t0)
 
 
+_CHILD = """
+import sys, time, torch, raggedvit  # the raggedvit import registers the ops the package calls
+io = torch.load(sys.argv[1])
+run = torch._inductor.aoti_load_package(sys.argv[2])
+x, iters = io["images"], int(sys.argv[3])
+with torch.no_grad():
+    y = run(x)
+    y = (y[0] if isinstance(y, (list, tuple)) else y).float().cpu()
+    for _ in range(3):
+        run(x)
+    sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        run(x)
+    sync()
+torch.save({"logits": y, "ips": x.shape[0] * iters / (time.perf_counter() - t0)}, sys.argv[1])
+"""
+
+
+def run_package(path, images, stem, iters):
+    """``(logits, images/s)`` of an AOTInductor package, loaded and timed in a child process (a crash in
+    PyTorch's loader, e.g. the segfault torch 2.11 showed on a CUDA package, then fails this step only)."""
+    import subprocess
+    import sys
+
+    io = stem.with_suffix(".io.pt")
+    torch.save({"images": images}, io)
+    done = subprocess.run([sys.executable, "-X", "faulthandler", "-c", _CHILD, str(io), str(path), str(iters)],
+                          capture_output=True, text=True, timeout=600)
+    if done.returncode != 0:
+        tail = " | ".join((done.stderr or done.stdout).strip().splitlines()[-4:])
+        raise RuntimeError(f"loading or running the package failed in a child process (exit {done.returncode}): "
+                           f"{tail[-600:]}")
+    res = torch.load(io)
+    return res["logits"], res["ips"]
+
+
 def load(args, device, dtype):
     """(model, description, image source callable batch -> images)."""
     from raggedvit import sample_data
@@ -243,7 +281,7 @@ def main(argv=None) -> int:
         return step
 
     def aoti(cfg):
-        from raggedvit.models.export import export_pruned, load_package, package_pruned
+        from raggedvit.models.export import export_pruned, package_pruned
 
         if (cfg["method"], cfg["variant"]) not in aoti_pairs:
             record(cfg, "aoti", error="not selected (--aoti-methods)")
@@ -253,22 +291,17 @@ def main(argv=None) -> int:
             t0 = time.perf_counter()
             program = export_pruned(cfg["pruned"], images=inputs[b])
             t1 = time.perf_counter()
-            path = package_pruned(program, out_dir / f"gpu-compile-{cfg['method']}-{cfg['variant']}-b{b}.pt2")
-            runner = load_package(path)
+            stem = out_dir / f"gpu-compile-{cfg['method']}-{cfg['variant']}-b{b}"
+            path = package_pruned(program, stem.with_suffix(".pt2"))
             times[b] = {"export_s": t1 - t0, "package_s": time.perf_counter() - t1}
-
-            def run(x, runner=runner):
-                y = runner(x)
-                return y[0] if isinstance(y, (list, tuple)) else y
-
-            with torch.no_grad():
-                logits = run(inputs[b]).float()
-            check(cfg, "aoti", logits, None)
-            ips[b] = images_per_s(run, inputs[b], device, args.iters)
-            try:
-                os.remove(path)  # packages are large; the numbers are what matters
-            except OSError:
-                pass
+            record(cfg, "aoti", compile_s=times)
+            logits, ips[b] = run_package(path, inputs[b], stem, args.iters)  # in a child process
+            check(cfg, "aoti", logits.to(device), None)
+            for f in (path, stem.with_suffix(".io.pt")):
+                try:
+                    os.remove(f)  # packages are large; the numbers are what matters
+                except OSError:
+                    pass
         record(cfg, "aoti", compile_s=times, ips=ips, stats_available=False)
 
     phases = [("eager", eager), ("graph", graph), ("compile", compiled(None)),
