@@ -25,7 +25,7 @@ def test_export_matches_eager_and_records_no_stats():
     ops = {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
     assert any(o.startswith("raggedvit.") for o in ops), ops  # the kernels are opaque custom ops
     # the embeddings are the model's parameters, not constants lifted through the unregistered timm backbone
-    # (torch 2.11's AOTInductor loader segfaulted on such constants in a CUDA package)
+    # (frozen copies that would not follow the model's weights)
     assert dict(program.constants) == {}, list(program.constants)
     assert {"cls_token", "pos_embed"} <= set(program.state_dict)
     with torch.no_grad():

@@ -89,7 +89,7 @@ class PrunedViT(nn.Module):
             self.add_module(name, m)
         # what timm's _pos_embed reads besides those: run() calls it on this module, so that torch.export sees
         # cls_token / pos_embed as the parameters they are (read through the unregistered backbone, it lifts
-        # them as constants, which torch 2.11's AOTInductor loader crashes on for CUDA packages)
+        # them as constants: frozen copies in the program that do not follow the model's weights)
         for name in ("cls_token", "reg_token", "dist_token", "pos_embed", "dynamic_img_size", "no_embed_class"):
             if hasattr(model, name) and name not in self._parameters:
                 object.__setattr__(self, name, getattr(model, name))

@@ -197,8 +197,8 @@ def best_first_select(score: torch.Tensor, y: torch.Tensor, dense_rows: torch.Te
     rows = min(indexed, default=1)
     batch, L = _check_meta("best_first_select", dense_rows, lengths, num_prefix, width, rows, check_lengths)
     if compiling:
-        # a strided column (DynamicViT's keep log-probability) reaches the op contiguous: Inductor 2.11 cannot
-        # lay out a custom op's SliceView input ("NotImplementedError: SliceView" in ir.get_stride)
+        # a strided column (DynamicViT's keep log-probability) reaches the op as a contiguous copy: the op's
+        # fake and Inductor's fallback then see one plain layout (rows, ) whatever produced the score
         index, count, extra = torch.ops.raggedvit.best_first_select(
             score.contiguous(), y, dense_rows, lengths, num_prefix, width, k, _opt_float(mass), _opt_float(threshold),
             fuse, k_min, k_max, row_weight, ascending)
