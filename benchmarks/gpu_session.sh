@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call of the 2026-11-30 session: GPU tests of the new parts, eval on the GPU, exactness (fp32, fp16).
-# Usage on the GPU machine: RAGGEDVIT_DATA=$PWD/.data OUT=... bash benchmarks/gpu_session.sh part1|part2|part3
+# Usage on the GPU machine: RAGGEDVIT_DATA=$PWD/.data OUT=... bash benchmarks/gpu_session.sh part1|part2|part3|probe
 # part3 (next session, about 8 minutes): what the second 2026-11-30 session could not re-run for lack of device
 # time: the AOTInductor package on the GPU after the lifted-constants fix, torch.compile of both layouts on the
 # GPU (tests/test_compile.py), and the live_rows policy A/B.
@@ -30,4 +30,8 @@ case "$1" in
     timeout 150 python3 -m pytest -q -x -p no:cacheprovider tests/test_compile.py tests/test_export.py 2>&1 \
       | tail -n 8 | tee "$OUT/gpu-tests-compile-export.log"
     timeout 150 python3 benchmarks/live_rows_ab.py --out "$OUT" 2>&1 | grep -v Warn | tee "$OUT/live-rows-ab.log" ;;
+  probe)  # third 2026-11-30 session: which ingredient crashes AOTInductor's loader; compile/export tests on the GPU
+    timeout 330 python3 benchmarks/aoti_probe.py --out "$OUT" 2>&1 | grep -v Warning | tail -n 60
+    timeout 200 python3 -m pytest -q -p no:cacheprovider tests/test_compile.py tests/test_export.py 2>&1 \
+      | tail -n 8 | tee "$OUT/gpu-tests-compile-export.log" ;;
 esac
