@@ -156,23 +156,17 @@ def main() -> None:
         try:
             path, io, ref, build_s = build(name, module, inputs, work)
             row["build_s"] = round(build_s, 1)
-            rc, log = load_child(path, io)
-            row["rc"] = rc
-            if rc == 0:
-                out = torch.load(str(io) + ".out")["out"]
-                ref = ref[0] if isinstance(ref, (tuple, list)) else ref
-                row["max_diff"] = (out.float() - ref.float().cpu()).abs().max().item()
-            else:
-                row["log_tail"] = "\n".join(log.strip().splitlines()[-25:])
-                crashed.append((name, path, io))
-                rc_direct, log_direct = load_child(path, io, direct=True)  # without the package loader
-                row["rc_direct_runner"] = rc_direct
-                if rc_direct == 0:
+            for suffix, kw in (("", {}), ("_direct_runner", {"direct": True})):  # direct: no package loader
+                rc, log = load_child(path, io, **kw)
+                row["rc" + suffix] = rc
+                if rc == 0:
                     out = torch.load(str(io) + ".out")["out"]
                     ref0 = ref[0] if isinstance(ref, (tuple, list)) else ref
-                    row["max_diff_direct_runner"] = (out.float() - ref0.float().cpu()).abs().max().item()
-                else:
-                    row["log_direct"] = "\n".join(log_direct.strip().splitlines()[-12:])
+                    row["max_diff" + suffix] = (out.float() - ref0.float().cpu()).abs().max().item()
+                    break
+                row["log" + (suffix or "_tail")] = "\n".join(log.strip().splitlines()[-25:])
+                if not suffix:
+                    crashed.append((name, path, io))
         except Exception as e:  # noqa: BLE001
             row["error"] = f"{type(e).__name__}: {e}"[-1500:]
         print(f"{name}: {json.dumps({k: v for k, v in row.items() if k != 'log_tail'})}", flush=True)
@@ -188,7 +182,7 @@ def main() -> None:
         print(f"{name} native backtrace (cuda-gdb):\n" + "\n".join(bt[:40]), flush=True)
     (out_dir / "aoti-probe.json").write_text(json.dumps(results, indent=1))
     for name, row in results.items():
-        for key in ("log_tail", "log_direct"):
+        for key in ("log_tail", "log_direct_runner"):
             if row.get(key):
                 print(f"--- {name} {key} (rc {row.get('rc')}):\n{row[key]}")
     shutil.rmtree(work, ignore_errors=True)
