@@ -14,7 +14,8 @@ and loads each crashing package again through AOTInductor's model runner on the 
 (without ``AOTIModelPackageLoader``), and the first ``--gdb`` of them under ``cuda-gdb`` for a native
 backtrace.
 
-Usage (GPU machine): ``PYTHONPATH=src python3 benchmarks/aoti_probe.py --out $OUT``. Prints one line per case.
+Usage (GPU machine): ``PYTHONPATH=src python3 benchmarks/aoti_probe.py --out $OUT [--cxx COMPILER]``. Prints the
+toolchain, then one line per case (with the wrapper ``.so``'s size and whether it links ``libstdc++.so.6``).
 """
 
 from __future__ import annotations
@@ -118,6 +119,34 @@ def load_child(path, io, gdb=False, timeout=300, **kw):
     return done.returncode, (done.stdout + "\n" + done.stderr)
 
 
+def toolchain(cxx: str | None) -> None:
+    """Print the compiler the packages are built with and where its libstdc++ comes from (the packages built
+    on the H200 machine carried a static copy of libstdc++), and select ``cxx`` if given."""
+    import os
+
+    if cxx:
+        torch._inductor.config.cpp.cxx = (None, cxx)
+    name = cxx or os.environ.get("CXX", "g++")
+    for cmd in ([name, "--version"], [name, "-print-file-name=libstdc++.so"], [name, "-print-file-name=libstdc++.a"]):
+        try:
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout.strip().splitlines()
+        except (OSError, subprocess.SubprocessError) as e:
+            out = [f"{type(e).__name__}: {e}"]
+        print(f"toolchain: {' '.join(cmd)} -> {out[0] if out else ''}", flush=True)
+    print(f"toolchain: CXX={os.environ.get('CXX')!r}", flush=True)
+
+
+def so_facts(path: str) -> dict:
+    """Size of the package's wrapper ``.so`` and whether it links ``libstdc++.so.6`` or carries its own copy."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as z:
+        name = next(n for n in z.namelist() if n.endswith(".so"))
+        data = z.read(name)
+    return {"so_kb": len(data) // 1024, "links_libstdcxx_so": b"libstdc++.so.6" in data,
+            "has_locale_classic": b"_ZNSt6locale7classicEv" in data}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="benchmarks/results")
@@ -125,7 +154,10 @@ def main() -> None:
                     help="comma-separated: linear, linear_cpu, ops, pruned")
     ap.add_argument("--gdb", type=int, default=1, help="native backtraces of this many crashing cases")
     ap.add_argument("--gdb-timeout", type=int, default=300)
+    ap.add_argument("--cxx", default=None, help="C++ compiler the packages are built with (Inductor's cpp.cxx; "
+                    "default: $CXX, else g++)")
     args = ap.parse_args()
+    toolchain(args.cxx)
     out_dir = Path(args.out)
     work = out_dir / "aoti-probe-work"
     work.mkdir(parents=True, exist_ok=True)
@@ -156,6 +188,7 @@ def main() -> None:
         try:
             path, io, ref, build_s = build(name, module, inputs, work)
             row["build_s"] = round(build_s, 1)
+            row.update(so_facts(path))
             for suffix, kw in (("", {}), ("_direct_runner", {"direct": True})):  # direct: no package loader
                 rc, log = load_child(path, io, **kw)
                 row["rc" + suffix] = rc
