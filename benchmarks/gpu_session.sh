@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call of the 2026-11-30 session: GPU tests of the new parts, eval on the GPU, exactness (fp32, fp16).
-# Usage on the GPU machine: RAGGEDVIT_DATA=$PWD/.data OUT=... bash benchmarks/gpu_session.sh part1|part2|part3|probe
+# Usage on the GPU machine: RAGGEDVIT_DATA=$PWD/.data OUT=... bash benchmarks/gpu_session.sh part1|part2|part3|probe|probe2
 # part3 (next session, about 8 minutes): what the second 2026-11-30 session could not re-run for lack of device
 # time: the AOTInductor package on the GPU after the lifted-constants fix, torch.compile of both layouts on the
 # GPU (tests/test_compile.py), and the live_rows policy A/B.
@@ -34,4 +34,10 @@ case "$1" in
     timeout 330 python3 benchmarks/aoti_probe.py --out "$OUT" 2>&1 | grep -v Warning | tail -n 60
     timeout 200 python3 -m pytest -q -p no:cacheprovider tests/test_compile.py tests/test_export.py 2>&1 \
       | tail -n 8 | tee "$OUT/gpu-tests-compile-export.log" ;;
+  probe2)  # next session: the packages built there carry a static libstdc++ (no libstdc++.so for the linker?):
+    # print the toolchain, then build and load with a libstdc++.so link on the linker's path
+    timeout 60 python3 benchmarks/aoti_probe.py --out "$OUT" --cases linear_cpu --gdb 0 2>&1 | grep -v Warn | tail -n 8
+    mkdir -p /tmp/stdcxx && ln -sf "$(ls /lib/x86_64-linux-gnu/libstdc++.so.6* | head -n 1)" /tmp/stdcxx/libstdc++.so
+    LIBRARY_PATH=/tmp/stdcxx timeout 400 python3 benchmarks/aoti_probe.py --out "$OUT" --cases linear_cpu,linear,pruned \
+      --gdb 0 2>&1 | grep -v Warn | tail -n 30 ;;
 esac
