@@ -87,3 +87,15 @@ def test_malformed_ranges_are_clamped(name, starts, ends, msg):
     assert_close_report(got, want, 1e-5, name)
     with pytest.raises(ValueError, match="cls_attention_mean: " + msg):
         cls_attention_mean(q, k, st, en, width, scale=0.3, check_lengths=True)
+
+
+def test_no_rows_at_all():
+    """Zero rows (every sequence empty, whatever its range says): the kernel and the reference both give 0
+    (a fuzz case: the reference indexed the empty q)."""
+    q = k = torch.randn(0, 2, 16, device=DEVICE)
+    starts = torch.tensor([0, 3, -2], dtype=torch.int32, device=DEVICE)
+    ends = torch.tensor([0, 5, 4], dtype=torch.int32, device=DEVICE)
+    out = torch.full((3, 4), float("nan"), device=DEVICE)
+    got = cls_attention_mean(q, k, starts, ends, 4, scale=0.25, out=out)
+    assert torch.equal(got, torch.zeros(3, 4, device=DEVICE))
+    assert torch.equal(cls_attention_mean_reference(q, k, starts, ends, 4, scale=0.25), torch.zeros(3, 4, device=DEVICE))

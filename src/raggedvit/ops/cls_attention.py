@@ -25,6 +25,8 @@ def cls_attention_mean_reference(q, k, starts, ends, out_width: int, *, scale: f
     """Pure-torch :func:`cls_attention_mean` (any device; loops over nothing, gathers a dense view; ranges
     clamped as by the kernel). Sequences longer than ``out_width`` are not supported here."""
     batch, total = starts.shape[0], q.shape[0]
+    if total == 0:  # no rows: every clamped range is empty
+        return torch.zeros(batch, out_width, dtype=torch.float32, device=q.device)
     pos = torch.arange(out_width, device=q.device)
     first = starts.long().clamp(0, total)
     lens = torch.maximum(ends.long(), first).clamp(max=total) - first
