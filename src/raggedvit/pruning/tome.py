@@ -33,8 +33,10 @@ non-prefix tokens), so every image keeps as many tokens as it needs. Counts diff
 buffer keeps the host bound ``width_in - r_min`` (no host sync, CUDA-graph capturable), the A/B alternation
 runs over each image's own live tokens and padding never matches.
 
-The matching and the merge run as torch ops on the dense ``(B, L, ...)`` view (gathers, one batched matmul,
-two sorts, ``scatter_add``); the compaction is the library's usual one (Triton on the packed layout).
+The matching and the merge run on the dense ``(B, L, ...)`` view, in both layouts: one Triton kernel
+(:func:`~raggedvit.ops.tome.tome_merge`) on CUDA and under the interpreter, else :func:`bipartite_merge`'s
+torch ops (the reference: gathers, one batched matmul, two sorts, ``scatter_add``); the compaction is the
+library's usual one (Triton on the packed layout).
 :class:`ToMe` is the method object (``prune(model, "tome", r=8)``).
 """
 
@@ -46,6 +48,8 @@ from typing import ClassVar
 
 import torch
 
+from ..ops.tome import launcher as merge_launcher
+from ..ops.tome import tome_merge
 from .method import VARIANTS, Method, check_int
 from .ragged import Selection, arange, cached, const, dense_view
 from .selection import fixed_count
@@ -53,6 +57,7 @@ from .stage import MID, StageInput, StagePlan
 
 __all__ = ["ToMe", "DEFAULT_R", "parse_r", "bipartite_merge", "match"]
 
+MERGE_KERNEL = True  # False: bipartite_merge's torch ops on every device (A/B and debugging)
 DEFAULT_R = {"fixed": 4, "adaptive": 16}  # r=None: per variant (trained ViT-Tiny study, docs/methods-tome.md)
 
 
@@ -185,8 +190,13 @@ class ToMe(Method):
         x = dense_view(inp.x, meta)
         size = None if inp.size is None else dense_view(inp.size, meta)
         lengths = None if meta.uniform else meta.lengths
-        return bipartite_merge(metric, x, size, lengths, inp.num_prefix, width=min(plan.width_out, meta.max_seqlen),
-                               fresh=not meta.dense_identity, **self._stage_rule(plan))
+        width = min(plan.width_out, meta.max_seqlen)
+        if MERGE_KERNEL and (x.is_cuda or merge_launcher.interpreted):  # one kernel, in both layouts
+            index, count, values, new_size = tome_merge(metric, x, size, lengths, inp.num_prefix,
+                                                        **self._stage_rule(plan))
+            return Selection(index, count, width, self.fixed and lengths is None, values=values, size=new_size)
+        return bipartite_merge(metric, x, size, lengths, inp.num_prefix, width=width, fresh=not meta.dense_identity,
+                               **self._stage_rule(plan))
 
     def scores(self, inp: StageInput) -> torch.Tensor:
         """``(B, L)`` best cosine similarity of every A token (even position) to a B token; -inf elsewhere."""

@@ -1,0 +1,116 @@
+"""``tome_merge``: ToMe's bipartite matching, merge decision, output order and size-weighted merge for every
+image of a dense batch in one launch (one program per image).
+
+The torch version (:func:`raggedvit.pruning.tome.bipartite_merge`, the reference) is about 35 small ops per
+block (normalisation, a batched matmul, two sorts, gathers, scatters), a few microseconds each even in a CUDA
+graph, in every one of the twelve blocks. See :mod:`raggedvit.kernels.tome`. Registered as
+``torch.ops.raggedvit.tome_merge`` for ``torch.compile`` (see :mod:`raggedvit.ops.library`).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..kernels.tome import tome_merge_fwd
+from .launch import DirectLauncher
+from .library import is_compiling
+
+launcher = DirectLauncher(tome_merge_fwd, "tome_merge")
+_BLOCK_J = 32
+
+
+def _fail(msg: str, kind: type[Exception] = ValueError) -> None:
+    raise kind(f"tome_merge: {msg}")
+
+
+def tome_merge(metric: torch.Tensor, x: torch.Tensor, size: torch.Tensor | None, lengths: torch.Tensor | None,
+               num_prefix: int, *, r: int, threshold: float | None = None, r_min: int = 0
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One ToMe merge of every image of a dense batch: what :func:`~raggedvit.pruning.tome.bipartite_merge`
+    computes, in one kernel.
+
+    Args:
+        metric: ``(B, L, D)`` matching features (the block's head-mean keys), last stride 1, ``D <= 256``.
+        x: ``(B, L, C)`` tokens, last stride 1; fp16, bf16 or fp32.
+        size: ``(B, L)`` fp32 token sizes (contiguous), or None (all 1).
+        lengths: ``(B,)`` int64 tokens per image (clamped to ``[0, L]``), or None (every image holds ``L``).
+        num_prefix: protected prefix tokens.
+        r: host int >= 0. Fixed (``threshold`` None): every image merges ``min(r, (len - P) // 2)`` tokens.
+            Adaptive: at most ``r``.
+        threshold: adaptive: merge the A tokens whose best cosine similarity exceeds it, at least ``r_min``
+            (and at most ``r`` and ``(len - P) // 2``).
+
+    Returns:
+        ``(index, count, values, size)``: ``index (B, L)`` int64 ToMe's output order (entries past ``count``
+        are the dropped positions), ``count (B,)`` int64, ``values (B, L, C)`` in ``x.dtype`` (merged B
+        tokens, other rows copied), ``size (B, L)`` fp32. No host sync; CUDA tensors, or CPU tensors under the
+        Triton interpreter.
+    """
+    if not isinstance(metric, torch.Tensor) or not isinstance(x, torch.Tensor):
+        _fail("metric and x must be tensors", TypeError)
+    if metric.dim() != 3 or x.dim() != 3 or metric.shape[:2] != x.shape[:2]:
+        _fail(f"need metric (B, L, D) and x (B, L, C), got {tuple(metric.shape)} and {tuple(x.shape)}")
+    B, L, C = x.shape
+    D = metric.shape[2]
+    if not metric.is_floating_point() or x.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        _fail(f"metric must be floating point and x fp16/bf16/fp32, got {metric.dtype} and {x.dtype}", TypeError)
+    if metric.stride(2) != 1 or x.stride(2) != 1 or not 1 <= D <= 256 or C < 1:
+        _fail(f"metric and x need last stride 1, 1 <= D <= 256 and C >= 1 (D = {D}, C = {C})")
+    if size is not None and (size.dtype != torch.float32 or tuple(size.shape) != (B, L) or not size.is_contiguous()):
+        _fail(f"size must be contiguous fp32 ({B}, {L})")
+    if lengths is not None and (lengths.dtype != torch.int64 or tuple(lengths.shape) != (B,)):
+        _fail(f"lengths must be int64 ({B},)")
+    for name, v, lo in (("num_prefix", num_prefix, 0), ("r", r, 0), ("r_min", r_min, 0)):
+        if type(v) is not int or v < lo:
+            _fail(f"{name} must be a Python int >= {lo}, got {v!r}", TypeError)
+    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))):
+        _fail(f"threshold must be a number or None, got {threshold!r}", TypeError)
+    dev = x.get_device()
+    if any(t is not None and t.get_device() != dev for t in (metric, size, lengths)):
+        _fail("metric, x, size and lengths must be on one device")
+    if dev < 0 and not launcher.interpreted:
+        _fail("CPU tensors need the Triton interpreter (TRITON_INTERPRET=1); use "
+              "raggedvit.pruning.tome.bipartite_merge")
+    if is_compiling():
+        return torch.ops.raggedvit.tome_merge(metric, x, size, lengths, num_prefix, r,
+                                              None if threshold is None else float(threshold), r_min)
+    index = torch.empty(B, L, dtype=torch.int64, device=x.device)
+    count = torch.empty(B, dtype=torch.int64, device=x.device)
+    values = torch.empty(B, L, C, dtype=x.dtype, device=x.device)
+    new_size = torch.empty(B, L, dtype=torch.float32, device=x.device)
+    if B == 0 or L == 0:
+        return index, count.fill_(0), values, new_size
+    block_a = max(16, 1 << ((L + 1) // 2 - 1).bit_length())
+    block_d = max(16, 1 << (D - 1).bit_length())
+    block_c = min(64, max(16, 1 << (C - 1).bit_length()))
+    scratch_max = torch.empty(B, block_a, dtype=torch.float32, device=x.device)
+    scratch_dst = torch.empty(B, block_a, dtype=torch.int32, device=x.device)
+    R = min(r, max(L - num_prefix, 0) // 2)
+    s = x if size is None else size
+    ln = count if lengths is None else lengths
+    ptrs = (metric.data_ptr(), x.data_ptr(), s.data_ptr(), ln.data_ptr(), scratch_max.data_ptr(),
+            scratch_dst.data_ptr(), index.data_ptr(), count.data_ptr(), values.data_ptr(), new_size.data_ptr())
+    ints = (L, num_prefix, R, r, r_min, float(0.0 if threshold is None else threshold), metric.stride(0),
+            metric.stride(1), x.stride(0), x.stride(1), s.stride(0), values.stride(0), values.stride(1))
+    const = (D, C, size is not None, lengths is not None, threshold is not None, block_a, block_d, _BLOCK_J, block_c)
+    key = (metric.dtype, x.dtype, dev, *const) if not any(p & 15 for p in ptrs) else None
+    launcher.launch(key, dev, (B, 1, 1), ptrs, ints,
+                    lambda: (metric, x, s, ln, scratch_max, scratch_dst, index, count, values, new_size, *ints,
+                             *const), num_warps=4 if block_a <= 128 else 8)
+    return index, count, values, new_size
+
+
+Tensor = torch.Tensor
+
+
+@torch.library.custom_op("raggedvit::tome_merge", mutates_args=())
+def _tome_merge_op(metric: Tensor, x: Tensor, size: Tensor | None, lengths: Tensor | None, num_prefix: int, r: int,
+                   threshold: float | None, r_min: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    return tome_merge(metric, x, size, lengths, num_prefix, r=r, threshold=threshold, r_min=r_min)
+
+
+@_tome_merge_op.register_fake
+def _(metric, x, size, lengths, num_prefix, r, threshold, r_min):
+    B, L, C = x.shape
+    return (x.new_empty((B, L), dtype=torch.int64), x.new_empty((B,), dtype=torch.int64), x.new_empty((B, L, C)),
+            x.new_empty((B, L), dtype=torch.float32))

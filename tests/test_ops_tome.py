@@ -1,0 +1,86 @@
+"""Tests for raggedvit.ops.tome (the one-kernel ToMe merge; interpreter on CPU) against the torch reference
+:func:`raggedvit.pruning.tome.bipartite_merge`."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from raggedvit.ops.tome import launcher, tome_merge
+from raggedvit.pruning.tome import bipartite_merge
+
+from conftest import DEVICE
+from helpers import assert_close_report
+
+
+def _compare(metric, x, size, lengths, P, **rule):
+    """Same counts, same kept positions in the same order, same merged values and sizes on them."""
+    B, L, _ = x.shape
+    want = bipartite_merge(metric, x, size, lengths, P, width=L, **rule)
+    index, count, values, new_size = tome_merge(metric, x, size, lengths, P, **rule)
+    assert torch.equal(count, want.count.expand(B).long())
+    tol = 1e-5 if x.dtype == torch.float32 else 2 * torch.finfo(x.dtype).eps * x.abs().max().item()
+    for b in range(B):
+        c = int(count[b])
+        assert torch.equal(index[b, :c], want.index[b, :c]), f"image {b}"
+        kept = index[b, :c]
+        assert_close_report(values[b, kept].float(), want.values[b, kept].float(), tol, f"values {b}")
+        assert_close_report(new_size[b, kept], want.size[b, kept], 1e-5, f"size {b}")
+        assert sorted(index[b].tolist()) == list(range(L))  # a permutation: the dropped positions follow
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("L,P,r,lengths", [(17, 1, 4, None), (17, 1, 4, [17, 9, 1]), (20, 2, 3, [20, 11, 0]),
+                                           (16, 0, 8, None), (2, 0, 1, None)])
+@pytest.mark.parametrize("sizes", [False, True])
+def test_fixed_matches_the_reference(dtype, L, P, r, lengths, sizes):
+    B = 3 if lengths is not None else 2
+    metric = torch.randn(B, L, 16, device=DEVICE)
+    x = torch.randn(B, L, 24, device=DEVICE).to(dtype)
+    size = torch.rand(B, L, device=DEVICE) * 3 + 1 if sizes else None
+    ln = None if lengths is None else torch.tensor(lengths, device=DEVICE)
+    _compare(metric, x, size, ln, P, r=r)
+
+
+@pytest.mark.parametrize("threshold,r_min,lengths", [(0.1, 1, None), (0.0, 2, [17, 12, 5]), (0.99, 0, None),
+                                                      (-1.0, 0, [17, 16, 3])])
+def test_adaptive_matches_the_reference(threshold, r_min, lengths):
+    metric = torch.randn(3, 17, 16, device=DEVICE)
+    x = torch.randn(3, 17, 24, device=DEVICE)
+    ln = None if lengths is None else torch.tensor(lengths, device=DEVICE)
+    _compare(metric, x, torch.rand(3, 17, device=DEVICE) + 1, ln, 1, r=8, threshold=threshold, r_min=r_min)
+
+
+@pytest.mark.parametrize("rule", [dict(r=8), dict(r=16, threshold=0.5, r_min=1)])
+def test_ties_follow_the_reference(rule):
+    """Duplicated, quantised keys: equal similarities everywhere (lowest B column, then lower A position)."""
+    gen = torch.Generator().manual_seed(1)
+    base = torch.randint(0, 3, (3, 4, 8), generator=gen).float()
+    metric = base[:, torch.randint(0, 4, (33,), generator=gen)].to(DEVICE)
+    _compare(metric, torch.randn(3, 33, 16, device=DEVICE), None, torch.tensor([33, 20, 7], device=DEVICE), 1,
+             **rule)
+
+
+def test_577_tokens():
+    """A 384-pixel ViT's 577 tokens (289 A rows: the wide configuration)."""
+    _compare(torch.randn(1, 577, 64, device=DEVICE), torch.randn(1, 577, 16, device=DEVICE), None, None, 1, r=16)
+
+
+@pytest.mark.parametrize("bad,exc,msg", [
+    (dict(metric=torch.randn(2, 5, 8)), ValueError, "need metric"),
+    (dict(metric=torch.randn(2, 4, 16)[..., ::2]), ValueError, "last stride 1"),
+    (dict(x=torch.randn(2, 4, 6, dtype=torch.float64)), TypeError, "fp16/bf16/fp32"),
+    (dict(size=torch.rand(2, 5)), ValueError, "size"),
+    (dict(lengths=torch.tensor([4, 4], dtype=torch.int32)), ValueError, "lengths"),
+    (dict(r=-1), TypeError, "r must be"),
+    (dict(P=1.0), TypeError, "num_prefix"),
+    (dict(metric=torch.randn(2, 4, 300)), ValueError, "D <= 256"),
+])
+def test_bad_input(bad, exc, msg):
+    args = dict(metric=torch.randn(2, 4, 8), x=torch.randn(2, 4, 6), size=None, lengths=None, P=1, r=1)
+    args.update(bad)
+    args = {k: v.to(DEVICE) if isinstance(v, torch.Tensor) else v for k, v in args.items()}
+    before = dict(launcher.stats)
+    with pytest.raises(exc, match=msg):
+        tome_merge(args["metric"], args["x"], args["size"], args["lengths"], args["P"], r=args["r"])
+    assert dict(launcher.stats) == before
