@@ -40,7 +40,9 @@ case "$1" in
     mkdir -p /tmp/stdcxx && ln -sf "$(ls /lib/x86_64-linux-gnu/libstdc++.so.6* | head -n 1)" /tmp/stdcxx/libstdc++.so
     LIBRARY_PATH=/tmp/stdcxx timeout 400 python3 benchmarks/aoti_probe.py --out "$OUT" --cases linear_cpu,linear,pruned \
       --gdb 0 2>&1 | grep -v Warn | tail -n 30 ;;
-  tomefused)  # next session (branch tomefused): ToMe's merge as one kernel vs the torch ops
-    timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_ops_tome.py tests/test_pruning_tome.py 2>&1 | tail -n 4
-    timeout 240 python3 benchmarks/tome_ab.py --out "$OUT" 2>&1 | grep -v Warn | tee "$OUT/tome-ab.log" | tail -n 30 ;;
+  tomefused)  # next session (branch tomefused): ToMe's merge in three kernels (match / decide / apply) vs torch ops
+    # (the one-program-per-image version measured slower: tome-ab-tomefused-nvidia-h200-20261130.log)
+    timeout 90 python3 -m pytest -q -p no:cacheprovider tests/test_ops_tome.py tests/test_pruning_tome.py 2>&1 | tail -n 4
+    timeout 200 python3 benchmarks/tome_ab.py --settings 0,2 --out "$OUT" 2>&1 | grep -v Warn | tee "$OUT/tome-ab.log" \
+      | tail -n 20 ;;
 esac

@@ -1,8 +1,8 @@
-"""A/B of ToMe's merge on the GPU: the one-kernel merge (:func:`raggedvit.ops.tome.tome_merge`) against the
+"""A/B of ToMe's merge on the GPU: the three-kernel merge (:func:`raggedvit.ops.tome.tome_merge`) against the
 torch reference ops (:func:`raggedvit.pruning.tome.bipartite_merge`, ``MERGE_KERNEL = False``): CUDA-graph
 replay time of the packed pipeline (raggedvit's graph), kernels per forward, and agreement of the two (logits,
 kept counts), for the trained ViT-Tiny on real photos (fp16). Usage:
-``PYTHONPATH=src python benchmarks/tome_ab.py [--batches 1,8,64,256] [--out DIR]``.
+``PYTHONPATH=src python benchmarks/tome_ab.py [--batches 1,8,64,256] [--settings 0,1] [--out DIR]``.
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ SETTINGS = [dict(variant="fixed", r=4), dict(variant="fixed", r=8), dict(variant
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--batches", default="1,8,64,256")
+    ap.add_argument("--settings", default=",".join(map(str, range(len(SETTINGS)))),
+                    help="indices into SETTINGS, comma-separated")
     ap.add_argument("--out", default="benchmarks/results")
     args = ap.parse_args()
     dev = torch.device("cuda")
@@ -34,7 +36,7 @@ def main() -> None:
     images, _ = sample_data.load_images(model, range(256))
     images = images.to(dev, torch.float16)
     rows = []
-    for opts in SETTINGS:
+    for opts in [SETTINGS[int(i)] for i in args.settings.split(",")]:
         outs = {}
         for b in map(int, args.batches.split(",")):
             for kernel in (True, False):

@@ -1,83 +1,63 @@
-"""Triton kernel: one ToMe bipartite merge of every image of a dense ``(B, L, ...)`` batch, one program per
-image (see :mod:`raggedvit.pruning.tome` for the algorithm and its tie rules).
+"""Triton kernels: one ToMe bipartite merge of every image of a dense ``(B, L, ...)`` batch (see
+:mod:`raggedvit.pruning.tome` for the algorithm and its tie rules), in three launches that each spread an
+image over several programs where the work allows.
 
 Per image ``b`` (``len``: its length, ``P``: protected prefix positions; A: even positions, B: odd ones):
 
-1. matching: every A row's best cosine similarity to a B column (``node_max``) and that column (``node_idx``,
-   the lowest on ties), over the L2-normalised ``metric`` rows; rows and columns that are prefix or past
-   ``len`` are ``-inf`` (IEEE fp32 products, column chunks of ``BLOCK_J``);
-2. the rank of every A row in ``node_max``, descending, ties to the lower A position (a stable sort, counted:
-   ``rank[i] = #{j: v[j] > v[i] or (v[j] == v[i] and j < i)}``); the first ``n`` merge, with ``n`` the
-   fixed rule ``min(r, (len - P) // 2)`` or the adaptive one (the top ``R`` above ``threshold``, at least
-   ``r_min``, at most ``(len - P) // 2``);
-3. the output order (prefix, kept A tokens, B tokens, then the dropped ones: ToMe's ``cat([unm, dst])``) as
-   ``index`` and ``count = len - n``;
-4. the size-weighted merge (ToMe's ``merge_wavg``): every B row becomes ``sum(size * x) / sum(size)`` over
-   itself and the A rows merged into it (a one-hot matrix product per chunk: deterministic), its size the
-   sum; other rows are copied.
-
-``node_max`` and ``dst`` (``node_idx`` where merged, else -1) are written to global scratch between the
-steps; the program reads them back after a barrier.
+1. :func:`tome_match_fwd`, grid ``(B, cdiv(LA, BLOCK_M))``: every A row's best cosine similarity to a B
+   column (``node_max``) and that column (``best_j``, the lowest on ties), over the L2-normalised ``metric``
+   rows; rows and columns that are prefix or past ``len`` are ``-inf`` (IEEE fp32 products, column chunks
+   of ``BLOCK_J``);
+2. :func:`tome_decide_fwd`, grid ``(B,)``: the rank of every A row in ``node_max``, descending, ties to the
+   lower A position (a stable sort, counted: ``rank[i] = #{j: v[j] > v[i] or (v[j] == v[i] and j < i)}``);
+   the first ``n`` merge (``dst``: their B column, else -1), with ``n`` the fixed rule
+   ``min(r, (len - P) // 2)`` or the adaptive one (the top ``R`` above ``threshold``, at least ``r_min``, at
+   most ``(len - P) // 2``); the output order (prefix, kept A tokens, B tokens, then the dropped ones:
+   ToMe's ``cat([unm, dst])``) as ``index`` and ``count = len - n``;
+3. :func:`tome_apply_fwd`, grid ``(B, cdiv(LA, BLOCK_P))`` over pairs (A row ``2p``, B row ``2p + 1``): the
+   size-weighted merge (ToMe's ``merge_wavg``): every B row becomes ``sum(size * x) / sum(size)`` over
+   itself and the A rows merged into it (one-hot products over the chunks of A rows that hold a merge into
+   the tile: deterministic), its size the sum; A rows are copied.
 """
 
 import triton
 import triton.language as tl
 
 
-@triton.jit(do_not_specialize=["L", "P", "R", "r", "r_min", "stride_mb", "stride_ml", "stride_xb", "stride_xl",
-                               "stride_sb", "stride_vb", "stride_vl"])  # per-call values of a cached kernel
-def tome_merge_fwd(
-    MET,  # (B, L, D) fp32 matching features
-    X,  # (B, L, C) tokens
-    SIZE,  # (B, L) fp32 sizes (HAS_SIZE)
+@triton.jit(do_not_specialize=["L", "P", "stride_mb", "stride_ml"])  # per-call values of a cached kernel
+def tome_match_fwd(
+    MET,  # (B, L, D) matching features
     LEN,  # (B,) int64 lengths (HAS_LEN)
-    NODE_MAX,  # (B, LA) fp32 out: best similarity of every A row
-    DST,  # (B, LA) int32 out: the B column an A row merges into, -1 if it stays
-    INDEX,  # (B, L) int64 out: output order
-    COUNT,  # (B,) int64 out: tokens kept
-    VALUES,  # (B, L, C) out: merged tokens (x.dtype)
-    NEW_SIZE,  # (B, L) fp32 out
+    NODE_MAX,  # (B, LDA) fp32 out: best similarity of every A row
+    BEST_J,  # (B, LDA) int32 out: its B column
     L,
     P,
-    R,  # min(r, (L - P) // 2)
-    r,
-    r_min,
-    threshold,
     stride_mb,
     stride_ml,
-    stride_xb,
-    stride_xl,
-    stride_sb,
-    stride_vb,
-    stride_vl,
     D: tl.constexpr,
-    C: tl.constexpr,
-    HAS_SIZE: tl.constexpr,
     HAS_LEN: tl.constexpr,
-    ADAPTIVE: tl.constexpr,
-    BLOCK_A: tl.constexpr,  # >= LA = ceil(L / 2)
+    LDA: tl.constexpr,  # row stride of the scratch (>= LA = ceil(L / 2))
+    BLOCK_M: tl.constexpr,
     BLOCK_D: tl.constexpr,
     BLOCK_J: tl.constexpr,
-    BLOCK_C: tl.constexpr,
 ):
     b = tl.program_id(0).to(tl.int64)
+    a = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
     LA = (L + 1) // 2
     LB = L // 2
     n_len = L
     if HAS_LEN:
         n_len = tl.minimum(tl.maximum(tl.load(LEN + b), 0), L).to(tl.int32)
-    a = tl.arange(0, BLOCK_A)
     pa = 2 * a
     dd = tl.arange(0, BLOCK_D)
     m_base = MET + b * stride_mb
-    # 1. matching: normalised A rows against chunks of normalised B rows
     ma = tl.load(m_base + pa[:, None] * stride_ml + dd[None, :], mask=(pa[:, None] < L) & (dd[None, :] < D),
                  other=0.0).to(tl.float32)
     ma = tl.where((pa < L)[:, None], ma, 1.0)  # rows past L: any finite values (masked below), no 0 / 0
     ma = ma / tl.sqrt(tl.sum(ma * ma, axis=1))[:, None]
     row_ok = (pa >= P) & (pa < n_len)
-    best = tl.full([BLOCK_A], float("-inf"), tl.float32)
-    best_j = tl.zeros([BLOCK_A], tl.int32)
+    best = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    best_j = tl.zeros([BLOCK_M], tl.int32)
     for j0 in range(0, LB, BLOCK_J):
         j = j0 + tl.arange(0, BLOCK_J)
         pb = 2 * j + 1
@@ -85,7 +65,7 @@ def tome_merge_fwd(
                      other=0.0).to(tl.float32)
         mb = tl.where((pb < L)[:, None], mb, 1.0)
         mb = mb / tl.sqrt(tl.sum(mb * mb, axis=1))[:, None]
-        s = tl.dot(ma, tl.trans(mb), input_precision="ieee")  # (BLOCK_A, BLOCK_J)
+        s = tl.dot(ma, tl.trans(mb), input_precision="ieee")  # (BLOCK_M, BLOCK_J)
         ok = row_ok[:, None] & ((pb >= P) & (pb < n_len))[None, :]
         s = tl.where(ok, s, float("-inf"))
         cmax = tl.max(s, axis=1)
@@ -93,11 +73,41 @@ def tome_merge_fwd(
         better = cmax > best  # strictly: an earlier (lower) column keeps a tie
         best_j = tl.where(better, cidx, best_j)
         best = tl.where(better, cmax, best)
-    nm_base = NODE_MAX + b * BLOCK_A
-    tl.store(nm_base + a, best, mask=a < LA)
-    tl.debug_barrier()
-    # 2. stable descending rank, then how many merge
-    rank = tl.zeros([BLOCK_A], tl.int32)
+    tl.store(NODE_MAX + b * LDA + a, best, mask=a < LA)
+    tl.store(BEST_J + b * LDA + a, best_j, mask=a < LA)
+
+
+@triton.jit(do_not_specialize=["L", "P", "R", "r", "r_min"])
+def tome_decide_fwd(
+    LEN,  # (B,) int64 lengths (HAS_LEN)
+    NODE_MAX,  # (B, LDA) fp32
+    BEST_J,  # (B, LDA) int32
+    DST,  # (B, LDA) int32 out: the B column an A row merges into, -1 if it stays
+    INDEX,  # (B, L) int64 out: output order
+    COUNT,  # (B,) int64 out: tokens kept
+    L,
+    P,
+    R,  # min(r, (L - P) // 2)
+    r,
+    r_min,
+    threshold,
+    HAS_LEN: tl.constexpr,
+    ADAPTIVE: tl.constexpr,
+    LDA: tl.constexpr,  # a power of two >= LA
+    BLOCK_J: tl.constexpr,
+):
+    b = tl.program_id(0).to(tl.int64)
+    LA = (L + 1) // 2
+    n_len = L
+    if HAS_LEN:
+        n_len = tl.minimum(tl.maximum(tl.load(LEN + b), 0), L).to(tl.int32)
+    a = tl.arange(0, LDA)
+    pa = 2 * a
+    nm_base = NODE_MAX + b * LDA
+    best = tl.load(nm_base + a, mask=a < LA, other=float("-inf"))
+    best_j = tl.load(BEST_J + b * LDA + a, mask=a < LA, other=0)
+    # stable descending rank, then how many merge
+    rank = tl.zeros([LDA], tl.int32)
     for i0 in range(0, LA, BLOCK_J):
         i = i0 + tl.arange(0, BLOCK_J)
         v = tl.load(nm_base + i, mask=i < LA, other=float("-inf"))
@@ -110,11 +120,10 @@ def tome_merge_fwd(
     else:
         n = tl.minimum(r, most)
     merged = (rank < n) & (a < LA)
-    tl.store(DST + b * BLOCK_A + a, tl.where(merged, best_j, -1), mask=a < LA)
+    tl.store(DST + b * LDA + a, tl.where(merged, best_j, -1), mask=a < LA)
     tl.store(COUNT + b, (n_len - n).to(tl.int64))
-    # 3. output order: prefix, kept A, B, then the dropped positions (any order past count)
-    jb = tl.arange(0, BLOCK_A)  # B columns (LB <= LA)
-    pbv = 2 * jb + 1
+    # output order: prefix, kept A, B, then the dropped positions (any order past count)
+    pbv = pa + 1  # B columns (LB <= LA)
     pre_a = (pa < P) & (pa < n_len)
     pre_b = (pbv < P) & (pbv < n_len)
     kept_a = (pa >= P) & (pa < n_len) & ~merged
@@ -132,56 +141,72 @@ def tome_merge_fwd(
     i_base = INDEX + b * L
     tl.store(i_base + slot_a, pa.to(tl.int64), mask=pa < L)
     tl.store(i_base + slot_b, pbv.to(tl.int64), mask=pbv < L)
-    tl.debug_barrier()
-    # 4. the size-weighted merge into the B rows; other rows copied
+
+
+@triton.jit(do_not_specialize=["L", "stride_xb", "stride_xl", "stride_sb", "stride_vb", "stride_vl"])
+def tome_apply_fwd(
+    X,  # (B, L, C) tokens
+    SIZE,  # (B, L) fp32 sizes (HAS_SIZE)
+    DST,  # (B, LDA) int32
+    VALUES,  # (B, L, C) out: merged tokens (x.dtype)
+    NEW_SIZE,  # (B, L) fp32 out
+    L,
+    stride_xb,
+    stride_xl,
+    stride_sb,
+    stride_vb,
+    stride_vl,
+    C: tl.constexpr,
+    HAS_SIZE: tl.constexpr,
+    LDA: tl.constexpr,
+    BLOCK_P: tl.constexpr,  # pairs (A row 2p, B row 2p + 1) per program
+    BLOCK_I: tl.constexpr,  # A rows per chunk of the merge scan
+    BLOCK_C: tl.constexpr,
+):
+    b = tl.program_id(0).to(tl.int64)
+    j = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
+    LA = (L + 1) // 2
+    pa = 2 * j
+    pb = pa + 1
     x_base = X + b * stride_xb
     v_base = VALUES + b * stride_vb
     cc = tl.arange(0, BLOCK_C)
-    for j0 in range(0, LB, BLOCK_J):
-        j = j0 + tl.arange(0, BLOCK_J)
-        pb = 2 * j + 1
+    if HAS_SIZE:
+        sa_own = tl.load(SIZE + b * stride_sb + pa, mask=pa < L, other=1.0)
+        sb = tl.load(SIZE + b * stride_sb + pb, mask=pb < L, other=1.0)
+    else:
+        sa_own = tl.full([BLOCK_P], 1.0, tl.float32)
+        sb = tl.full([BLOCK_P], 1.0, tl.float32)
+    tl.store(NEW_SIZE + b * L + pa, sa_own, mask=pa < L)
+    den = sb
+    for i0 in range(0, LA, BLOCK_I):
+        i = i0 + tl.arange(0, BLOCK_I)
+        dst = tl.load(DST + b * LDA + i, mask=i < LA, other=-1)
         if HAS_SIZE:
-            sb = tl.load(SIZE + b * stride_sb + pb, mask=pb < L, other=1.0)
+            sa = tl.load(SIZE + b * stride_sb + 2 * i, mask=i < LA, other=0.0)
         else:
-            sb = tl.full([BLOCK_J], 1.0, tl.float32)
-        den = sb
-        for i0 in range(0, LA, BLOCK_J):
-            i = i0 + tl.arange(0, BLOCK_J)
-            dst = tl.load(DST + b * BLOCK_A + i, mask=i < LA, other=-1)
-            if HAS_SIZE:
-                sa = tl.load(SIZE + b * stride_sb + 2 * i, mask=i < LA, other=0.0)
-            else:
-                sa = tl.full([BLOCK_J], 1.0, tl.float32)
-            den += tl.sum(tl.where(dst[None, :] == j[:, None], sa[None, :], 0.0), axis=1)
-        tl.store(NEW_SIZE + b * L + pb, den, mask=pb < L)
-        for c0 in range(0, C, BLOCK_C):
-            c = c0 + cc
-            xb = tl.load(x_base + pb[:, None] * stride_xl + c[None, :], mask=(pb[:, None] < L) & (c[None, :] < C),
-                         other=0.0).to(tl.float32)
-            acc = xb * sb[:, None]
-            for i0 in range(0, LA, BLOCK_J):
-                i = i0 + tl.arange(0, BLOCK_J)
-                dst = tl.load(DST + b * BLOCK_A + i, mask=i < LA, other=-1)
+            sa = tl.full([BLOCK_I], 1.0, tl.float32)
+        den += tl.sum(tl.where(dst[None, :] == j[:, None], sa[None, :], 0.0), axis=1)
+    tl.store(NEW_SIZE + b * L + pb, den, mask=pb < L)
+    for c0 in range(0, C, BLOCK_C):
+        c = c0 + cc
+        cm = c[None, :] < C
+        xa_own = tl.load(x_base + pa[:, None] * stride_xl + c[None, :], mask=(pa[:, None] < L) & cm)
+        tl.store(v_base + pa[:, None] * stride_vl + c[None, :], xa_own, mask=(pa[:, None] < L) & cm)
+        xb = tl.load(x_base + pb[:, None] * stride_xl + c[None, :], mask=(pb[:, None] < L) & cm,
+                     other=0.0).to(tl.float32)
+        acc = xb * sb[:, None]
+        for i0 in range(0, LA, BLOCK_I):
+            i = i0 + tl.arange(0, BLOCK_I)
+            dst = tl.load(DST + b * LDA + i, mask=i < LA, other=-1)
+            hit = dst[None, :] == j[:, None]  # (BLOCK_P B rows, BLOCK_I A rows)
+            if tl.sum(hit.to(tl.int32)) > 0:  # most chunks merge nothing into this tile
                 if HAS_SIZE:
                     sa = tl.load(SIZE + b * stride_sb + 2 * i, mask=i < LA, other=0.0)
                 else:
-                    sa = tl.full([BLOCK_J], 1.0, tl.float32)
-                w = tl.where(dst[None, :] == j[:, None], sa[None, :], 0.0)  # (BLOCK_J rows of B, BLOCK_J of A)
-                xa = tl.load(x_base + (2 * i)[:, None] * stride_xl + c[None, :],
-                             mask=(i[:, None] < LA) & (c[None, :] < C), other=0.0).to(tl.float32)
-                acc += tl.dot(w, xa, input_precision="ieee")
-            tl.store(v_base + pb[:, None] * stride_vl + c[None, :], (acc / den[:, None]).to(VALUES.dtype.element_ty),
-                     mask=(pb[:, None] < L) & (c[None, :] < C))
-    for i0 in range(0, LA, BLOCK_J):  # A rows (and the prefix among them): copied, sizes kept
-        i = i0 + tl.arange(0, BLOCK_J)
-        p = 2 * i
-        if HAS_SIZE:
-            sa = tl.load(SIZE + b * stride_sb + p, mask=p < L, other=1.0)
-        else:
-            sa = tl.full([BLOCK_J], 1.0, tl.float32)
-        tl.store(NEW_SIZE + b * L + p, sa, mask=p < L)
-        for c0 in range(0, C, BLOCK_C):
-            c = c0 + cc
-            m = (p[:, None] < L) & (c[None, :] < C)
-            tl.store(v_base + p[:, None] * stride_vl + c[None, :],
-                     tl.load(x_base + p[:, None] * stride_xl + c[None, :], mask=m), mask=m)
+                    sa = tl.full([BLOCK_I], 1.0, tl.float32)
+                xa = tl.load(x_base + (2 * i)[:, None] * stride_xl + c[None, :], mask=(i[:, None] < LA) & cm,
+                             other=0.0).to(tl.float32)
+                acc += tl.dot(tl.where(hit, sa[None, :], 0.0), xa, input_precision="ieee")
+        tl.store(v_base + pb[:, None] * stride_vl + c[None, :], (acc / den[:, None]).to(VALUES.dtype.element_ty),
+                 mask=(pb[:, None] < L) & cm)
