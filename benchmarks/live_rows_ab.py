@@ -43,14 +43,21 @@ def kernels_per_replay(g, reps: int = 5) -> tuple[float, float]:
     return n / reps, t / reps
 
 
-def main() -> None:
+def gpu_sample(batches: str, n_images: int):
+    """``(args, device, model, images)`` of a GPU benchmark script: ``--batches`` (default ``batches``) and
+    ``--out``, the trained ViT-Tiny in fp16 on the GPU and the first ``n_images`` sample photos (on the host)."""
     ap = argparse.ArgumentParser()
-    ap.add_argument("--batches", default="1,8,64,256")
+    ap.add_argument("--batches", default=batches)
     ap.add_argument("--out", default="benchmarks/results")
     args = ap.parse_args()
     dev = torch.device("cuda")
     model = sample_data.load_model().to(dev, torch.float16).eval()
-    images, _ = sample_data.load_images(model, range(320))
+    images, _ = sample_data.load_images(model, range(n_images))
+    return args, dev, model, images
+
+
+def main() -> None:
+    args, dev, model, images = gpu_sample("1,8,64,256", 320)
     calib, images = images[:64].to(dev, torch.float16), images[64:].to(dev, torch.float16)
     rows = []
     for method, opts in SETTINGS:
