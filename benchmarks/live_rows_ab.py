@@ -2,7 +2,8 @@
 and kernels per forward, for the trained ViT-Tiny on real photos (fp16).
 
 ``live_rows="auto"`` picks cuBLAS or the fused Triton GEMMs by buffer size (``AUTO_MIN_ROWS``); this measures
-each choice at every batch size in one run, so the policy rests on numbers from the card it runs on. Usage:
+each choice at every batch size in one run, so the policy rests on numbers from the card it runs on. ``auto-sep-add``: ``auto`` with
+``RESIDUAL_IN_NORM`` off (cuBLAS buffers add the residual in a kernel of its own). Usage:
 ``PYTHONPATH=src python benchmarks/live_rows_ab.py [--batches 1,8,64,256] [--out DIR]``.
 """
 
@@ -18,13 +19,13 @@ from torch.profiler import ProfilerActivity, profile
 import raggedvit
 from raggedvit import sample_data
 from raggedvit.bench.timing import graph_replay_us
-from raggedvit.models import calibrate_thresholds
+from raggedvit.models import calibrate_thresholds, live_rows
 from raggedvit.models.graph import capture
 from raggedvit.runtime.device import environment
 
 SETTINGS = [("evit", dict(variant="adaptive")), ("threshold_l2", dict(variant="adaptive", calibrate=0.85)),
             ("ats", dict(variant="adaptive")), ("evit", dict(variant="fixed")), ("tome", dict(variant="fixed"))]
-MODES = {"auto": "auto", "on": True, "off": False}
+MODES = {"auto": "auto", "auto-sep-add": "auto", "on": True, "off": False}  # auto-sep-add: RESIDUAL_IN_NORM off
 
 
 def kernels_per_replay(g, reps: int = 5) -> tuple[float, float]:
@@ -60,6 +61,7 @@ def main() -> None:
         for b in map(int, args.batches.split(",")):
             x = images[:b]
             for mode, value in MODES.items():
+                live_rows.RESIDUAL_IN_NORM = mode != "auto-sep-add"
                 pruned = raggedvit.prune(model, method, live_rows=value, **opts).eval()
                 g = capture(pruned, b, example=x)
                 us = graph_replay_us(g.graph, dev, replays=max(20, 4000 // b))
@@ -70,6 +72,7 @@ def main() -> None:
                 print(f"{method:12s} {opts.get('variant', ''):8s} b{b:<4d} live_rows={mode:4s} {us:8.1f} us "
                       f"{b / us * 1e6:9.0f} img/s  {nk:5.0f} kernels {dev_us:8.1f} us device", flush=True)
                 del g, pruned
+                live_rows.RESIDUAL_IN_NORM = True
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     env = environment(dev)
