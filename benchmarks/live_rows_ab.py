@@ -3,7 +3,8 @@ and kernels per forward, for the trained ViT-Tiny on real photos (fp16).
 
 ``live_rows="auto"`` picks cuBLAS or the fused Triton GEMMs by buffer size (``AUTO_MIN_ROWS``); this measures
 each choice at every batch size in one run, so the policy rests on numbers from the card it runs on. ``auto-sep-add``: ``auto`` with
-``RESIDUAL_IN_NORM`` off (cuBLAS buffers add the residual in a kernel of its own). Usage:
+``RESIDUAL_IN_NORM`` off (cuBLAS buffers add the residual in a kernel of its own); ``auto-cublas-fc1``: with
+``TRITON_GELU`` off (fc1 on cuBLAS, then a GELU kernel); ``auto-before``: both off (``main``'s policy). Usage:
 ``PYTHONPATH=src python benchmarks/live_rows_ab.py [--batches 1,8,64,256] [--out DIR]``.
 """
 
@@ -25,7 +26,9 @@ from raggedvit.runtime.device import environment
 
 SETTINGS = [("evit", dict(variant="adaptive")), ("threshold_l2", dict(variant="adaptive", calibrate=0.85)),
             ("ats", dict(variant="adaptive")), ("evit", dict(variant="fixed")), ("tome", dict(variant="fixed"))]
-MODES = {"auto": "auto", "auto-sep-add": "auto", "on": True, "off": False}  # auto-sep-add: RESIDUAL_IN_NORM off
+# auto-sep-add: RESIDUAL_IN_NORM off; auto-cublas-fc1: TRITON_GELU off; auto-before: both off (main's auto)
+MODES = {"auto": "auto", "auto-sep-add": "auto", "auto-cublas-fc1": "auto", "auto-before": "auto", "on": True,
+         "off": False}
 
 
 def kernels_per_replay(g, reps: int = 5) -> tuple[float, float]:
@@ -61,7 +64,8 @@ def main() -> None:
         for b in map(int, args.batches.split(",")):
             x = images[:b]
             for mode, value in MODES.items():
-                live_rows.RESIDUAL_IN_NORM = mode != "auto-sep-add"
+                live_rows.RESIDUAL_IN_NORM = mode not in ("auto-sep-add", "auto-before")
+                live_rows.TRITON_GELU = mode not in ("auto-cublas-fc1", "auto-before")
                 pruned = raggedvit.prune(model, method, live_rows=value, **opts).eval()
                 g = capture(pruned, b, example=x)
                 us = graph_replay_us(g.graph, dev, replays=max(20, 4000 // b))
@@ -72,7 +76,7 @@ def main() -> None:
                 print(f"{method:12s} {opts.get('variant', ''):8s} b{b:<4d} live_rows={mode:4s} {us:8.1f} us "
                       f"{b / us * 1e6:9.0f} img/s  {nk:5.0f} kernels {dev_us:8.1f} us device", flush=True)
                 del g, pruned
-                live_rows.RESIDUAL_IN_NORM = True
+                live_rows.RESIDUAL_IN_NORM = live_rows.TRITON_GELU = True
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     env = environment(dev)

@@ -89,6 +89,7 @@ def test_auto_picks_stages_by_buffer_rows(monkeypatch):
         for min_rows, min_full, gemms in [(10**6, 10**6, 0), (1, 10**6, 3 * 4), (1, 1, 4 * 4)]:  # 4 GEMMs per block
             monkeypatch.setattr(live_rows, "AUTO_MIN_ROWS", min_rows)
             monkeypatch.setattr(live_rows, "AUTO_MIN_ROWS_FULL", min_full)
+            monkeypatch.setattr(live_rows, "TRITON_GELU", False)  # fc1 on cuBLAS too (see test_triton_gelu)
             before = launches(ln_launcher), launches(gemm_launcher)
             got = auto(x)
             assert launches(ln_launcher) - before[0] == 4 * 2  # 2 LayerNorms per block, always the kernel
@@ -121,3 +122,26 @@ def test_pre_norm_and_residual_linear(gemm, bias, in_norm, monkeypatch):
         torch.testing.assert_close(h[:live], ln(x)[:live], rtol=0, atol=1e-5)
         torch.testing.assert_close(y[:live], (x + lin(a))[:live], rtol=0, atol=1e-5)
     assert torch.equal(x, x0)
+
+
+def test_triton_gelu_on_cublas_buffers(monkeypatch):
+    """``TRITON_GELU``: on cuBLAS buffers fc1 + GELU still runs as one Triton kernel per block; same results."""
+    from raggedvit.models import live_rows, pruned
+    from raggedvit.ops.linear import launcher as gemm_launcher
+
+    monkeypatch.setattr(pruned, "_auto_applies", lambda images: True)
+    monkeypatch.setattr(live_rows, "AUTO_MIN_ROWS", 10**6)
+    monkeypatch.setattr(live_rows, "AUTO_MIN_ROWS_FULL", 10**6)
+    model = _tiny_vit()
+    attention = "triton" if ON_GPU else "reference"
+    full = raggedvit.prune(model, "evit", attention=attention, live_rows=False, stages=(1, 2))
+    auto = raggedvit.prune(model, "evit", attention=attention, stages=(1, 2))
+    x = torch.randn(3, 3, 64, 64, device=DEVICE)
+    with torch.no_grad():
+        want = full(x)
+        for on, gemms in ((True, 4), (False, 0)):
+            monkeypatch.setattr(live_rows, "TRITON_GELU", on)
+            before = gemm_launcher.stats["direct"] + gemm_launcher.stats.get("jit", 0)
+            got = auto(x)
+            assert gemm_launcher.stats["direct"] + gemm_launcher.stats.get("jit", 0) - before == gemms
+            torch.testing.assert_close(got, want, rtol=0, atol=1e-4 if ON_GPU else 1e-5)

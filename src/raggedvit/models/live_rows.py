@@ -11,7 +11,7 @@ from ..ops.linear import ragged_linear
 from ..pruning.ragged import RaggedMeta
 
 __all__ = ["LiveRows", "fusable_mlp", "live_rows_unsupported", "live_rows_for", "AUTO_MIN_ROWS", "AUTO_MIN_ROWS_FULL",
-           "RESIDUAL_IN_NORM"]
+           "RESIDUAL_IN_NORM", "TRITON_GELU"]
 
 
 class LiveRows:
@@ -25,8 +25,9 @@ class LiveRows:
     in half precision (H200, ViT-Tiny fp16, batch 64: 18 us per call against a few us), so the kernel pays
     on every buffer. There, the residual adds ride on the LayerNorm before them: :meth:`pre_norm` also writes
     the residual stream plus the bias of the layer that adds to it, and :meth:`residual_linear` lets cuBLAS
-    accumulate its product into that (one GEMM, no add kernel). Rows past the live count then hold
-    unspecified values (as every cuBLAS output row there does)."""
+    accumulate its product into that (one GEMM, no add kernel); fc1 + GELU stays one Triton kernel
+    (``TRITON_GELU``). Rows past the live count then hold unspecified values (as every cuBLAS output row
+    there does)."""
 
     __slots__ = ("live", "gemm")
 
@@ -55,7 +56,7 @@ class LiveRows:
         return res.addmm_(a, mod.weight.t())  # res: x + bias, this layer's own buffer; accumulated in place
 
     def linear(self, mod: torch.nn.Linear, x: torch.Tensor, gelu: bool = False) -> torch.Tensor:
-        if self.gemm:
+        if self.gemm or (gelu and TRITON_GELU):  # cuBLAS + a GELU kernel, or one Triton kernel
             return ragged_linear(x, mod.weight, mod.bias, self.live, gelu=gelu)
         y = mod(x)
         return torch.nn.functional.gelu(y) if gelu else y
@@ -90,6 +91,7 @@ def live_rows_unsupported(blk) -> str | None:
 
 
 RESIDUAL_IN_NORM = True  # cuBLAS buffers: the residual's bias add in the LayerNorm, cuBLAS accumulates into it
+TRITON_GELU = True  # cuBLAS buffers: fc1 + GELU still as one Triton kernel (no separate GELU launch)
 
 AUTO_MIN_ROWS = 1024  # live_rows="auto": buffers with unused rows (adaptive stages) from this many rows
 AUTO_MIN_ROWS_FULL = 32768  # ... and buffers without (fixed stages, before pruning), where only the fusion pays
