@@ -82,7 +82,8 @@ def test_compile_inductor_live_rows():
 def test_compile_inductor_live_rows_cublas(monkeypatch):
     """The live-row LayerNorm with cuBLAS GEMMs (``live_rows="auto"`` on small buffers): the LayerNorm also
     writes the residual plus the next layer's bias, which cuBLAS accumulates into in place."""
-    from raggedvit.models import live_rows, pruned as pruned_mod
+    from raggedvit.models import live_rows
+    from raggedvit.models import pruned as pruned_mod
 
     monkeypatch.setattr(pruned_mod, "_auto_applies", lambda images: True)
     monkeypatch.setattr(live_rows, "AUTO_MIN_ROWS", 10**9)
