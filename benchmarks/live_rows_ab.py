@@ -5,7 +5,7 @@ and kernels per forward, for the trained ViT-Tiny on real photos (fp16).
 each choice at every batch size in one run, so the policy rests on numbers from the card it runs on. ``auto-sep-add``: ``auto`` with
 ``RESIDUAL_IN_NORM`` off (cuBLAS buffers add the residual in a kernel of its own); ``auto-cublas-fc1``: with
 ``TRITON_GELU`` off (fc1 on cuBLAS, then a GELU kernel); ``auto-before``: both off (``main``'s policy). Usage:
-``PYTHONPATH=src python benchmarks/live_rows_ab.py [--batches 1,8,64,256] [--out DIR]``.
+``PYTHONPATH=src python benchmarks/live_rows_ab.py [--batches 1,8,64,256] [--settings 0,1] [--modes auto,off] [--out DIR]``.
 """
 
 from __future__ import annotations
@@ -50,20 +50,25 @@ def kernels_per_replay(g, reps: int = 5) -> tuple[float, float]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--batches", default="1,8,64,256")
+    ap.add_argument("--settings", default=",".join(map(str, range(len(SETTINGS)))),
+                    help="indices into SETTINGS, comma-separated")
+    ap.add_argument("--modes", default=",".join(MODES), help="live_rows modes to compare, comma-separated")
     ap.add_argument("--out", default="benchmarks/results")
     args = ap.parse_args()
+    settings = [SETTINGS[int(i)] for i in args.settings.split(",")]
+    modes = {m: MODES[m] for m in args.modes.split(",")}
     dev = torch.device("cuda")
     model = sample_data.load_model().to(dev, torch.float16).eval()
     images, _ = sample_data.load_images(model, range(320))
     calib, images = images[:64].to(dev, torch.float16), images[64:].to(dev, torch.float16)
     rows = []
-    for method, opts in SETTINGS:
+    for method, opts in settings:
         opts = dict(opts)
         if "calibrate" in opts:
             opts["thresholds"] = calibrate_thresholds(model, calib, keep_rate=opts.pop("calibrate"))
         for b in map(int, args.batches.split(",")):
             x = images[:b]
-            for mode, value in MODES.items():
+            for mode, value in modes.items():
                 live_rows.RESIDUAL_IN_NORM = mode not in ("auto-sep-add", "auto-before")
                 live_rows.TRITON_GELU = mode not in ("auto-cublas-fc1", "auto-before")
                 pruned = raggedvit.prune(model, method, live_rows=value, **opts).eval()
