@@ -2,10 +2,12 @@
 and kernels per forward, for the trained ViT-Tiny on real photos (fp16).
 
 ``live_rows="auto"`` picks cuBLAS or the fused Triton GEMMs by buffer size (``AUTO_MIN_ROWS``); this measures
-each choice at every batch size in one run, so the policy rests on numbers from the card it runs on. ``auto-sep-add``: ``auto`` with
-``RESIDUAL_IN_NORM`` off (cuBLAS buffers add the residual in a kernel of its own); ``auto-cublas-fc1``: with
-``TRITON_GELU`` off (fc1 on cuBLAS, then a GELU kernel); ``auto-before``: both off (``main``'s policy). Usage:
-``PYTHONPATH=src python benchmarks/live_rows_ab.py [--batches 1,8,64,256] [--settings 0,1] [--modes auto,off] [--out DIR]``.
+each choice at every batch size in one run, so the policy rests on numbers from the card it runs on.
+``auto-sep-add``: ``auto`` with ``RESIDUAL_IN_NORM`` off (cuBLAS buffers add the residual in a kernel of its own);
+``auto-cublas-fc1``: with ``TRITON_GELU`` off (fc1 on cuBLAS, then a GELU kernel); ``auto-before``: both off
+(``main``'s policy). Usage:
+``PYTHONPATH=src python benchmarks/live_rows_ab.py [--batches 1,8,64,256] [--settings 0,1] [--modes auto,off]
+[--out DIR]``.
 """
 
 from __future__ import annotations
