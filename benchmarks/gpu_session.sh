@@ -40,4 +40,9 @@ case "$1" in
     mkdir -p /tmp/stdcxx && ln -sf "$(ls /lib/x86_64-linux-gnu/libstdc++.so.6* | head -n 1)" /tmp/stdcxx/libstdc++.so
     LIBRARY_PATH=/tmp/stdcxx timeout 400 python3 benchmarks/aoti_probe.py --out "$OUT" --cases linear_cpu,linear,pruned \
       --gdb 0 2>&1 | grep -v Warn | tail -n 30 ;;
+  lnshift)  # next session: cuBLAS buffers with the residual's bias add in the LayerNorm (branch lnshift)
+    timeout 60 python3 -m pytest -q -p no:cacheprovider tests/test_ops_layernorm.py tests/test_models_live_rows.py 2>&1 \
+      | tail -n 4
+    timeout 220 python3 benchmarks/live_rows_ab.py --batches 1,8,64 --settings 0,1,3 --modes auto,auto-sep-add,auto-cublas-fc1,auto-before --out "$OUT" 2>&1 | grep -v Warn \
+      | tee "$OUT/live-rows-ab.log" | tail -n 70 ;;
 esac

@@ -35,6 +35,8 @@ def _cases():
                                                          tok, 3)),
         "ragged_linear": (ops.ragged_linear, (x, w, b, live, True, None)),
         "ragged_linear_residual": (ops.ragged_linear, (x, w, None, live, False, torch.randn(6, 8))),
+        "ragged_layer_norm_shift": (ops.ragged_layer_norm_shift, (x, torch.randn(16), None, live, torch.randn(16),
+                                                                  1e-5)),
         "ragged_layer_norm": (ops.ragged_layer_norm, (x, torch.randn(16), torch.randn(16), live, 1e-5)),
         "l2_select_fixed": (ops.l2_select, (y, dense_rows, lengths, 1, 3, 2, None, None, 1, None)),
         "l2_select_alpha": (ops.l2_select, (y, dense_rows, lengths, 1, 4, None, None, 1.0, 1, None)),
