@@ -140,10 +140,11 @@ def so_facts(path: str) -> dict:
     """Size of the package's wrapper ``.so`` and whether it links ``libstdc++.so.6`` or carries its own copy."""
     import zipfile
 
+    from raggedvit.models.export import static_libstdcxx
+
     with zipfile.ZipFile(path) as z:
-        name = next(n for n in z.namelist() if n.endswith(".so"))
-        data = z.read(name)
-    return {"so_kb": len(data) // 1024, "links_libstdcxx_so": b"libstdc++.so.6" in data,
+        data = z.read(next(n for n in z.namelist() if n.endswith(".so")))
+    return {"so_kb": len(data) // 1024, "links_libstdcxx_so": not static_libstdcxx(path),
             "has_locale_classic": b"_ZNSt6locale7classicEv" in data}
 
 
