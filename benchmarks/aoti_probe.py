@@ -140,10 +140,11 @@ def so_facts(path: str) -> dict:
     """Size of the package's wrapper ``.so`` and whether it links ``libstdc++.so.6`` or carries its own copy."""
     import zipfile
 
+    from raggedvit.models.export import static_libstdcxx
+
     with zipfile.ZipFile(path) as z:
-        name = next(n for n in z.namelist() if n.endswith(".so"))
-        data = z.read(name)
-    return {"so_kb": len(data) // 1024, "links_libstdcxx_so": b"libstdc++.so.6" in data,
+        data = z.read(next(n for n in z.namelist() if n.endswith(".so")))
+    return {"so_kb": len(data) // 1024, "links_libstdcxx_so": not static_libstdcxx(path),
             "has_locale_classic": b"_ZNSt6locale7classicEv" in data}
 
 
@@ -154,6 +155,7 @@ def main() -> None:
                     help="comma-separated: linear, linear_cpu, ops, pruned")
     ap.add_argument("--gdb", type=int, default=1, help="native backtraces of this many crashing cases")
     ap.add_argument("--gdb-timeout", type=int, default=300)
+    ap.add_argument("--load-timeout", type=int, default=300, help="seconds a child may take to load and run")
     ap.add_argument("--cxx", default=None, help="C++ compiler the packages are built with (Inductor's cpp.cxx; "
                     "default: $CXX, else g++)")
     args = ap.parse_args()
@@ -186,11 +188,13 @@ def main() -> None:
     for name, (module, inputs) in cases.items():
         row = results.setdefault(name, {})
         try:
+            print(f"{name}: building", flush=True)
             path, io, ref, build_s = build(name, module, inputs, work)
             row["build_s"] = round(build_s, 1)
+            print(f"{name}: built in {build_s:.1f} s; loading in a child process", flush=True)
             row.update(so_facts(path))
             for suffix, kw in (("", {}), ("_direct_runner", {"direct": True})):  # direct: no package loader
-                rc, log = load_child(path, io, **kw)
+                rc, log = load_child(path, io, timeout=args.load_timeout, **kw)
                 row["rc" + suffix] = rc
                 if rc == 0:
                     out = torch.load(str(io) + ".out")["out"]

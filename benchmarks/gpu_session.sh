@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call of the 2026-11-30 session: GPU tests of the new parts, eval on the GPU, exactness (fp32, fp16).
-# Usage on the GPU machine: RAGGEDVIT_DATA=$PWD/.data OUT=... bash benchmarks/gpu_session.sh part1|part2|part3|probe|probe2
+# Usage on the GPU machine: RAGGEDVIT_DATA=$PWD/.data OUT=... bash benchmarks/gpu_session.sh part1|part2|part3|probe|probe2|s4a|s4b|s4c
 # part3 (next session, about 8 minutes): what the second 2026-11-30 session could not re-run for lack of device
 # time: the AOTInductor package on the GPU after the lifted-constants fix, torch.compile of both layouts on the
 # GPU (tests/test_compile.py), and the live_rows policy A/B.
@@ -45,4 +45,29 @@ case "$1" in
     timeout 90 python3 -m pytest -q -p no:cacheprovider tests/test_ops_tome.py tests/test_pruning_tome.py 2>&1 | tail -n 4
     timeout 200 python3 benchmarks/tome_ab.py --settings 0,2 --out "$OUT" 2>&1 | grep -v Warn | tee "$OUT/tome-ab.log" \
       | tail -n 20 ;;
+  lnshift)  # next session: cuBLAS buffers with the residual's bias add in the LayerNorm (branch lnshift)
+    timeout 60 python3 -m pytest -q -p no:cacheprovider tests/test_ops_layernorm.py tests/test_models_live_rows.py 2>&1 \
+      | tail -n 4
+    timeout 220 python3 benchmarks/live_rows_ab.py --batches 1,8,64 --settings 0,1,3 --modes auto,auto-sep-add,auto-cublas-fc1,auto-before --out "$OUT" 2>&1 | grep -v Warn \
+      | tee "$OUT/live-rows-ab.log" | tail -n 70 ;;
+  s4a)  # fourth 2026-11-30 session: AOTI packages linked to libstdc++.so.6; frontier and fp32 exactness after lnshift
+    ls /opt/gcc/bin; head -c 2 /opt/gcc/bin/g++ | grep -q "#!" && head -n 25 /opt/gcc/bin/g++
+    REAL_CXX=${CXX:-g++} timeout 100 python3 benchmarks/aoti_probe.py --out "$OUT" --cases linear_cpu,pruned --gdb 0 \
+      --cxx "$PWD/benchmarks/cxx_shared_libstdcxx.sh" 2>&1 | grep -v Warn | tail -n 12
+    timeout 330 python3 -m raggedvit bench frontier --quick --random-models deit_small --out "$OUT" 2>&1 \
+      | grep -v "it/s\]" | tail -n 40
+    timeout 100 python3 -m raggedvit bench exactness --sample-data --models $W --checkpoint .data/weights/$W.safetensors \
+      --num-images 436 --calib-images 64 --batch-size 128 --dtype float32 --out "$OUT" 2>&1 | grep -v "it/s\]" | tail -n 16 ;;
+  s4b)  # the AOTI probe of s4a printed nothing within 100 s: again with progress lines and a load time limit; fp16 exactness
+    REAL_CXX=${CXX:-g++} timeout 200 python3 benchmarks/aoti_probe.py --out "$OUT" --cases linear_cpu,pruned --gdb 0 \
+      --load-timeout 60 --cxx "$PWD/benchmarks/cxx_shared_libstdcxx.sh" 2>&1 | grep --line-buffered -v Warn \
+      | tee "$OUT/aoti-probe.log" | tail -n 30
+    timeout 100 python3 -m raggedvit bench exactness --sample-data --models $W --checkpoint .data/weights/$W.safetensors \
+      --num-images 436 --calib-images 64 --batch-size 128 --dtype float16 --out "$OUT" 2>&1 | grep -v "it/s\]" | tail -n 16 ;;
+  s4c)  # the wrapper no longer hands the library to precompiled-header compiles (the s4a/s4b hang): AOTI on the GPU
+    export REAL_CXX=${CXX:-g++} CXX=$PWD/benchmarks/cxx_shared_libstdcxx.sh
+    timeout 270 python3 -X faulthandler benchmarks/gpu_compile.py --methods evit,threshold_l2 --steps eager,graph,aoti \
+      --batches 64 --budget 240 --out "$OUT" 2>&1 | grep -v Warn | tail -n 14
+    timeout 60 python3 benchmarks/aoti_probe.py --out "$OUT" --cases linear_cpu --gdb 0 --load-timeout 40 --cxx "$CXX" \
+      2>&1 | grep -v Warn | tail -n 3 ;;
 esac

@@ -2,8 +2,12 @@
 and kernels per forward, for the trained ViT-Tiny on real photos (fp16).
 
 ``live_rows="auto"`` picks cuBLAS or the fused Triton GEMMs by buffer size (``AUTO_MIN_ROWS``); this measures
-each choice at every batch size in one run, so the policy rests on numbers from the card it runs on. Usage:
-``PYTHONPATH=src python benchmarks/live_rows_ab.py [--batches 1,8,64,256] [--out DIR]``.
+each choice at every batch size in one run, so the policy rests on numbers from the card it runs on.
+``auto-sep-add``: ``auto`` with ``RESIDUAL_IN_NORM`` off (cuBLAS buffers add the residual in a kernel of its own);
+``auto-cublas-fc1``: with ``TRITON_GELU`` off (fc1 on cuBLAS, then a GELU kernel); ``auto-before``: both off
+(``main``'s policy). Usage:
+``PYTHONPATH=src python benchmarks/live_rows_ab.py [--batches 1,8,64,256] [--settings 0,1] [--modes auto,off]
+[--out DIR]``.
 """
 
 from __future__ import annotations
@@ -18,13 +22,15 @@ from torch.profiler import ProfilerActivity, profile
 import raggedvit
 from raggedvit import sample_data
 from raggedvit.bench.timing import graph_replay_us
-from raggedvit.models import calibrate_thresholds
+from raggedvit.models import calibrate_thresholds, live_rows
 from raggedvit.models.graph import capture
 from raggedvit.runtime.device import environment
 
 SETTINGS = [("evit", dict(variant="adaptive")), ("threshold_l2", dict(variant="adaptive", calibrate=0.85)),
             ("ats", dict(variant="adaptive")), ("evit", dict(variant="fixed")), ("tome", dict(variant="fixed"))]
-MODES = {"auto": "auto", "on": True, "off": False}
+# auto-sep-add: RESIDUAL_IN_NORM off; auto-cublas-fc1: TRITON_GELU off; auto-before: both off (main's auto)
+MODES = {"auto": "auto", "auto-sep-add": "auto", "auto-cublas-fc1": "auto", "auto-before": "auto", "on": True,
+         "off": False}
 
 
 def kernels_per_replay(g, reps: int = 5) -> tuple[float, float]:
@@ -43,23 +49,39 @@ def kernels_per_replay(g, reps: int = 5) -> tuple[float, float]:
     return n / reps, t / reps
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--batches", default="1,8,64,256")
+def gpu_sample(batches: str, n_images: int, parser: argparse.ArgumentParser | None = None):
+    """``(args, device, model, images)`` of a GPU benchmark script: ``--batches`` (default ``batches``) and
+    ``--out`` added to ``parser`` (a new one if None), the trained ViT-Tiny in fp16 on the GPU and the first
+    ``n_images`` sample photos (on the host)."""
+    ap = parser or argparse.ArgumentParser()
+    ap.add_argument("--batches", default=batches)
     ap.add_argument("--out", default="benchmarks/results")
     args = ap.parse_args()
     dev = torch.device("cuda")
     model = sample_data.load_model().to(dev, torch.float16).eval()
-    images, _ = sample_data.load_images(model, range(320))
+    images, _ = sample_data.load_images(model, range(n_images))
+    return args, dev, model, images
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--settings", default=",".join(map(str, range(len(SETTINGS)))),
+                    help="indices into SETTINGS, comma-separated")
+    ap.add_argument("--modes", default=",".join(MODES), help="live_rows modes to compare, comma-separated")
+    args, dev, model, images = gpu_sample("1,8,64,256", 320, ap)
+    settings = [SETTINGS[int(i)] for i in args.settings.split(",")]
+    modes = {m: MODES[m] for m in args.modes.split(",")}
     calib, images = images[:64].to(dev, torch.float16), images[64:].to(dev, torch.float16)
     rows = []
-    for method, opts in SETTINGS:
+    for method, opts in settings:
         opts = dict(opts)
         if "calibrate" in opts:
             opts["thresholds"] = calibrate_thresholds(model, calib, keep_rate=opts.pop("calibrate"))
         for b in map(int, args.batches.split(",")):
             x = images[:b]
-            for mode, value in MODES.items():
+            for mode, value in modes.items():
+                live_rows.RESIDUAL_IN_NORM = mode not in ("auto-sep-add", "auto-before")
+                live_rows.TRITON_GELU = mode not in ("auto-cublas-fc1", "auto-before")
                 pruned = raggedvit.prune(model, method, live_rows=value, **opts).eval()
                 g = capture(pruned, b, example=x)
                 us = graph_replay_us(g.graph, dev, replays=max(20, 4000 // b))
@@ -70,6 +92,7 @@ def main() -> None:
                 print(f"{method:12s} {opts.get('variant', ''):8s} b{b:<4d} live_rows={mode:4s} {us:8.1f} us "
                       f"{b / us * 1e6:9.0f} img/s  {nk:5.0f} kernels {dev_us:8.1f} us device", flush=True)
                 del g, pruned
+                live_rows.RESIDUAL_IN_NORM = live_rows.TRITON_GELU = True
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     env = environment(dev)

@@ -8,17 +8,16 @@ time per forward grouped by kernel family, then the largest kernels. Usage:
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 from collections import defaultdict
 from pathlib import Path
 
 import torch
+from live_rows_ab import gpu_sample
 from torch.profiler import ProfilerActivity, profile
 
 import raggedvit
-from raggedvit import sample_data
 
 SETTINGS = [("none", {}), ("evit", dict(variant="fixed", keep_rate=0.8)), ("ats", dict(variant="fixed", keep_rate=0.9)),
             ("ats", dict(variant="adaptive")), ("evit", dict(variant="adaptive", mass=0.9))]
@@ -38,13 +37,7 @@ def family(name: str) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--batches", default="64,256")
-    ap.add_argument("--out", default="benchmarks/results")
-    args = ap.parse_args()
-    dev = torch.device("cuda")
-    model = sample_data.load_model().to(dev, torch.float16).eval()
-    images, _ = sample_data.load_images(model, range(256))
+    args, dev, model, images = gpu_sample("64,256", 256)
     out = {}
     for b in map(int, args.batches.split(",")):
         x = images[:b].to(dev, torch.float16)

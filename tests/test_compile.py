@@ -79,6 +79,18 @@ def test_compile_inductor_live_rows():
     _compare(pruned, backend="inductor")
 
 
+def test_compile_inductor_live_rows_cublas(monkeypatch):
+    """The live-row LayerNorm with cuBLAS GEMMs (``live_rows="auto"`` on small buffers): the LayerNorm also
+    writes the residual plus the next layer's bias, which cuBLAS accumulates into in place."""
+    from raggedvit.models import live_rows
+    from raggedvit.models import pruned as pruned_mod
+
+    monkeypatch.setattr(pruned_mod, "_auto_applies", lambda images: True)
+    monkeypatch.setattr(live_rows, "AUTO_MIN_ROWS", 10**9)
+    monkeypatch.setattr(live_rows, "AUTO_MIN_ROWS_FULL", 10**9)
+    _compare(raggedvit.prune(tiny_model(2), "evit", variant="adaptive", stages=(1,)), backend="inductor")
+
+
 def test_compile_reference_attention():
     """The packed layout with the pure-torch attention backend (traced, no custom attention op)."""
     _compare(raggedvit.prune(tiny_model(), "ats", stages=(1, 2, 3), attention="reference"))

@@ -54,6 +54,7 @@ def test_aoti_package_runs_in_a_fresh_process(tmp_path):
     with torch.no_grad():
         expected = pruned(images)
     path = rexport.package_pruned(rexport.export_pruned(pruned, images=images), tmp_path / "m.pt2")
+    assert rexport.static_libstdcxx(path) == [], "this compiler links libstdc++ statically (docs/export.md)"
     torch.save({"images": images, "expected": expected}, tmp_path / "io.pt")
     code = ("import sys, torch\n"
             "if sys.argv[1] == '1':\n    import raggedvit\n"
@@ -66,6 +67,41 @@ def test_aoti_package_runs_in_a_fresh_process(tmp_path):
     assert float(ok.stdout.split("DIFF")[1]) <= 1e-4
     bad = subprocess.run(run + ["0"], capture_output=True, text=True, timeout=240)
     assert bad.returncode != 0 and "raggedvit::" in bad.stderr
+
+
+def _zip(path, members: dict) -> str:
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+    return str(path)
+
+
+def test_static_libstdcxx_lists_the_so_without_the_shared_library(tmp_path):
+    path = _zip(tmp_path / "p.pt2", {"m/data/aotinductor/model/a.so": b"\x7fELF..libstdc++.so.6\x00..",
+                                     "m/data/aotinductor/model/b.so": b"\x7fELF..libc.so.6\x00std::locale",
+                                     "m/data/weights/w": b"no libstdc++ here, not a .so"})
+    assert rexport.static_libstdcxx(path) == ["m/data/aotinductor/model/b.so"]
+    assert rexport.static_libstdcxx(_zip(tmp_path / "q.pt2", {"x.so": b"libstdc++.so.6"})) == []
+    (tmp_path / "not.pt2").write_bytes(b"plain bytes")
+    with pytest.raises(ValueError, match="not an AOTInductor package"):
+        rexport.static_libstdcxx(tmp_path / "not.pt2")
+
+
+def test_load_package_warns_before_loading_a_static_libstdcxx_package(tmp_path, monkeypatch):
+    loaded = []
+    monkeypatch.setattr(torch._inductor, "aoti_load_package", lambda path: loaded.append(path) or "runner")
+    static = _zip(tmp_path / "s.pt2", {"a.so": b"\x7fELF static"})
+    with pytest.warns(RuntimeWarning, match="static libstdc\\+\\+.*cxx_shared_libstdcxx.sh"):
+        assert rexport.load_package(static) == "runner"
+    shared = _zip(tmp_path / "d.pt2", {"a.so": b"\x7fELF libstdc++.so.6"})
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert rexport.load_package(shared) == "runner"
+    assert loaded == [static, shared]
 
 
 def test_export_command(tmp_path, monkeypatch, capsys):

@@ -89,8 +89,59 @@ def test_auto_picks_stages_by_buffer_rows(monkeypatch):
         for min_rows, min_full, gemms in [(10**6, 10**6, 0), (1, 10**6, 3 * 4), (1, 1, 4 * 4)]:  # 4 GEMMs per block
             monkeypatch.setattr(live_rows, "AUTO_MIN_ROWS", min_rows)
             monkeypatch.setattr(live_rows, "AUTO_MIN_ROWS_FULL", min_full)
+            monkeypatch.setattr(live_rows, "TRITON_GELU", False)  # fc1 on cuBLAS too (see test_triton_gelu)
             before = launches(ln_launcher), launches(gemm_launcher)
             got = auto(x)
             assert launches(ln_launcher) - before[0] == 4 * 2  # 2 LayerNorms per block, always the kernel
             assert launches(gemm_launcher) - before[1] == gemms
+            torch.testing.assert_close(got, want, rtol=0, atol=1e-4 if ON_GPU else 1e-5)
+
+
+@pytest.mark.parametrize("gemm", [True, False])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("in_norm", [True, False])
+def test_pre_norm_and_residual_linear(gemm, bias, in_norm, monkeypatch):
+    """``LiveRows.pre_norm`` + ``residual_linear`` compute ``(LN(x), x + lin(a))`` on the live rows, with
+    Triton GEMMs or cuBLAS (where the LayerNorm kernel writes ``x + lin.bias`` and cuBLAS accumulates into it
+    in place), without touching ``x``."""
+    from raggedvit.models import live_rows
+    from raggedvit.models.live_rows import LiveRows
+
+    monkeypatch.setattr(live_rows, "RESIDUAL_IN_NORM", in_norm)
+    ln, lin = torch.nn.LayerNorm(64).to(DEVICE), torch.nn.Linear(96, 64, bias=bias).to(DEVICE)
+    with torch.no_grad():
+        ln.weight.uniform_(0.5, 1.5), ln.bias.normal_()
+    x, a = torch.randn(30, 64, device=DEVICE), torch.randn(30, 96, device=DEVICE)
+    x0 = x.clone()
+    live = 19
+    rows = LiveRows(torch.tensor([live], dtype=torch.int32, device=DEVICE), gemm=gemm)
+    with torch.no_grad():
+        h, res = rows.pre_norm(ln, x, lin)
+        assert (res is x) == (gemm or not bias or not in_norm)
+        y = rows.residual_linear(lin, a, res)
+        torch.testing.assert_close(h[:live], ln(x)[:live], rtol=0, atol=1e-5)
+        torch.testing.assert_close(y[:live], (x + lin(a))[:live], rtol=0, atol=1e-5)
+    assert torch.equal(x, x0)
+
+
+def test_triton_gelu_on_cublas_buffers(monkeypatch):
+    """``TRITON_GELU``: on cuBLAS buffers fc1 + GELU still runs as one Triton kernel per block; same results."""
+    from raggedvit.models import live_rows, pruned
+    from raggedvit.ops.linear import launcher as gemm_launcher
+
+    monkeypatch.setattr(pruned, "_auto_applies", lambda images: True)
+    monkeypatch.setattr(live_rows, "AUTO_MIN_ROWS", 10**6)
+    monkeypatch.setattr(live_rows, "AUTO_MIN_ROWS_FULL", 10**6)
+    model = _tiny_vit()
+    attention = "triton" if ON_GPU else "reference"
+    full = raggedvit.prune(model, "evit", attention=attention, live_rows=False, stages=(1, 2))
+    auto = raggedvit.prune(model, "evit", attention=attention, stages=(1, 2))
+    x = torch.randn(3, 3, 64, 64, device=DEVICE)
+    with torch.no_grad():
+        want = full(x)
+        for on, gemms in ((True, 4), (False, 0)):
+            monkeypatch.setattr(live_rows, "TRITON_GELU", on)
+            before = gemm_launcher.stats["direct"] + gemm_launcher.stats.get("jit", 0)
+            got = auto(x)
+            assert gemm_launcher.stats["direct"] + gemm_launcher.stats.get("jit", 0) - before == gemms
             torch.testing.assert_close(got, want, rtol=0, atol=1e-4 if ON_GPU else 1e-5)

@@ -77,3 +77,39 @@ def test_graph_replay_follows_the_live_count():
         torch.cuda.synchronize()
         torch.testing.assert_close(out[:n], F.layer_norm(x[:n], (384,), w, b), atol=1e-2, rtol=1e-2)
     assert (out[599:] == 5).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("C", [1, 48, 192, 384])
+def test_shift_writes_the_norm_and_the_shifted_rows_only_where_live(dtype, C):
+    """``ragged_layer_norm_shift``: y = LayerNorm(x) as ragged_layer_norm writes it, s = x + shift against
+    fp64; rows past the live count neither read (NaN there) nor written (poisoned outputs)."""
+    from raggedvit.ops import layernorm as ln_mod
+
+    M, live = 37, 21
+    x = (torch.randn(M, C, device=DEVICE) * 3 + 1).to(dtype)
+    x[live:] = float("nan")
+    w, b = torch.rand(C, device=DEVICE).to(dtype) + 0.5, torch.randn(C, device=DEVICE).to(dtype)
+    shift = torch.randn(C, device=DEVICE).to(dtype)
+    lv = torch.tensor([live], dtype=torch.int32, device=DEVICE)
+    y, s = torch.full_like(x, 7), torch.full_like(x, 9)
+    ln_mod._launch(x, w, b, lv, 1e-6, y, (shift, s))
+    assert torch.equal(y[:live], ragged_layer_norm(x, w, b, lv, eps=1e-6)[:live])
+    want = x[:live].double() + shift.double()
+    tol = 0 if dtype == torch.float32 else torch.finfo(dtype).eps * want.abs().max().item()
+    assert_close_report(s[:live], want, max(tol, 1e-6), f"shift {dtype}")
+    assert (y[live:] == 7).all() and (s[live:] == 9).all()
+    y2, s2 = ln_mod.ragged_layer_norm_shift(x, w, b, lv, shift, eps=1e-6)
+    assert torch.equal(y2[:live], y[:live]) and torch.equal(s2[:live], s[:live])
+
+
+@pytest.mark.parametrize("shift,msg", [(torch.randn(5), "shift must be"), (torch.randn(6, dtype=torch.float64),
+                                                                          "shift must be"), ("x", "shift must be")])
+def test_shift_bad_input(shift, msg):
+    from raggedvit.ops.layernorm import launcher, ragged_layer_norm_shift
+
+    x, live = torch.randn(4, 6, device=DEVICE), torch.tensor([2], dtype=torch.int32, device=DEVICE)
+    before = dict(launcher.stats)
+    with pytest.raises(ValueError, match=msg):
+        ragged_layer_norm_shift(x, None, None, live, shift.to(DEVICE) if isinstance(shift, torch.Tensor) else shift)
+    assert dict(launcher.stats) == before

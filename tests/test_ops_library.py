@@ -39,6 +39,8 @@ def _cases():
                                         torch.tensor([7, 4]), 1, 2, None, 0)),
         "tome_merge_adaptive": (ops.tome_merge, (torch.randn(2, 7, 16), torch.randn(2, 7, 8), None, None, 1, 3, 0.2,
                                                  1)),
+        "ragged_layer_norm_shift": (ops.ragged_layer_norm_shift, (x, torch.randn(16), None, live, torch.randn(16),
+                                                                  1e-5)),
         "ragged_layer_norm": (ops.ragged_layer_norm, (x, torch.randn(16), torch.randn(16), live, 1e-5)),
         "l2_select_fixed": (ops.l2_select, (y, dense_rows, lengths, 1, 3, 2, None, None, 1, None)),
         "l2_select_alpha": (ops.l2_select, (y, dense_rows, lengths, 1, 4, None, None, 1.0, 1, None)),

@@ -14,12 +14,14 @@ program returns the logits only.
 from __future__ import annotations
 
 import os
+import warnings
+import zipfile
 
 import torch
 
 from .pruned import PrunedViT
 
-__all__ = ["example_images", "export_pruned", "package_pruned", "load_package"]
+__all__ = ["example_images", "export_pruned", "package_pruned", "load_package", "static_libstdcxx"]
 
 
 def example_images(model: torch.nn.Module, batch_size: int, *, seed: int = 0) -> torch.Tensor:
@@ -74,14 +76,44 @@ def package_pruned(program: torch.export.ExportedProgram, path: str | os.PathLik
     if not path.endswith(".pt2"):
         raise ValueError(f"package_pruned: the package path must end in .pt2, got {path!r}")
     with torch.no_grad():
-        return torch._inductor.aoti_compile_and_package(program, package_path=path)
+        path = torch._inductor.aoti_compile_and_package(program, package_path=path)
+    _warn_if_static_libstdcxx(path, "package_pruned")
+    return path
 
 
 def load_package(path: str | os.PathLike):
     """Load an AOTInductor package written by :func:`package_pruned`: a callable ``images -> logits``.
 
-    Importing this module registered raggedvit's ops, which the package's graph calls."""
+    Importing this module registered raggedvit's ops, which the package's graph calls. Warns first when the
+    package carries its own libstdc++ (:func:`static_libstdcxx`)."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"load_package: no such file {path!r}")
+    _warn_if_static_libstdcxx(path, "load_package")
     return torch._inductor.aoti_load_package(path)
+
+
+def static_libstdcxx(path: str | os.PathLike) -> list[str]:
+    """The compiled ``.so`` files of an AOTInductor package that do not link ``libstdc++.so.6``.
+
+    AOTInductor's runtime is C++; a ``.so`` that does not list the shared libstdc++ carries a static copy of
+    its own (the compiler linked ``libstdc++.a``), and loading it into a process that already holds
+    libstdc++ (torch does) crashed in ``std::regex`` on our H200 machine (docs/export.md). A byte search of
+    each ``.so`` for the ``libstdc++.so.6`` name, without running anything. Raises ValueError if ``path`` is
+    not a zip archive (a ``.pt2`` package is one)."""
+    path = os.fspath(path)
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"static_libstdcxx: {path!r} is not an AOTInductor package (.pt2 zip archive)")
+    with zipfile.ZipFile(path) as z:
+        return [n for n in z.namelist() if n.endswith(".so") and b"libstdc++.so.6" not in z.read(n)]
+
+
+def _warn_if_static_libstdcxx(path: str, who: str) -> None:
+    static = static_libstdcxx(path)
+    if static:
+        cxx = torch._inductor.config.cpp.cxx[-1]
+        warnings.warn(f"{who}: {path} holds {len(static)} compiled .so that carry their own static libstdc++ "
+                      f"(the C++ compiler, {cxx!r}, links libstdc++.a); loading such a package crashed in "
+                      "std::regex on a machine like that. Rebuild it with a compiler that links "
+                      "libstdc++.so.6, e.g. REAL_CXX=<your g++> CXX=benchmarks/cxx_shared_libstdcxx.sh from "
+                      "raggedvit's repository (docs/export.md).", RuntimeWarning, stacklevel=3)

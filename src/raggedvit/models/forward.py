@@ -87,7 +87,8 @@ def _mlp_half(blk, y: torch.Tensor, rows: LiveRows | None) -> torch.Tensor:
     if rows is None:
         return y + blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(y))))
     mlp = blk.mlp
-    return rows.linear(mlp.fc2, rows.linear(mlp.fc1, rows.norm(blk.norm2, y), gelu=True), residual=y)
+    h, res = rows.pre_norm(blk.norm2, y, mlp.fc2)
+    return rows.residual_linear(mlp.fc2, rows.linear(mlp.fc1, h, gelu=True), res)
 
 
 def _attention_half(blk, x: torch.Tensor, meta: RaggedMeta, attend: Attend, rows: LiveRows | None = None,
@@ -97,7 +98,7 @@ def _attention_half(blk, x: torch.Tensor, meta: RaggedMeta, attend: Attend, rows
     ``rows``: None (timm's modules) or :class:`LiveRows` (fused kernels on the live rows). ``bias``: per-key
     logit bias of the attention (log token sizes), or None."""
     attn = blk.attn
-    h = blk.norm1(x) if rows is None else rows.norm(blk.norm1, x)
+    h, res = (blk.norm1(x), None) if rows is None else rows.pre_norm(blk.norm1, x, attn.proj)
     R = x.shape[0]
     H, D = attn.num_heads, attn.head_dim
     q, k, v = (attn.qkv(h) if rows is None else rows.linear(attn.qkv, h)).view(R, 3, H, D).unbind(1)
@@ -105,7 +106,7 @@ def _attention_half(blk, x: torch.Tensor, meta: RaggedMeta, attend: Attend, rows
     scale = float(getattr(attn, "scale", D ** -0.5))
     o = (attend(q, k, v, meta, scale) if bias is None else attend(q, k, v, meta, scale, bias)).reshape(R, H * D)
     if rows is not None:
-        return rows.linear(attn.proj, o, residual=x), q, k, v, scale
+        return rows.residual_linear(attn.proj, o, res), q, k, v, scale
     o = attn.norm(o) if hasattr(attn, "norm") else o
     gate = getattr(attn, "gate", None)
     if gate is not None:

@@ -6,23 +6,28 @@ from __future__ import annotations
 
 import torch
 
-from ..ops.layernorm import ragged_layer_norm
+from ..ops.layernorm import ragged_layer_norm, ragged_layer_norm_shift
 from ..ops.linear import ragged_linear
 from ..pruning.ragged import RaggedMeta
 
-__all__ = ["LiveRows", "fusable_mlp", "live_rows_unsupported", "live_rows_for", "AUTO_MIN_ROWS", "AUTO_MIN_ROWS_FULL"]
+__all__ = ["LiveRows", "fusable_mlp", "live_rows_unsupported", "live_rows_for", "AUTO_MIN_ROWS", "AUTO_MIN_ROWS_FULL",
+           "RESIDUAL_IN_NORM", "TRITON_GELU"]
 
 
 class LiveRows:
     """The token-wise layers of a plain pre-norm block on the live rows of a packed buffer: LayerNorm
     (:func:`~raggedvit.ops.layernorm.ragged_layer_norm`), qkv, proj + residual, fc1 + GELU, fc2 + residual
     (:func:`~raggedvit.ops.linear.ragged_linear`). ``live``: the live row count on the device
-    (``cu_seqlens[-1:]``); rows past it are neither read nor written.
+    (``cu_seqlens[-1:]``); rows past it are neither read nor written by the kernels.
 
-    ``gemm=False``: only the LayerNorm runs as a kernel; the linear layers are cuBLAS (``nn.Linear`` on every
-    buffer row, then GELU / the residual add), for buffers where cuBLAS beats the Triton GEMM. PyTorch's own
-    LayerNorm kernel is slow for narrow models in half precision (H200, ViT-Tiny fp16, batch 64: 18 us per
-    call against a few us), so the kernel pays on every buffer."""
+    ``gemm=False``: only the LayerNorm runs as a kernel; the linear layers are cuBLAS (on every buffer row),
+    for buffers where cuBLAS beats the Triton GEMM. PyTorch's own LayerNorm kernel is slow for narrow models
+    in half precision (H200, ViT-Tiny fp16, batch 64: 18 us per call against a few us), so the kernel pays
+    on every buffer. There, the residual adds ride on the LayerNorm before them: :meth:`pre_norm` also writes
+    the residual stream plus the bias of the layer that adds to it, and :meth:`residual_linear` lets cuBLAS
+    accumulate its product into that (one GEMM, no add kernel); fc1 + GELU stays one Triton kernel
+    (``TRITON_GELU``). Rows past the live count then hold unspecified values (as every cuBLAS output row
+    there does)."""
 
     __slots__ = ("live", "gemm")
 
@@ -33,14 +38,28 @@ class LiveRows:
     def norm(self, mod: torch.nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
         return ragged_layer_norm(x, mod.weight, mod.bias, self.live, eps=mod.eps)
 
-    def linear(self, mod: torch.nn.Linear, x: torch.Tensor, gelu: bool = False,
-               residual: torch.Tensor | None = None) -> torch.Tensor:
+    def pre_norm(self, mod: torch.nn.LayerNorm, x: torch.Tensor,
+                 then: torch.nn.Linear) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(mod(x), res)``: a pre-norm, and the residual that :meth:`residual_linear` of ``then`` (the layer
+        whose output is added to ``x``) takes: ``x`` for the Triton GEMMs (they add it in their epilogue),
+        ``x + then.bias`` from the same LayerNorm kernel for cuBLAS."""
+        if self.gemm or then.bias is None or not RESIDUAL_IN_NORM:
+            return self.norm(mod, x), x
+        return ragged_layer_norm_shift(x, mod.weight, mod.bias, self.live, then.bias, eps=mod.eps)
+
+    def residual_linear(self, mod: torch.nn.Linear, a: torch.Tensor, res: torch.Tensor) -> torch.Tensor:
+        """``x + mod(a)``, given ``res`` from :meth:`pre_norm` with ``then=mod``."""
         if self.gemm:
-            return ragged_linear(x, mod.weight, mod.bias, self.live, gelu=gelu, residual=residual)
+            return ragged_linear(a, mod.weight, mod.bias, self.live, residual=res)
+        if mod.bias is None or not RESIDUAL_IN_NORM:  # res is the residual stream itself: not overwritten
+            return torch.addmm(res, a, mod.weight.t()) if mod.bias is None else res + mod(a)
+        return res.addmm_(a, mod.weight.t())  # res: x + bias, this layer's own buffer; accumulated in place
+
+    def linear(self, mod: torch.nn.Linear, x: torch.Tensor, gelu: bool = False) -> torch.Tensor:
+        if self.gemm or (gelu and TRITON_GELU):  # cuBLAS + a GELU kernel, or one Triton kernel
+            return ragged_linear(x, mod.weight, mod.bias, self.live, gelu=gelu)
         y = mod(x)
-        if gelu:
-            y = torch.nn.functional.gelu(y)
-        return y if residual is None else residual + y
+        return torch.nn.functional.gelu(y) if gelu else y
 
 
 def fusable_mlp(mlp) -> bool:
@@ -70,6 +89,9 @@ def live_rows_unsupported(blk) -> str | None:
     bad = [why for why, ok in checks.items() if not ok]
     return "; ".join(bad) or None
 
+
+RESIDUAL_IN_NORM = True  # cuBLAS buffers: the residual's bias add in the LayerNorm, cuBLAS accumulates into it
+TRITON_GELU = True  # cuBLAS buffers: fc1 + GELU still as one Triton kernel (no separate GELU launch)
 
 AUTO_MIN_ROWS = 1024  # live_rows="auto": buffers with unused rows (adaptive stages) from this many rows
 AUTO_MIN_ROWS_FULL = 32768  # ... and buffers without (fixed stages, before pruning), where only the fusion pays
