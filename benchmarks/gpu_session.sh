@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call of the 2026-11-30 session: GPU tests of the new parts, eval on the GPU, exactness (fp32, fp16).
-# Usage on the GPU machine: RAGGEDVIT_DATA=$PWD/.data OUT=... bash benchmarks/gpu_session.sh part1|part2|part3|probe|probe2|s4a|s4b|s4c
+# Usage on the GPU machine: RAGGEDVIT_DATA=$PWD/.data OUT=... bash benchmarks/gpu_session.sh part1|part2|part3|probe|probe2|s4a|s4b|s4c|aoti1|aoti2
 # part3 (next session, about 8 minutes): what the second 2026-11-30 session could not re-run for lack of device
 # time: the AOTInductor package on the GPU after the lifted-constants fix, torch.compile of both layouts on the
 # GPU (tests/test_compile.py), and the live_rows policy A/B.
@@ -70,4 +70,12 @@ case "$1" in
       --batches 64 --budget 240 --out "$OUT" 2>&1 | grep -v Warn | tail -n 14
     timeout 60 python3 benchmarks/aoti_probe.py --out "$OUT" --cases linear_cpu --gdb 0 --load-timeout 40 --cxx "$CXX" \
       2>&1 | grep -v Warn | tail -n 3 ;;
+  aoti1|aoti2)  # next session: AOTInductor per method (about 140 s of packaging each), the package's call also
+    # captured in a CUDA graph; built with the wrapper that links libstdc++.so.6 (docs/export.md)
+    export REAL_CXX=${CXX:-g++} CXX=$PWD/benchmarks/cxx_shared_libstdcxx.sh
+    pairs=$([ "$1" = aoti1 ] && echo evit:fixed,threshold_l2:adaptive || echo ats:adaptive,tome:fixed)
+    timeout 420 python3 -X faulthandler benchmarks/gpu_compile.py --methods evit,threshold_l2,ats,tome \
+      --steps eager,graph,aoti --aoti-methods "$pairs" --batches 64 --budget 400 --out "$OUT" 2>&1 | grep -v Warn \
+      | tail -n 24
+    [ "$1" = aoti1 ] && timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_export.py 2>&1 | tail -n 4 ;;
 esac
