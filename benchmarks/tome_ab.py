@@ -35,12 +35,12 @@ def main() -> None:
     model = sample_data.load_model().to(dev, torch.float16).eval()
     images, _ = sample_data.load_images(model, range(256))
     images = images.to(dev, torch.float16)
-    rows = []
+    rows, rows_default = [], tome_mod.MERGE_KERNEL_MAX_ROWS
     for opts in [SETTINGS[int(i)] for i in args.settings.split(",")]:
         outs = {}
         for b in map(int, args.batches.split(",")):
             for kernel in (True, False):
-                tome_mod.MERGE_KERNEL = kernel
+                tome_mod.MERGE_KERNEL, tome_mod.MERGE_KERNEL_MAX_ROWS = kernel, 1 << 30 if kernel else rows_default
                 pruned = raggedvit.prune(model, "tome", **opts).eval()
                 g = capture(pruned, b, example=images[:b])
                 us = graph_replay_us(g.graph, dev, replays=max(20, 4000 // b))
@@ -52,7 +52,7 @@ def main() -> None:
                 print(f"tome {opts} b{b:<4d} {'kernel' if kernel else 'torch':6s} {us:9.1f} us "
                       f"{b / us * 1e6:9.0f} img/s {nk:6.0f} kernels", flush=True)
                 del g, pruned
-        tome_mod.MERGE_KERNEL = True
+        tome_mod.MERGE_KERNEL, tome_mod.MERGE_KERNEL_MAX_ROWS = True, rows_default
         if len(outs) == 2:
             (lk, ck), (lt, ct) = outs[True], outs[False]
             agree = dict(options=opts, max_logit_diff=(lk - lt).abs().max().item(),
