@@ -103,9 +103,15 @@ with torch.no_grad():
         run(x)
     sync()
 res = {"logits": y, "ips": x.shape[0] * iters / (time.perf_counter() - t0)}
-if x.is_cuda:  # the package's call captured in a CUDA graph (raggedvit's ops are capture-safe)
+if x.is_cuda:  # the package's call captured in a CUDA graph (raggedvit's ops are capture-safe); loaded again
+    # single-threaded: the default runner queries the previous call's CUDA event, which invalidates a capture
     try:
+        del run
+        run = torch._inductor.aoti_load_package(sys.argv[2], run_single_threaded=True)
         with torch.no_grad():
+            for _ in range(3):
+                run(x)
+            torch.cuda.synchronize()
             g = torch.cuda.CUDAGraph()
             with torch.cuda.graph(g):
                 out = run(x)

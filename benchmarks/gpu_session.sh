@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call of the 2026-11-30 session: GPU tests of the new parts, eval on the GPU, exactness (fp32, fp16).
-# Usage on the GPU machine: RAGGEDVIT_DATA=$PWD/.data OUT=... bash benchmarks/gpu_session.sh part1|part2|part3|probe|probe2|s4a|s4b|s4c|aoti1|aoti2
+# Usage on the GPU machine: RAGGEDVIT_DATA=$PWD/.data OUT=... bash benchmarks/gpu_session.sh part1|part2|part3|probe|probe2|s4a|s4b|s4c|aoti1|aoti2|s5a|s5b
 # part3 (next session, about 8 minutes): what the second 2026-11-30 session could not re-run for lack of device
 # time: the AOTInductor package on the GPU after the lifted-constants fix, torch.compile of both layouts on the
 # GPU (tests/test_compile.py), and the live_rows policy A/B.
@@ -78,4 +78,24 @@ case "$1" in
       --steps eager,graph,aoti --aoti-methods "$pairs" --batches 64 --budget 400 --out "$OUT" 2>&1 | grep -v Warn \
       | tail -n 24
     [ "$1" = aoti1 ] && timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_export.py 2>&1 | tail -n 4 ;;
+  s5a)  # fifth 2026-11-30 session: GPU tests of the ToMe merge kernels (NaN rows past a length: fixed), frontier and
+    # ToMe's exactness with them
+    timeout 150 python3 -m pytest -q -n 4 -p no:cacheprovider tests/test_ops_tome.py tests/test_pruning_tome.py \
+      tests/test_models_graph.py 2>&1 | tail -n 6 | tee "$OUT/gpu-tests-s5a.log"
+    timeout 330 python3 -m raggedvit bench frontier --quick --random-models deit_small --out "$OUT" 2>&1 \
+      | grep -v "it/s\]" | tail -n 40
+    for dt in float32 float16; do
+      timeout 60 python3 -m raggedvit bench exactness --sample-data --models $W --checkpoint .data/weights/$W.safetensors \
+        --methods tome --num-images 436 --calib-images 64 --batch-size 128 --dtype $dt --out "$OUT" 2>&1 \
+        | grep -v "it/s\]" | tail -n 8
+    done ;;
+  s5b)  # the AOTI package loaded single-threaded and captured in a CUDA graph; eval on the GPU
+    export REAL_CXX=${CXX:-g++} CXX=$PWD/benchmarks/cxx_shared_libstdcxx.sh
+    timeout 250 python3 -X faulthandler benchmarks/gpu_compile.py --methods evit,tome --steps eager,graph,aoti \
+      --aoti-methods evit:fixed --batches 64 --budget 230 --out "$OUT" 2>&1 | grep -v Warn | tail -n 10
+    timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_export.py 2>&1 | tail -n 4 \
+      | tee "$OUT/gpu-tests-export.log"
+    timeout 120 python3 -m raggedvit eval --data .data/imagenet-sample --checkpoint .data/weights/$W.safetensors \
+      --model vit_tiny_patch16_224 --method all --batch-size 250 --workers 8 --json "$OUT/eval-gpu.json" 2>&1 \
+      | grep -v "it/s\]" | tail -n 22 | tee "$OUT/eval-gpu.log" ;;
 esac

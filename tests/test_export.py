@@ -13,6 +13,8 @@ from raggedvit.cli import main
 from raggedvit.models import export as rexport
 from test_compile import tiny_model
 
+from conftest import requires_gpu
+
 
 def test_export_matches_eager_and_records_no_stats():
     pruned = raggedvit.prune(tiny_model(), "evit", variant="adaptive", stages=(1, 2, 3))
@@ -69,6 +71,46 @@ def test_aoti_package_runs_in_a_fresh_process(tmp_path):
     assert bad.returncode != 0 and "raggedvit::" in bad.stderr
 
 
+_GRAPH_CHILD = """
+import sys, torch
+from raggedvit.models.export import load_package
+io = torch.load(sys.argv[1])
+run = load_package(sys.argv[2], run_single_threaded=True)
+static = io["images"][0].clone()
+with torch.no_grad():
+    for _ in range(3):
+        run(static)
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        out = run(static)
+    diffs = []
+    for images, expected in zip(io["images"], io["expected"]):
+        static.copy_(images)
+        g.replay()
+        diffs.append((out - expected).abs().max().item())
+print("DIFFS", max(diffs))
+"""
+
+
+@requires_gpu
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_aoti_package_replays_in_a_cuda_graph(tmp_path):
+    """A CUDA package of an adaptive model, loaded single-threaded, captured once in a CUDA graph: replays on
+    three batches give eager's logits (the captured input buffer refilled before each replay)."""
+    pruned = raggedvit.prune(tiny_model(2), "evit", variant="adaptive", stages=(1,))
+    batches = [rexport.example_images(pruned, 2, seed=s) for s in (1, 2, 3)]
+    with torch.no_grad():
+        expected = [pruned(b) for b in batches]
+    path = rexport.package_pruned(rexport.export_pruned(pruned, images=batches[0]), tmp_path / "m.pt2")
+    torch.save({"images": batches, "expected": expected}, tmp_path / "io.pt")
+    done = subprocess.run([sys.executable, "-c", _GRAPH_CHILD, str(tmp_path / "io.pt"), path], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert float(done.stdout.split("DIFFS")[1]) <= 1e-4
+
+
 def _zip(path, members: dict) -> str:
     import zipfile
 
@@ -91,7 +133,8 @@ def test_static_libstdcxx_lists_the_so_without_the_shared_library(tmp_path):
 
 def test_load_package_warns_before_loading_a_static_libstdcxx_package(tmp_path, monkeypatch):
     loaded = []
-    monkeypatch.setattr(torch._inductor, "aoti_load_package", lambda path: loaded.append(path) or "runner")
+    monkeypatch.setattr(torch._inductor, "aoti_load_package",
+                        lambda path, run_single_threaded: loaded.append((path, run_single_threaded)) or "runner")
     static = _zip(tmp_path / "s.pt2", {"a.so": b"\x7fELF static"})
     with pytest.warns(RuntimeWarning, match="static libstdc\\+\\+.*cxx_shared_libstdcxx.sh"):
         assert rexport.load_package(static) == "runner"
@@ -100,14 +143,14 @@ def test_load_package_warns_before_loading_a_static_libstdcxx_package(tmp_path, 
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert rexport.load_package(shared) == "runner"
-    assert loaded == [static, shared]
+        assert rexport.load_package(shared, run_single_threaded=True) == "runner"
+    assert loaded == [(static, False), (shared, True)]
 
 
 def test_export_command(tmp_path, monkeypatch, capsys):
     """The command's wiring, with torch.export.save/load standing in for the (slow) AOTInductor compile."""
     monkeypatch.setattr(rexport, "package_pruned", lambda ep, path: (torch.export.save(ep, str(path)), str(path))[1])
-    monkeypatch.setattr(rexport, "load_package", lambda path: torch.export.load(path).module())
+    monkeypatch.setattr(rexport, "load_package", lambda path, **kw: torch.export.load(path).module())
     out = tmp_path / "m.pt2"
     rc = main(["export", "--model", "deit_tiny_patch16_224", "--weights", "random", "--method", "dynamicvit",
                "--batch-size", "2", "--out", str(out), "--check"])

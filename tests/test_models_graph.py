@@ -61,6 +61,7 @@ CASES = [
     ("dynamicvit", dict(variant="adaptive")),
     ("threshold_l2", dict(alpha=1.0, live_rows=True)),  # the LiveRows kernels (TMA tiles forced below)
     ("evit", dict(variant="adaptive", live_rows=True)),
+    ("tome", dict(variant="adaptive")),  # the merge kernels on a ragged batch (rows past a length: pool garbage)
 ]
 
 

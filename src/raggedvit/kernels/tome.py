@@ -205,7 +205,9 @@ def tome_apply_fwd(
                     sa = tl.load(SIZE + b * stride_sb + 2 * i, mask=i < LA, other=0.0)
                 else:
                     sa = tl.full([BLOCK_I], 1.0, tl.float32)
-                xa = tl.load(x_base + (2 * i)[:, None] * stride_xl + c[None, :], mask=(i[:, None] < LA) & cm,
+                # only the A rows that merge somewhere: rows past an image's length may hold anything (NaN
+                # included), and 0 * NaN in the one-hot product would poison the B rows
+                xa = tl.load(x_base + (2 * i)[:, None] * stride_xl + c[None, :], mask=(dst[:, None] >= 0) & cm,
                              other=0.0).to(tl.float32)
                 acc += tl.dot(tl.where(hit, sa[None, :], 0.0), xa, input_precision="ieee")
         tl.store(v_base + pb[:, None] * stride_vl + c[None, :], (acc / den[:, None]).to(VALUES.dtype.element_ty),

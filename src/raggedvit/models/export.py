@@ -81,16 +81,20 @@ def package_pruned(program: torch.export.ExportedProgram, path: str | os.PathLik
     return path
 
 
-def load_package(path: str | os.PathLike):
+def load_package(path: str | os.PathLike, *, run_single_threaded: bool = False):
     """Load an AOTInductor package written by :func:`package_pruned`: a callable ``images -> logits``.
 
     Importing this module registered raggedvit's ops, which the package's graph calls. Warns first when the
-    package carries its own libstdc++ (:func:`static_libstdcxx`)."""
+    package carries its own libstdc++ (:func:`static_libstdcxx`).
+
+    ``run_single_threaded=True`` loads it without AOTInductor's per-call thread synchronisation (it queries a
+    CUDA event of the previous call, which invalidates a CUDA-graph capture): use it to capture the package's
+    call in ``torch.cuda.graph`` (one thread per loaded package), see docs/export.md."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"load_package: no such file {path!r}")
     _warn_if_static_libstdcxx(path, "load_package")
-    return torch._inductor.aoti_load_package(path)
+    return torch._inductor.aoti_load_package(path, run_single_threaded=bool(run_single_threaded))
 
 
 def static_libstdcxx(path: str | os.PathLike) -> list[str]:
