@@ -73,8 +73,10 @@ case "$1" in
   aoti1|aoti2)  # next session: AOTInductor per method (about 140 s of packaging each), the package's call also
     # captured in a CUDA graph; built with the wrapper that links libstdc++.so.6 (docs/export.md)
     export REAL_CXX=${CXX:-g++} CXX=$PWD/benchmarks/cxx_shared_libstdcxx.sh
-    pairs=$([ "$1" = aoti1 ] && echo evit:fixed,threshold_l2:adaptive || echo ats:adaptive,tome:fixed)
-    timeout 420 python3 -X faulthandler benchmarks/gpu_compile.py --methods evit,threshold_l2,ats,tome \
+    # (aoti1 ran in the fifth 2026-11-30 session: gpu-compile-...-131527; aoti2 is next: the methods not yet packaged)
+    pairs=$([ "$1" = aoti1 ] && echo evit:fixed,threshold_l2:adaptive || echo ats:adaptive,tome:fixed,dynamicvit:fixed)
+    methods=$([ "$1" = aoti1 ] && echo evit,threshold_l2,ats,tome || echo ats,tome,dynamicvit)
+    timeout 420 python3 -X faulthandler benchmarks/gpu_compile.py --methods "$methods" \
       --steps eager,graph,aoti --aoti-methods "$pairs" --batches 64 --budget 400 --out "$OUT" 2>&1 | grep -v Warn \
       | tail -n 24
     [ "$1" = aoti1 ] && timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_export.py 2>&1 | tail -n 4 ;;

@@ -11,6 +11,7 @@ import torch
 import raggedvit
 from raggedvit.cli import main
 from raggedvit.models import export as rexport
+from raggedvit.pruning import pruning_methods
 from test_compile import tiny_model
 
 from conftest import requires_gpu
@@ -33,6 +34,32 @@ def test_export_matches_eager_and_records_no_stats():
     with torch.no_grad():
         got = program.module()(images)
     assert (got - expected).abs().max().item() <= 1e-4
+
+
+def _options(method, variant):
+    if method == "tome":  # merges in every block, no stages
+        return {"variant": variant, "r": 2}
+    options = {"variant": variant, "stages": (1, 2, 3)}
+    if method == "threshold_l2" and variant == "adaptive":
+        options["alpha"] = 1.0  # a relative threshold (no calibration needed here)
+    if method == "dynamicvit":
+        options["random_predictors"] = True
+    return options
+
+
+@pytest.mark.parametrize("method", pruning_methods())
+@pytest.mark.parametrize("variant", ["fixed", "adaptive"])
+def test_every_method_exports(method, variant):
+    """torch.export of every method and variant (packed) gives eager's logits on other images than the
+    example's (the program's decisions are data-dependent, not traced constants)."""
+    pruned = raggedvit.prune(tiny_model(), method, **_options(method, variant))
+    program = rexport.export_pruned(pruned, images=rexport.example_images(pruned, 2, seed=2))
+    for seed in (3, 4):
+        images = rexport.example_images(pruned, 2, seed=seed) * (1 + seed)
+        with torch.no_grad():
+            expected = pruned(images)
+            got = program.module()(images)
+        assert (got - expected).abs().max().item() <= 1e-4, (method, variant, seed)
 
 
 def test_export_rejects_bad_input():
