@@ -79,7 +79,7 @@ case "$1" in
     timeout 420 python3 -X faulthandler benchmarks/gpu_compile.py --methods "$methods" \
       --steps eager,graph,aoti --aoti-methods "$pairs" --batches 64 --budget 400 --out "$OUT" 2>&1 | grep -v Warn \
       | tail -n 24
-    [ "$1" = aoti1 ] && timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_export.py 2>&1 | tail -n 4 ;;
+    timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_export.py 2>&1 | tail -n 4 ;;
   s5a)  # fifth 2026-11-30 session: GPU tests of the ToMe merge kernels (NaN rows past a length: fixed), frontier and
     # ToMe's exactness with them
     timeout 150 python3 -m pytest -q -n 4 -p no:cacheprovider tests/test_ops_tome.py tests/test_pruning_tome.py \

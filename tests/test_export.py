@@ -100,22 +100,10 @@ def test_aoti_package_runs_in_a_fresh_process(tmp_path):
 
 _GRAPH_CHILD = """
 import sys, torch
-from raggedvit.models.export import load_package
+from raggedvit.models.export import GraphedPackage
 io = torch.load(sys.argv[1])
-run = load_package(sys.argv[2], run_single_threaded=True)
-static = io["images"][0].clone()
-with torch.no_grad():
-    for _ in range(3):
-        run(static)
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        out = run(static)
-    diffs = []
-    for images, expected in zip(io["images"], io["expected"]):
-        static.copy_(images)
-        g.replay()
-        diffs.append((out - expected).abs().max().item())
+graphed = GraphedPackage(sys.argv[2], io["images"][0])
+diffs = [(graphed(images) - expected).abs().max().item() for images, expected in zip(io["images"], io["expected"])]
 print("DIFFS", max(diffs))
 """
 
@@ -124,8 +112,8 @@ print("DIFFS", max(diffs))
 @pytest.mark.slow
 @pytest.mark.timeout(400)
 def test_aoti_package_replays_in_a_cuda_graph(tmp_path):
-    """A CUDA package of an adaptive model, loaded single-threaded, captured once in a CUDA graph: replays on
-    three batches give eager's logits (the captured input buffer refilled before each replay)."""
+    """GraphedPackage: a CUDA package of an adaptive model, loaded single-threaded, captured once in a CUDA
+    graph; replays on three batches give eager's logits."""
     pruned = raggedvit.prune(tiny_model(2), "evit", variant="adaptive", stages=(1,))
     batches = [rexport.example_images(pruned, 2, seed=s) for s in (1, 2, 3)]
     with torch.no_grad():
@@ -136,6 +124,13 @@ def test_aoti_package_replays_in_a_cuda_graph(tmp_path):
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert float(done.stdout.split("DIFFS")[1]) <= 1e-4
+
+
+def test_graphed_package_needs_a_cuda_example(tmp_path):
+    with pytest.raises(ValueError, match="CUDA tensor"):
+        rexport.GraphedPackage(tmp_path / "m.pt2", torch.randn(2, 3, 64, 64))
+    with pytest.raises(ValueError, match="CUDA tensor"):
+        rexport.GraphedPackage(tmp_path / "m.pt2", None)
 
 
 def _zip(path, members: dict) -> str:

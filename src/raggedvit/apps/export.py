@@ -8,7 +8,7 @@ images and compiles it with AOTInductor (``torch._inductor.aoti_compile_and_pack
 The package runs without raggedvit's Python forward, but its ``torch.ops.raggedvit.*`` kernels are
 registered by raggedvit: load it in a process that has run ``import raggedvit`` (then
 ``raggedvit.models.export.load_package(path)(images)``); on CUDA, capture its call in a CUDA graph for speed
-(``load_package(path, run_single_threaded=True)``). See docs/export.md.
+(``raggedvit.models.export.GraphedPackage``). See docs/export.md.
 """
 
 from __future__ import annotations
@@ -84,8 +84,8 @@ def _run(args) -> int:
     print("  load it after `import raggedvit` (registers the raggedvit ops the package calls): "
           "raggedvit.models.export.load_package(path)(images)")
     if device.type == "cuda":
-        print("  for speed, capture its call in a CUDA graph (load_package(path, run_single_threaded=True)): "
-              "called directly it runs about 100 ops through Python per forward (docs/export.md)")
+        print("  for speed, replay it in a CUDA graph: raggedvit.models.export.GraphedPackage(path, example)"
+              "(images); called directly it runs about 100 ops through Python per forward (docs/export.md)")
     if not args.check:
         return 0
     images = example_images(pruned, args.batch_size, seed=1)

@@ -21,7 +21,7 @@ import torch
 
 from .pruned import PrunedViT
 
-__all__ = ["example_images", "export_pruned", "package_pruned", "load_package", "static_libstdcxx"]
+__all__ = ["example_images", "export_pruned", "package_pruned", "load_package", "GraphedPackage", "static_libstdcxx"]
 
 
 def example_images(model: torch.nn.Module, batch_size: int, *, seed: int = 0) -> torch.Tensor:
@@ -95,6 +95,55 @@ def load_package(path: str | os.PathLike, *, run_single_threaded: bool = False):
         raise FileNotFoundError(f"load_package: no such file {path!r}")
     _warn_if_static_libstdcxx(path, "load_package")
     return torch._inductor.aoti_load_package(path, run_single_threaded=bool(run_single_threaded))
+
+
+class GraphedPackage:
+    """An AOTInductor package (:func:`package_pruned`) loaded single-threaded and its call captured once in a
+    CUDA graph, for inputs of ``example``'s shape, dtype and device; replayed per call.
+
+    Called directly, a package dispatches every ``torch.ops.raggedvit.*`` op of the forward into its Python
+    implementation (about 100 per forward for a ViT); in a CUDA graph those host costs are paid once, at
+    capture. Calling the object copies the images into the static input buffer, replays and returns the
+    static logits, which the next call overwrites (``clone=True`` returns a copy). Kept tokens are still
+    decided per image on the device at every replay. One thread per object (``run_single_threaded``).
+
+    Attributes: ``input`` (static input buffer), ``output`` (static logits), ``graph``, ``run`` (the loaded
+    package).
+    """
+
+    def __init__(self, path: str | os.PathLike, example: torch.Tensor, *, warmup: int = 3) -> None:
+        if not isinstance(example, torch.Tensor) or not example.is_cuda:
+            raise ValueError("GraphedPackage: example must be a CUDA tensor shaped like the package's input "
+                             f"(CUDA graphs need a GPU), got {type(example).__name__}"
+                             f"{'' if not isinstance(example, torch.Tensor) else ' on ' + str(example.device)}")
+        if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 1:
+            raise ValueError(f"GraphedPackage: warmup must be an int >= 1, got {warmup!r}")
+        self.run = load_package(path, run_single_threaded=True)
+        self.input = example.detach().clone(memory_format=torch.contiguous_format)
+        with torch.no_grad(), torch.cuda.device(self.input.device):
+            for _ in range(warmup):  # outside the capture: allocations settle, lazy work happens here
+                self.run(self.input)
+            torch.cuda.synchronize()
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                out = self.run(self.input)
+        self.output: torch.Tensor = out[0] if isinstance(out, (list, tuple)) else out
+
+    def replay(self) -> torch.Tensor:
+        """Replay on whatever :attr:`input` holds; returns the static :attr:`output`."""
+        self.graph.replay()
+        return self.output
+
+    def __call__(self, images: torch.Tensor, *, clone: bool = False) -> torch.Tensor:
+        if (not isinstance(images, torch.Tensor) or images.shape != self.input.shape
+                or images.dtype != self.input.dtype or images.device != self.input.device):
+            got = (f"{tuple(images.shape)} {images.dtype} on {images.device}" if isinstance(images, torch.Tensor)
+                   else type(images).__name__)
+            raise ValueError(f"GraphedPackage: expected images {tuple(self.input.shape)} {self.input.dtype} on "
+                             f"{self.input.device} (the captured shape), got {got}")
+        self.input.copy_(images)
+        self.graph.replay()
+        return self.output.clone() if clone else self.output
 
 
 def static_libstdcxx(path: str | os.PathLike) -> list[str]:
