@@ -113,9 +113,9 @@ class GraphedPackage:
 
     def __init__(self, path: str | os.PathLike, example: torch.Tensor, *, warmup: int = 3) -> None:
         if not isinstance(example, torch.Tensor) or not example.is_cuda:
+            got = f"a tensor on {example.device}" if isinstance(example, torch.Tensor) else type(example).__name__
             raise ValueError("GraphedPackage: example must be a CUDA tensor shaped like the package's input "
-                             f"(CUDA graphs need a GPU), got {type(example).__name__}"
-                             f"{'' if not isinstance(example, torch.Tensor) else ' on ' + str(example.device)}")
+                             f"(CUDA graphs need a GPU), got {got}")
         if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 1:
             raise ValueError(f"GraphedPackage: warmup must be an int >= 1, got {warmup!r}")
         self.run = load_package(path, run_single_threaded=True)

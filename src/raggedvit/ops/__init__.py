@@ -1,5 +1,5 @@
 """Ops: launchers, ``torch.library`` registration, the public attention functions and the live-row
-token-wise ops (LayerNorm, Linear + GELU / residual), and ToMe's merge in one kernel."""
+token-wise ops (LayerNorm, Linear + GELU / residual), and ToMe's merge (three kernels)."""
 
 from .attention import check_cu_seqlens, ragged_attention, warmup
 from .layernorm import ragged_layer_norm
