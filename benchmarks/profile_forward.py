@@ -3,11 +3,12 @@
 Runs the trained ViT-Tiny (raggedvit.sample_data) on real photos, fp16, the packed layout (eager and sync-free:
 the kernels are the ones its CUDA graph replays) and timm's dense forward, and prints, per setting, the device
 time per forward grouped by kernel family, then the largest kernels. Usage:
-``PYTHONPATH=src python benchmarks/profile_forward.py [--batches 64,256] [--out DIR]``.
+``PYTHONPATH=src python benchmarks/profile_forward.py [--batches 64,256] [--settings 0,5] [--out DIR]``.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 from collections import defaultdict
@@ -18,9 +19,11 @@ from live_rows_ab import gpu_sample
 from torch.profiler import ProfilerActivity, profile
 
 import raggedvit
+from raggedvit.models import calibrate_thresholds
 
 SETTINGS = [("none", {}), ("evit", dict(variant="fixed", keep_rate=0.8)), ("ats", dict(variant="fixed", keep_rate=0.9)),
-            ("ats", dict(variant="adaptive")), ("evit", dict(variant="adaptive", mass=0.9))]
+            ("ats", dict(variant="adaptive")), ("evit", dict(variant="adaptive", mass=0.9)),
+            ("threshold_l2", dict(variant="adaptive", calibrate=0.85))]
 FAMILIES = [("attention", r"attn|attention|fmha|flash"), ("gemm", r"gemm|sm90|cutlass|linear|matmul|nvjet|cublas"),
             ("layernorm", r"layer_norm|layernorm"), ("select", r"select|sample|ats|cdf|topk|sort|cls"),
             ("compact", r"compact|gather|scatter|index"),
@@ -37,11 +40,18 @@ def family(name: str) -> str:
 
 
 def main() -> None:
-    args, dev, model, images = gpu_sample("64,256", 256)
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--settings", default=",".join(map(str, range(len(SETTINGS)))),
+                    help="indices into SETTINGS, comma-separated")
+    args, dev, model, images = gpu_sample("64,256", 320, ap)
+    calib, images = images[:64].to(dev, torch.float16), images[64:]
     out = {}
     for b in map(int, args.batches.split(",")):
         x = images[:b].to(dev, torch.float16)
-        for method, opts in SETTINGS:
+        for method, opts in (SETTINGS[int(i)] for i in args.settings.split(",")):
+            opts = dict(opts)
+            if "calibrate" in opts:  # Threshold-L2 adaptive: thresholds from 64 other photos
+                opts["thresholds"] = calibrate_thresholds(model, calib, keep_rate=opts.pop("calibrate"))
             net = model if method == "none" else raggedvit.prune(model, method, **opts).eval()
             reps = 10
             with torch.no_grad():
@@ -61,7 +71,7 @@ def main() -> None:
                 kern[e.key][0] += t / reps
                 kern[e.key][1] += e.count / reps
             total = sum(fams.values())
-            key = f"b{b} {method} {' '.join(f'{k}={v}' for k, v in opts.items())}"
+            key = f"b{b} {method} {' '.join(f'{k}={v}' for k, v in opts.items() if k != 'thresholds')}"
             top = sorted(kern.items(), key=lambda kv: -kv[1][0])[:12]
             out[key] = {"total_us": total, "families": dict(fams),
                         "top": [{"kernel": k[:90], "us": v[0], "calls": v[1]} for k, v in top]}

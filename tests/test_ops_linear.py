@@ -137,3 +137,25 @@ def test_graph_replay_follows_the_live_count():
         torch.testing.assert_close(out[:n], want[:n], atol=2e-2, rtol=2e-2)
         assert (out[max(n, 300):] == 5).all()  # rows never live since the fill are untouched
     assert launcher.stats["direct"] >= 1 or not ON_GPU
+
+
+@requires_gpu
+@pytest.mark.parametrize("m,n,k,gelu,res", [
+    (197, 576, 192, False, False),  # batch 1: small tiles
+    (12608, 192, 768, False, True),  # fc2 at batch 64: narrow, 128 x 64 pointer tiles
+    (50432, 192, 192, False, True),  # proj at batch 256: narrow, 256 x 64 TMA tiles
+    (12608, 768, 192, True, False),  # fc1 at batch 64: 128 x 128 TMA tiles
+])
+def test_every_configuration_the_library_picks(m, n, k, gelu, res):
+    """ViT-Tiny GEMMs at the buffer sizes that reach each branch of ``_config``, fp16, 85 % live rows (NaN
+    past them): fp64 reference on the live rows, nothing written past them."""
+    live = int(m * 0.85)
+    x = torch.randn(m, k, device=DEVICE, dtype=torch.float16)
+    x[live:] = float("nan")
+    w = (torch.randn(n, k, device=DEVICE) / k**0.5).half()
+    b = torch.randn(n, device=DEVICE).half()
+    r = torch.randn(m, n, device=DEVICE).half() if res else None
+    out = torch.full((m, n), 7.0, device=DEVICE, dtype=torch.float16)
+    ragged_linear(x, w, b, torch.tensor([live], dtype=torch.int32, device=DEVICE), gelu=gelu, residual=r, out=out)
+    assert_close_report(out[:live], _ref(x, w, b, live, gelu, r)[:live], 2e-2, f"{(m, n, k)}")
+    assert (out[live:] == 7).all()
