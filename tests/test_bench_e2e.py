@@ -181,14 +181,15 @@ def test_pipeline_table():
     """The table says what e2e's former name tuples and prefix branches said (names and order, backends, graphs)."""
     assert list(PIPELINES) == ["dense", "dense_graph", "dense_compiled", "padded_sdpa", "padded_static", "packed_fa2",
                                "packed_fa2_graph",
-                               "packed_varlen_attn", "packed_nested", "raggedvit_eager", "raggedvit_graph", "oracle",
-                               "oracle_capacity"]
+                               "packed_varlen_attn", "packed_nested", "raggedvit_eager", "raggedvit_graph",
+                               "raggedvit_compiled", "oracle", "oracle_capacity"]
     assert {n: p.backend for n, p in PIPELINES.items() if p.backend} == {
         "packed_fa2": "fa2_varlen", "packed_fa2_graph": "fa2_varlen", "packed_varlen_attn": "varlen_attn",
-        "packed_nested": "nested_sdpa", "raggedvit_eager": "triton", "raggedvit_graph": "triton"}
+        "packed_nested": "nested_sdpa", "raggedvit_eager": "triton", "raggedvit_graph": "triton",
+        "raggedvit_compiled": "triton"}
     assert {n for n, p in PIPELINES.items() if p.needs_cuda} == {
-        "dense_graph", "dense_compiled", "padded_static", "packed_fa2_graph", "raggedvit_graph", "oracle",
-        "oracle_capacity"}
+        "dense_graph", "dense_compiled", "padded_static", "packed_fa2_graph", "raggedvit_graph", "raggedvit_compiled",
+        "oracle", "oracle_capacity"}
     assert [n for n, p in PIPELINES.items() if p.padding == "static"] == ["padded_static"]
     assert [n for n, p in PIPELINES.items() if p.backend_run(on_gpu=False) != p.backend] == ["raggedvit_eager"]
     assert PIPELINES["raggedvit_eager"].backend_run(on_gpu=False) == "reference"

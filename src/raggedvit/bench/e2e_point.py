@@ -62,9 +62,10 @@ def _graph(fn, device):
     return g.replay, out, time.perf_counter() - t0
 
 
-def compiled_dense(model: torch.nn.Module):
-    """``torch.compile`` of the unpruned model as a user would deploy it: ``mode="reduce-overhead"`` (CUDA graphs),
-    ``fullgraph=True``, ``dynamic=False`` (static shapes: one compile per batch size)."""
+def compiled_model(model: torch.nn.Module):
+    """``torch.compile`` of a model (the unpruned one, or a packed pruned one) as a user would deploy it:
+    ``mode="reduce-overhead"`` (CUDA graphs), ``fullgraph=True``, ``dynamic=False`` (static shapes: one compile
+    per batch size)."""
     return torch.compile(model, mode="reduce-overhead", fullgraph=True, dynamic=False)
 
 
@@ -121,14 +122,17 @@ class Point:
         extra: dict = {"attention": backend or ("sdpa" if pl.layout == "padded" else "timm")}
         stats, mode, fn, model = None, "eager", None, None
         with torch.no_grad():
-            if pl.layout == "dense" and pl.mode == "compiled":
+            if pl.mode == "compiled":
+                net = self.model if pl.layout == "dense" else self.pruned(pl.layout, backend or "triton",
+                                                                          pl.padding)
                 t0 = time.perf_counter()
-                cm = compiled_dense(self.model)
+                cm = compiled_model(net)
                 for _ in range(3):  # reduce-overhead records its CUDA graph after warm-up calls
                     out = cm(self.x)
                 synchronize(dev)
                 extra["capture_s"] = time.perf_counter() - t0
                 fn, kept, mode = (lambda: cm(self.x)), [], "compiled"  # noqa: E731
+                model = None if pl.layout == "dense" else net
             elif pl.layout == "dense":
                 fn = lambda: self.model(self.x)  # noqa: E731
                 kept = []
@@ -148,6 +152,7 @@ class Point:
                     fn = lambda: model(self.x)  # noqa: E731
             if fn is not None and mode == "compiled":
                 out = fn()
+                stats = getattr(model, "last_stats", None)  # this call's (a replay overwrites the last one's)
             elif fn is not None:
                 t0 = time.perf_counter()
                 out = fn()

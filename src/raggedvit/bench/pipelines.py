@@ -6,9 +6,10 @@ A pipeline is a token layout, an attention backend and a timing mode. Every pack
 Modes: ``eager`` (plain forwards), ``graph`` (the eager forward captured in a CUDA graph), ``capture`` (the
 packed model captured whole by :func:`raggedvit.models.graph.capture`), ``compiled`` (``torch.compile(model,
 mode="reduce-overhead", fullgraph=True, dynamic=False)``: Inductor kernels replayed in CUDA graphs, static
-shapes: what a user runs instead of pruning) and ``best`` (a CUDA graph when every stage has an exact count,
-i.e. fixed variants, also timed eager and the faster one kept; adaptive stages padded to the batch maximum
-read it back, one sync per stage, so those run eager).
+shapes: what a user runs instead of pruning; ``raggedvit_compiled`` runs it on the packed pruned model) and
+``best`` (a CUDA graph when every stage has an exact count, i.e. fixed variants, also timed eager and the
+faster one kept; adaptive stages padded to the batch maximum read it back, one sync per stage, so those run
+eager).
 
 The references: ``dense_compiled`` for every headline speed-up; the padded baseline in its best mode is the
 faster of ``padded_sdpa`` (batch-maximum padding) and ``padded_static`` (static per-stage capacity, CUDA graph),
@@ -86,6 +87,8 @@ PIPELINES = {p.name: p for p in (
              "(the reference backend on CPU)", cpu_backend="reference", cpu_quick=True),
     Pipeline("raggedvit_graph", "packed", "triton", "capture",
              "packed layout, raggedvit's Triton kernel, captured whole (raggedvit.models.graph)"),
+    Pipeline("raggedvit_compiled", "packed", "triton", "compiled", "packed layout, raggedvit's Triton kernel, "
+             "torch.compile(mode='reduce-overhead', fullgraph=True, dynamic=False) of the pruned model"),
     Pipeline("oracle", "oracle", None, "graph", "timm blocks at exactly the kept counts, CUDA graph, no "
              "scoring cost"),
     Pipeline("oracle_capacity", "oracle", None, "graph", "timm blocks at the packed buffer widths, CUDA graph "
