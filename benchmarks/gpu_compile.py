@@ -47,7 +47,8 @@ def parse_args(argv=None):
     p.add_argument("--batches", default="8,256", help="batch sizes (first: also the correctness batch)")
     p.add_argument("--methods", default=",".join(("none", *pruning_methods())))
     p.add_argument("--variants", default="fixed,adaptive")
-    p.add_argument("--steps", default=",".join(STEPS), help=f"subset of {','.join(STEPS)}")
+    p.add_argument("--steps", default=",".join(STEPS),
+                   help=f"subset of {','.join(STEPS)}; after eager and graph, phases run in this order")
     p.add_argument("--aoti-methods", default="evit:fixed,threshold_l2:adaptive",
                    help="method:variant pairs exported with AOTInductor (each costs a full compile)")
     p.add_argument("--compile-batches", default="",
@@ -322,8 +323,10 @@ def main(argv=None) -> int:
                     pass
         record(cfg, "aoti", compile_s=times, ips=ips, stats_available=False, package_in_cuda_graph=captured)
 
-    phases = [("eager", eager), ("graph", graph), ("compile", compiled(None)),
-              ("reduce-overhead", compiled("reduce-overhead")), ("aoti", aoti)]
+    phases = {"eager": eager, "graph": graph, "compile": compiled(None),
+              "reduce-overhead": compiled("reduce-overhead"), "aoti": aoti}
+    order = ["eager", "graph"] + [s for s in steps if s not in ("eager", "graph")]  # the rest in --steps order
+    phases = [(name, phases[name]) for name in order if name in phases]
     for name, fn in phases:
         for cfg in configs:
             if name != "eager" and "ref" not in cfg:
@@ -372,6 +375,14 @@ def write(args, out_dir, configs, batches, model_desc, device, dtype, total_s):
         lines.append(f"| {r['method']} | {r['variant']} | {r['step']} | {'-' if md is None else f'{md:.2e}'} | "
                      f"{r.get('same_kept', '-')} | {'-' if cs is None else f'{cs:.1f}'} | " + " | ".join(cells)
                      + f" | {(r.get('error') or '')[:160]} |")
+        for b, g in (r.get("package_in_cuda_graph") or {}).items():  # GraphedPackage: the package in a CUDA graph
+            if not g:  # not on CUDA
+                continue
+            gd, gi = g.get("graph_max_diff"), g.get("ips_graph")
+            cells = [f"{gi:,.0f}" if isinstance(gi, (int, float)) and bb == b else "-" for bb in batches]
+            lines.append(f"| {r['method']} | {r['variant']} | aoti in CUDA graph | "
+                         f"{'-' if gd is None else f'{gd:.2e} (vs aoti)'} | - | - | " + " | ".join(cells)
+                         + f" | {(g.get('graph_error') or '')[:160]} |")
     table = "\n".join(lines)
     (out_dir / f"gpu-compile-{slug}-{stamp}.md").write_text(table + "\n")
     print(table)

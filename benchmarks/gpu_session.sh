@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call of the 2026-11-30 session: GPU tests of the new parts, eval on the GPU, exactness (fp32, fp16).
-# Usage on the GPU machine: RAGGEDVIT_DATA=$PWD/.data OUT=... bash benchmarks/gpu_session.sh part1|part2|part3|probe|probe2|s4a|s4b|s4c|aoti1|aoti2|s5a|s5b
+# Usage on the GPU machine: RAGGEDVIT_DATA=$PWD/.data OUT=... bash benchmarks/gpu_session.sh part1|part2|part3|probe|probe2|s4a|s4b|s4c|aoti1|aoti2|s5a|s5b|s6a|s6b
 # part3 (next session, about 8 minutes): what the second 2026-11-30 session could not re-run for lack of device
 # time: the AOTInductor package on the GPU after the lifted-constants fix, torch.compile of both layouts on the
 # GPU (tests/test_compile.py), and the live_rows policy A/B.
@@ -101,4 +101,34 @@ case "$1" in
       | grep -v "it/s\]" | tail -n 22 | tee "$OUT/eval-gpu.log"
     timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_export.py 2>&1 | tail -n 4 \
       | tee "$OUT/gpu-tests-export.log" ;;
+  s6a)  # sixth 2026-11-30 session: ragged_linear launch configurations on the H200 (the H100 sweeps set them), where
+    # the device time of adaptive Threshold-L2 goes at batch 64/256, and tests/test_export.py (GraphedPackage)
+    timeout 230 python3 benchmarks/linear_sweep.py --widths 192 --out "$OUT" 2>&1 | grep -v Warn \
+      | tee "$OUT/linear-sweep.log" | tail -n 12
+    timeout 90 python3 benchmarks/profile_forward.py --settings 0,5 --batches 64,256 --out "$OUT" 2>&1 \
+      | grep -v Warn | tee "$OUT/profile-forward.log" | tail -n 34
+    export REAL_CXX=${CXX:-g++} CXX=$PWD/benchmarks/cxx_shared_libstdcxx.sh
+    timeout 200 python3 -m pytest -q -p no:cacheprovider tests/test_export.py 2>&1 | tail -n 4 \
+      | tee "$OUT/gpu-tests-export.log" ;;
+  s6b)  # issue 14 in one run: every method exported to an AOTInductor package (run directly and in a CUDA graph)
+    # next to eager and our CUDA graph, then torch.compile(mode="reduce-overhead") while the budget lasts
+    export REAL_CXX=${CXX:-g++} CXX=$PWD/benchmarks/cxx_shared_libstdcxx.sh
+    timeout ${S6B_TIMEOUT:-585} python3 -X faulthandler benchmarks/gpu_compile.py --steps eager,graph,aoti,reduce-overhead \
+      --aoti-methods none:-,threshold_l2:adaptive,dynamicvit:fixed,evit:fixed,ats:adaptive,tome:fixed \
+      --batches 64 --budget ${S6B_BUDGET:-540} --out "$OUT" 2>&1 | grep -v Warn | tail -n 40 ;;
+  s6c)  # the narrow-output GEMM configurations on the GPU (tests), and ragged_attention's launch configurations
+    timeout 60 python3 -m pytest -q -p no:cacheprovider tests/test_ops_linear.py 2>&1 | tail -n 3
+    timeout 150 python3 benchmarks/attention_sweep.py --out "$OUT" 2>&1 | grep -v Warn | tee "$OUT/attention-sweep.log" \
+      | tail -n 13 ;;
+  s6d)  # the frontier after the narrow-output GEMM configurations; AOTInductor packages of ATS and ToMe (the two
+    # methods s6b's budget left out), then their reduce-overhead compile while the budget lasts
+    timeout 330 python3 -m raggedvit bench frontier --quick --random-models deit_small --out "$OUT" 2>&1 \
+      | grep -v "it/s\]" | tail -n 22
+    export REAL_CXX=${CXX:-g++} CXX=$PWD/benchmarks/cxx_shared_libstdcxx.sh
+    timeout 230 python3 -X faulthandler benchmarks/gpu_compile.py --methods ats,tome --steps eager,graph,aoti,reduce-overhead \
+      --aoti-methods ats:adaptive,tome:fixed --batches 64 --budget 200 --out "$OUT" 2>&1 | grep -v Warn | tail -n 16 ;;
+  s6e)  # raggedvit_compiled (torch.compile reduce-overhead of the packed model) next to our graph in bench e2e
+    timeout 200 python3 -m raggedvit bench e2e --sample-data --methods evit,threshold_l2 --variants fixed,adaptive \
+      --batches 64 --pipelines dense_compiled,padded_sdpa,padded_static,raggedvit_graph,raggedvit_compiled \
+      --out "$OUT" 2>&1 | grep -v "it/s\]" | tail -n 30 ;;
 esac
