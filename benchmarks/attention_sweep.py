@@ -10,16 +10,14 @@ stages for a head dim, on packed batches whose lengths are those of pruned ViT s
 from __future__ import annotations
 
 import argparse
-import json
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from linear_sweep import report, save
 from triton.testing import do_bench_cudagraph
 
 from raggedvit.ops import attention as A
-from raggedvit.runtime.device import environment
 
 CANDIDATES = [(64, 64, 4, 2), (64, 64, 4, 3), (64, 32, 4, 2), (128, 64, 8, 2), (128, 64, 4, 2), (128, 32, 8, 2),
               (64, 128, 4, 2), (64, 128, 8, 2), (32, 64, 4, 2), (128, 128, 8, 2), (64, 64, 8, 2), (64, 64, 4, 1)]
@@ -86,18 +84,8 @@ def main() -> None:
                     finally:
                         set_config(dt, d, None)
                 mine = [r for r in rows if r["heads"] == h and r["batch"] == b and r["lengths"] == label]
-                best = min((r for r in mine if r.get("us") and not r["config"].startswith("sdpa")),
-                           key=lambda r: r["us"])
-                dflt = next(r for r in mine if r["config"].startswith("default"))
-                print(f"[{time.perf_counter() - t0:4.0f} s] H={h} b{b} {label:15s} default {dflt['us']:6.1f} us  "
-                      f"best {best['us']:6.1f} us {best['config']} (err {best['err_vs_default']:.1e})  "
-                      f"sdpa dense {sdpa_us:6.1f} us", flush=True)
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    slug = "".join(ch if ch.isalnum() else "-" for ch in torch.cuda.get_device_name(dev).lower()).strip("-")
-    path = out_dir / f"attention-sweep-{slug}-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps({"env": environment(dev), "args": vars(args), "rows": rows}, indent=1, default=str))
-    print(f"wrote {path}")
+                report(t0, f"H={h} b{b} {label:15s}", mine, "sdpa", "sdpa dense", sdpa_us, "err_vs_default")
+    save(args, dev, rows, "attention-sweep")
 
 
 if __name__ == "__main__":

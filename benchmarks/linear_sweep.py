@@ -11,14 +11,13 @@ is out. ``ragged_linear``'s own choice (``raggedvit.ops.linear._config``) is the
 from __future__ import annotations
 
 import argparse
-import json
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from triton.testing import do_bench_cudagraph
 
+from raggedvit.bench.timing import write_json
 from raggedvit.ops import linear as L
 from raggedvit.runtime.device import environment
 
@@ -95,6 +94,22 @@ def sweep_layer(c: int, b: int, live_share: float, name: str, n: int, k: int, ge
     return rows
 
 
+def report(t0: float, head: str, rows: list[dict], reference: str, ref_label: str, ref_us: float,
+           err_key: str) -> None:
+    """Print one shape's line: the library's default, the fastest of our configurations (rows whose config
+    starts with ``reference``, another library's, and failed ones are not candidates) and the reference."""
+    timed = [r for r in rows if r.get("us") is not None and not r["config"].startswith(reference)]
+    best = min(timed, key=lambda r: r["us"])
+    dflt = next(r for r in rows if r["config"].startswith("default"))
+    print(f"[{time.perf_counter() - t0:5.0f} s] {head} default {dflt['us']:7.1f} us  best {best['us']:7.1f} us "
+          f"({best['config']}, err {best[err_key]:.1e})  {ref_label} {ref_us:7.1f} us", flush=True)
+
+
+def save(args, dev, rows: list[dict], kind: str) -> None:
+    path = write_json({"env": environment(dev), "args": vars(args), "rows": rows}, args.out, kind)
+    print(f"wrote {path}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--widths", default="192,384")
@@ -109,19 +124,9 @@ def main() -> None:
             for name, n, k, gelu, res in layers(c):
                 mine = sweep_layer(c, b, args.live, name, n, k, gelu, res)
                 rows += mine
-                timed = [r for r in mine if r["us"] is not None and not r["config"].startswith("cublas")]
-                best = min(timed, key=lambda r: r["us"])
-                dflt = next(r for r in mine if r["config"].startswith("default"))
                 cub = next(r for r in mine if r["config"] == "cublas all rows")
-                print(f"[{time.perf_counter() - t0:5.0f} s] C={c} b{b} {name:9s} default {dflt['us']:7.1f} us  "
-                      f"best {best['us']:7.1f} us ({best['config']}, err {best['max_err']:.1e})  "
-                      f"cublas all rows {cub['us']:7.1f} us", flush=True)
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    slug = "".join(ch if ch.isalnum() else "-" for ch in torch.cuda.get_device_name(dev).lower()).strip("-")
-    path = out_dir / f"linear-sweep-{slug}-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps({"env": environment(dev), "args": vars(args), "rows": rows}, indent=1, default=str))
-    print(f"wrote {path}")
+                report(t0, f"C={c} b{b} {name:9s}", mine, "cublas", "cublas all rows", cub["us"], "max_err")
+    save(args, dev, rows, "linear-sweep")
 
 
 if __name__ == "__main__":
