@@ -12,9 +12,10 @@ import torch
 import raggedvit
 from raggedvit.bench import calibrate as cal
 from raggedvit.bench import e2e
+from raggedvit.bench.e2e_point import channels_last_dense
 from raggedvit.bench.flops import ViTDims, mean_gflops, tokens_per_block, vit_dims, vit_flops
 from raggedvit.bench.oracle import OracleViT, oracle_widths
-from raggedvit.bench.pipelines import BASELINE, CPU_QUICK, PIPELINES, Pipeline
+from raggedvit.bench.pipelines import BASELINE, CPU_QUICK, PADDED_BEST, PIPELINES, Pipeline
 from raggedvit.pruning.dynamicvit import make_predictors
 from raggedvit.runtime.errors import UsageError
 
@@ -179,8 +180,8 @@ def test_dynamicvit_predictors_from_checkpoint_state():
 
 def test_pipeline_table():
     """The table says what e2e's former name tuples and prefix branches said (names and order, backends, graphs)."""
-    assert list(PIPELINES) == ["dense", "dense_graph", "dense_compiled", "padded_sdpa", "padded_static", "packed_fa2",
-                               "packed_fa2_graph",
+    assert list(PIPELINES) == ["dense", "dense_graph", "dense_compiled", "padded_sdpa", "padded_static",
+                               "padded_compiled", "packed_fa2", "packed_fa2_graph",
                                "packed_varlen_attn", "packed_nested", "raggedvit_eager", "raggedvit_graph",
                                "raggedvit_compiled", "oracle", "oracle_capacity"]
     assert {n: p.backend for n, p in PIPELINES.items() if p.backend} == {
@@ -188,9 +189,11 @@ def test_pipeline_table():
         "packed_nested": "nested_sdpa", "raggedvit_eager": "triton", "raggedvit_graph": "triton",
         "raggedvit_compiled": "triton"}
     assert {n for n, p in PIPELINES.items() if p.needs_cuda} == {
-        "dense_graph", "dense_compiled", "padded_static", "packed_fa2_graph", "raggedvit_graph", "raggedvit_compiled",
+        "dense_graph", "dense_compiled", "padded_static", "padded_compiled", "packed_fa2_graph", "raggedvit_graph",
+        "raggedvit_compiled",
         "oracle", "oracle_capacity"}
-    assert [n for n, p in PIPELINES.items() if p.padding == "static"] == ["padded_static"]
+    assert [n for n, p in PIPELINES.items() if p.padding == "static"] == ["padded_static", "padded_compiled"]
+    assert set(PADDED_BEST) == {n for n, p in PIPELINES.items() if p.layout == "padded"}
     assert [n for n, p in PIPELINES.items() if p.backend_run(on_gpu=False) != p.backend] == ["raggedvit_eager"]
     assert PIPELINES["raggedvit_eager"].backend_run(on_gpu=False) == "reference"
     assert {p.layout for p in PIPELINES.values()} == {"dense", "padded", "packed", "oracle"}
@@ -207,12 +210,15 @@ def test_padded_best_is_the_faster_padded_mode():
                     _point=point)
     rows = [row("padded_sdpa", 100.0, mode="eager"), row("padded_static", 250.0), row("raggedvit_graph", 500.0),
             row("dense_compiled", 400.0, mode="compiled"),
-            row("padded_sdpa", 300.0, 1, "eager"), row("padded_static", 200.0, 1), row("raggedvit_graph", 600.0, 1)]
+            row("padded_sdpa", 300.0, 1, "eager"), row("padded_static", 200.0, 1), row("raggedvit_graph", 600.0, 1),
+            row("padded_static", 200.0, 2), row("padded_compiled", 400.0, 2, "compiled"),
+            row("raggedvit_graph", 600.0, 2)]
     e2e.finish_rows(rows)
     assert rows[2]["padded_best"] == "padded_static (graph)" and rows[2]["speedup_vs_padded_best"] == 2.0
     assert rows[2]["speedup_vs_dense_compiled"] == 1.25 and rows[2]["speedup_vs_padded"] == 5.0
     assert rows[6]["padded_best"] == "padded_sdpa (eager)" and rows[6]["speedup_vs_padded_best"] == 2.0
     assert "speedup_vs_dense_compiled" not in rows[6]  # no reference at that point
+    assert rows[9]["padded_best"] == "padded_compiled (compiled)" and rows[9]["speedup_vs_padded_best"] == 1.5
     assert "padded_best" not in rows[0] and "padded_best" not in rows[1]
 
 
@@ -233,3 +239,15 @@ def test_sample_data_mode_runs_the_trained_model(tmp_path, sample_data_root):
     assert "calibration" not in [r for r in rows if r["method"] == "evit"][0]
     with pytest.raises(SystemExit, match="fixes the model"):
         e2e.main(_args(tmp_path, "--sample-data", "--models", "deit_small"))
+
+
+def test_channels_last_dense_is_a_copy_with_the_same_logits():
+    """dense_compiled's best mode: channels-last conv weight and images, the caller's model untouched."""
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, depth=2, img_size=64).eval()
+    images = torch.randn(2, 3, 64, 64)
+    net, x = channels_last_dense(model, images)
+    assert net is not model and x.is_contiguous(memory_format=torch.channels_last)
+    assert net.patch_embed.proj.weight.is_contiguous(memory_format=torch.channels_last)
+    assert model.patch_embed.proj.weight.is_contiguous() and images.is_contiguous()
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), model(images), rtol=0, atol=1e-5)

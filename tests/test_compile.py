@@ -56,9 +56,11 @@ def _compare(pruned, backend="aot_eager", images=None):
 
 
 # packed: every method and variant; padded: the adaptive variants (their stages pad to a data-dependent
-# batch maximum; the fixed ones run the same torch selections on static shapes) and no pruning
+# batch maximum; the fixed ones run the same torch selections on static shapes) and no pruning;
+# padded_static: the adaptive variants padded to a static capacity (bench e2e's padded_compiled baseline)
 CASES = ([(m, v, "packed") for m in pruning_methods() for v in ("fixed", "adaptive")] + [("none", None, "packed")]
-         + [(m, "adaptive", "padded") for m in pruning_methods()] + [("none", None, "padded")])
+         + [(m, "adaptive", "padded") for m in pruning_methods()] + [("none", None, "padded")]
+         + [(m, "adaptive", "padded_static") for m in pruning_methods()])
 
 
 @pytest.mark.parametrize("method,variant,layout", CASES)
@@ -70,6 +72,8 @@ def test_compile_fullgraph_matches_eager(method, variant, layout):
         options["alpha"] = 1.0  # a relative threshold (no calibration needed for a compile test)
     if method == "dynamicvit":
         options["random_predictors"] = True
+    if layout == "padded_static":
+        layout, options["padding"] = "padded", "static"
     _compare(raggedvit.prune(tiny_model(), method, layout=layout, **options))
 
 
