@@ -56,3 +56,25 @@ def test_bad_arguments(tmp_path, sample_data_root):
     assert frontier.main(_args(tmp_path, "--num-images", "600")) == 2
     with pytest.raises(SystemExit):
         _args(tmp_path, "--batches", "x")
+
+
+def test_speed_table_has_the_unpruned_packed_row():
+    """The dense setting carries raggedvit's unpruned packed graph next to dense_compiled: its own row, ratio to
+    dense_compiled, no padded ratio; a pruned setting reads its own raggedvit_graph row."""
+    def row(setting, pipeline, ips, **kw):
+        return dict(weights="trained", setting=setting, pipeline=pipeline, batch=8, status="ok", images_per_s=ips, **kw)
+    rows = [row("dense", "dense_compiled", 100.0), row(frontier.UNPRUNED, "raggedvit_graph", 115.0,
+                                                        speedup_vs_dense_compiled=1.15),
+            row("evit fixed keep_rate=0.8", "raggedvit_graph", 150.0, speedup_vs_dense_compiled=1.5,
+                speedup_vs_padded_best=1.25)]
+    results = [dict(setting="dense", method="none", status="ok", top1=80.0, kept_stages=[]),
+               dict(setting="evit fixed keep_rate=0.8", method="evit", status="ok", top1=79.5,
+                    kept_stages=[dict(mean=150.0)])]
+    frontier._attach_speed(results, rows, 80.0)
+    assert results[0]["speed"][8]["images_per_s"] == 100.0 and results[0]["speed_unpruned"][8]["images_per_s"] == 115.0
+    assert "speed_unpruned" not in results[1] and results[1]["speed"][8]["speedup_vs_padded_best"] == 1.25
+    md = frontier.markdown_table(dict(config=dict(batches=[8]), settings=results, rows=rows))
+    lines = md.splitlines()
+    assert lines[2].startswith("| dense | 80.0 |") and lines[2].endswith("| 100 |")
+    assert lines[3] == f"| {frontier.UNPRUNED} | (dense) | - | - | 115 (1.15x) |"
+    assert lines[4].endswith("| 150 (1.50x / 1.25x) |") and "-0.5" in lines[4]

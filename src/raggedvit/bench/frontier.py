@@ -56,6 +56,7 @@ RANDOM_SETTINGS = {"evit": [dict(variant="fixed", keep_rate=r) for r in (0.8, 0.
                    "tome": [dict(variant="fixed", r=r) for r in (4, 8)]}
 SPEED_PIPELINES = ("padded_sdpa", "padded_static", "raggedvit_graph")
 DENSE_PIPELINES = (REFERENCE, "dense_graph")
+UNPRUNED = "raggedvit, no pruning"  # the setting name of raggedvit_graph on method none (timed with the references)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -166,7 +167,11 @@ def _speed_rows(ctx, model, method, options, batches, images, base, dense_rows, 
         point_id[0] += 1
         rows += [dict(r, **{k: v for k, v in base.items() if k not in ("method", "variant", "setting")},
                       _point=point_id[0]) for r in dense_rows[b]]
-        if method == "none":
+        if method == "none":  # raggedvit's packed forward without pruning: the part of a speed-up that is not pruning
+            pt = Point(ctx, model, "none", "fixed", b, {}, dict(base, setting=UNPRUNED, _point=point_id[0]), x)
+            pt.setup()
+            rows.append(pt.run("raggedvit_graph"))
+            bar.update(1)
             continue
         pt = Point(ctx, model, method, variant, b, options, dict(base, _point=point_id[0]), x)
         pt.setup()
@@ -208,7 +213,7 @@ def _run(args) -> int:
     if loaded.predictor_state:
         from .calibrate import dynamicvit_predictors
         predictors = dynamicvit_predictors(model, loaded.predictor_state)
-    n_timed = len(args.batches) * (len(SPEED_PIPELINES) * (len(sweep) - 1) + len(DENSE_PIPELINES)) if speed else 0
+    n_timed = len(args.batches) * (len(SPEED_PIPELINES) * (len(sweep) - 1) + len(DENSE_PIPELINES) + 1) if speed else 0
     bar = tqdm(total=len(sweep) + n_timed, desc="bench frontier", file=sys.stderr)
     results, rows, dense_rows, point_id = [], [], {}, [0]
     for method, opts in sweep:
@@ -286,11 +291,17 @@ def _attach_speed(results: list[dict], rows: list[dict], dense_top1) -> None:
         if dense_top1 is not None:
             res["top1_delta"] = res["top1"] - dense_top1
         pipe = REFERENCE if res["method"] == "none" else "raggedvit_graph"
-        res["speed"] = {}
-        for r in rows:
-            if r.get("weights") == "trained" and r.get("setting") == res["setting"] and r["pipeline"] == pipe:
-                res["speed"][r["batch"]] = {k: r.get(k) for k in (
-                    "status", "images_per_s", "speedup_vs_dense_compiled", "speedup_vs_padded_best", "padded_best")}
+        res["speed"] = _speeds(rows, res["setting"], pipe)
+        if res["method"] == "none":
+            res["speed_unpruned"] = _speeds(rows, UNPRUNED, "raggedvit_graph")
+
+
+def _speeds(rows: list[dict], setting: str, pipeline: str) -> dict:
+    """``{batch: speed fields}`` of ``pipeline``'s trained-weight rows of ``setting``."""
+    return {r["batch"]: {k: r.get(k) for k in ("status", "images_per_s", "speedup_vs_dense_compiled",
+                                                "speedup_vs_padded_best", "padded_best")}
+            for r in rows if r.get("weights") == "trained" and r.get("setting") == setting
+            and r["pipeline"] == pipeline}
 
 
 def _describe(result: dict) -> str:
@@ -299,7 +310,8 @@ def _describe(result: dict) -> str:
             f"{env['date']}. Model {cfg['model']} ({cfg['checkpoint']}), {cfg['images']} (one per class: a top-1 "
             f"figure has a standard error of about 1.8-1.9 points), {cfg['dtype']}; {cfg['calibration']}. "
             f"Speed: raggedvit's packed graph; `x compiled` = images/s over `{REFERENCE}` (torch.compile, "
-            "reduce-overhead, static shapes) at the same batch; `x padded` = over the padded baseline in its best "
+            "reduce-overhead, static shapes, channels-last images and conv weight) at the same batch; "
+            "`x padded` = over the padded baseline in its best "
             "mode (the faster of batch-maximum padding and static-capacity padding in a CUDA graph). Command: "
             f"`{env['command']}`.")
 
@@ -330,6 +342,9 @@ def markdown_table(result: dict) -> str:
         delta = "-" if res["method"] == "none" else f"{res.get('top1_delta', 0):+.1f}"
         sp = [_fmt_speed(res.get("speed", {}).get(b)) for b in batches]
         lines.append(f"| {res['setting']} | {res['top1']:.1f} | {delta} | {kept} | " + " | ".join(sp) + " |")
+        if res.get("speed_unpruned"):
+            sp = [_fmt_speed(res["speed_unpruned"].get(b)) for b in batches]
+            lines.append(f"| {UNPRUNED} | (dense) | - | - | " + " | ".join(sp) + " |")
     rnd = [r for r in result["rows"] if r.get("weights") == "random" and r["pipeline"] == "raggedvit_graph"]
     if rnd:
         note = "Speed only, RANDOM weights (fixed-count settings; kept counts do not depend on the weights):"
