@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call of the 2026-11-30 session: GPU tests of the new parts, eval on the GPU, exactness (fp32, fp16).
-# Usage on the GPU machine: RAGGEDVIT_DATA=$PWD/.data OUT=... bash benchmarks/gpu_session.sh part1|part2|part3|probe|probe2|s4a|s4b|s4c|aoti1|aoti2|s5a|s5b|s6a|s6b|s6c|s6d|s6e|s7b
+# Usage on the GPU machine: RAGGEDVIT_DATA=$PWD/.data OUT=... bash benchmarks/gpu_session.sh part1|part2|part3|probe|probe2|s4a|s4b|s4c|aoti1|aoti2|s5a|s5b|s6a|s6b|s6c|s6d|s6e|s7b|s7c
 # part3 (next session, about 8 minutes): what the second 2026-11-30 session could not re-run for lack of device
 # time: the AOTInductor package on the GPU after the lifted-constants fix, torch.compile of both layouts on the
 # GPU (tests/test_compile.py), and the live_rows policy A/B.
@@ -136,4 +136,12 @@ case "$1" in
     timeout $([ "$1" = s6e ] && echo 200 || echo 420) python3 -m raggedvit bench e2e --sample-data --methods evit,threshold_l2 --variants fixed,adaptive \
       --batches 64 --pipelines dense_compiled,padded_sdpa,padded_static,raggedvit_graph,raggedvit_compiled \
       --out "$OUT" 2>&1 | grep -v "it/s\]" | tail -n 30 ;;
+  s7c)  # what the seventh 2026-11-30 session ran: the padded baseline compiled, the dense reference's memory
+    # format, the frontier with channels-last dense_compiled and the unpruned packed row (README's table)
+    timeout 540 python3 -m raggedvit bench e2e --sample-data --methods threshold_l2,evit,ats --variants adaptive \
+      --keep-rate 0.85 --batches 64,256 --pipelines dense_compiled,padded_static,padded_compiled,raggedvit_graph,raggedvit_compiled \
+      --out "$OUT" 2>&1 | grep -v "it/s\]" | tail -n 32
+    PYTHONPATH=src:benchmarks timeout 150 python3 benchmarks/cudnn_benchmark_ab.py --out "$OUT" 2>&1 | grep -v Warn | tail -n 12
+    timeout 400 python3 -m raggedvit bench frontier --quick --random-models deit_small --out "$OUT" 2>&1 \
+      | grep -v "it/s\]" | tail -n 22 ;;
 esac
