@@ -310,7 +310,7 @@ def _describe(result: dict) -> str:
             f"{env['date']}. Model {cfg['model']} ({cfg['checkpoint']}), {cfg['images']} (one per class: a top-1 "
             f"figure has a standard error of about 1.8-1.9 points), {cfg['dtype']}; {cfg['calibration']}. "
             f"Speed: raggedvit's packed graph; `x compiled` = images/s over `{REFERENCE}` (torch.compile, "
-            "reduce-overhead, static shapes, channels-last images and conv weight) at the same batch; "
+            "reduce-overhead, static shapes, the faster memory format) at the same batch; "
             "`x padded` = over the padded baseline in its best "
             "mode (the faster of batch-maximum padding and static-capacity padding in a CUDA graph). Command: "
             f"`{env['command']}`.")

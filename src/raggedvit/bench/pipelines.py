@@ -72,8 +72,8 @@ PIPELINES = {p.name: p for p in (
     Pipeline("dense", "dense", None, "eager", "timm's own forward, no pruning", cpu_quick=True),
     Pipeline("dense_graph", "dense", None, "graph", "timm's own forward in a CUDA graph"),
     Pipeline("dense_compiled", "dense", None, "compiled", "timm's forward under torch.compile(mode="
-             "'reduce-overhead', fullgraph=True, dynamic=False), channels-last conv weight and images: the "
-             "reference of every headline speed-up"),
+             "'reduce-overhead', fullgraph=True, dynamic=False), the faster of contiguous and channels-last "
+             "images and conv weight: the reference of every headline speed-up"),
     Pipeline("padded_sdpa", "padded", None, "best", "the paper's baseline: kept tokens padded to the batch "
              "maximum, SDPA with a key-padding mask; the reference for max_logit_diff", cpu_quick=True),
     Pipeline("padded_static", "padded", None, "graph", "the padded baseline in its best mode: kept tokens "
