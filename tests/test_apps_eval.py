@@ -183,8 +183,9 @@ def test_eval_cuda_graphs_match_eager(tmp_path):
         assert main([*base, "--mode", mode, "--json", str(out)]) == 0
         res[mode] = json.loads(out.read_text())
     assert res["graph"]["config"]["decode"] == "gpu"
-    for g, e in zip(res["graph"]["rows"], res["eager"]["rows"]):
-        assert g["mode"] == "graph" and e["mode"] == "eager"
+    assert res["graph"]["config"]["dense"] == "compiled"
+    for i, (g, e) in enumerate(zip(res["graph"]["rows"], res["eager"]["rows"])):
+        assert g["mode"] == ("compiled" if i == 0 else "graph") and e["mode"] == "eager"
         assert g["images"] == e["images"] == 5
         assert g["kept_mean"] == pytest.approx(e["kept_mean"]) and g["kept_min"] == e["kept_min"]
         assert g["agreement"] >= 0.8 and g["images_per_s"] > 0 and g["images_per_s_e2e"] > 0

@@ -12,7 +12,6 @@ import torch
 import raggedvit
 from raggedvit.bench import calibrate as cal
 from raggedvit.bench import e2e
-from raggedvit.bench.e2e_point import channels_last_dense
 from raggedvit.bench.flops import ViTDims, mean_gflops, tokens_per_block, vit_dims, vit_flops
 from raggedvit.bench.oracle import OracleViT, oracle_widths
 from raggedvit.bench.pipelines import BASELINE, CPU_QUICK, PADDED_BEST, PIPELINES, Pipeline
@@ -240,14 +239,3 @@ def test_sample_data_mode_runs_the_trained_model(tmp_path, sample_data_root):
     with pytest.raises(SystemExit, match="fixes the model"):
         e2e.main(_args(tmp_path, "--sample-data", "--models", "deit_small"))
 
-
-def test_channels_last_dense_is_a_copy_with_the_same_logits():
-    """dense_compiled's best mode: channels-last conv weight and images, the caller's model untouched."""
-    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, depth=2, img_size=64).eval()
-    images = torch.randn(2, 3, 64, 64)
-    net, x = channels_last_dense(model, images)
-    assert net is not model and x.is_contiguous(memory_format=torch.channels_last)
-    assert net.patch_embed.proj.weight.is_contiguous(memory_format=torch.channels_last)
-    assert model.patch_embed.proj.weight.is_contiguous() and images.is_contiguous()
-    with torch.no_grad():
-        torch.testing.assert_close(net(x), model(images), rtol=0, atol=1e-5)

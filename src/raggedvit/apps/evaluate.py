@@ -5,9 +5,11 @@ other names give agreement only) or a flat folder of images. Every batch runs th
 ``--method`` pruned with ``raggedvit.prune``.
 
 Each model runs in its fastest mode (``--mode auto``): on CUDA, one CUDA graph per batch size, the dense model
-as timm's own forward captured in a graph (:class:`~raggedvit.runtime.graphs.DenseGraph`) and every packed
-pruned model captured whole (:func:`raggedvit.models.graph.capture`); the last partial batch gets a graph of
-its own size (no padding images). Graphs are captured outside the timed region. The padded layout, or an
+as a user deploys it, ``torch.compile(mode="reduce-overhead")`` in the faster memory format
+(:class:`~raggedvit.runtime.graphs.DenseCompiled`; ``--dense graph``: timm's forward in a plain graph,
+:class:`~raggedvit.runtime.graphs.DenseGraph`), and every packed pruned model captured whole
+(:func:`raggedvit.models.graph.capture`); the last partial batch gets a graph of its own size (no padding
+images). Graphs and compiles happen outside the timed region. The padded layout, or an
 attention backend that cannot be captured, runs eagerly (said in the table). On the CPU everything is eager.
 
 Images: ``--decode gpu`` (the default on CUDA) has DataLoader workers only read the files; the main process
@@ -75,6 +77,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--mode", default="auto", choices=MODES,
                         help="auto (default): CUDA graphs per batch size on CUDA where the model can be captured, "
                              "else eager; graph: require graphs (error otherwise); eager: no graphs")
+    parser.add_argument("--dense", default="compiled", choices=("compiled", "graph"),
+                        help="how the dense model runs on CUDA graphs: compiled (default: torch.compile "
+                             "reduce-overhead, the faster memory format) or graph (timm's forward in a CUDA graph)")
     parser.add_argument("--decode", default="auto", choices=DECODES,
                         help="gpu: nvJPEG decoding + timm's eval transform on the GPU; cpu: PIL + timm's transform in "
                              "the loader workers; auto (default): gpu on CUDA when torchvision can, else cpu")
@@ -318,7 +323,7 @@ def _run(args) -> int:
                   "attention": attention, "device": str(device), "dtype": str(dtype).removeprefix("torch."),
                   "batch_size": args.batch_size, "workers": args.workers, "images": tallies[0].images,
                   "labelled": labelled, "skipped": len(skipped), "notes": index.notes + method_notes,
-                  "mode": args.mode, "decode": decode, "data_seconds": data_s,
+                  "mode": args.mode, "dense": args.dense, "decode": decode, "data_seconds": data_s,
                   "data_images_per_s": tallies[0].timed_images / data_s if data_s > 0 else None,
                   "timing": "images_per_s: model calls only (synchronized); images_per_s_e2e: model + loader wait, "
                             "host->device transfer, decoding and transform; first batch untimed when more than one; "
@@ -330,7 +335,8 @@ def _run(args) -> int:
 
 
 def _build_runners(args, loaded, methods, tallies, attention, x, device, dtype, write) -> list:
-    """The dense model and each pruned model, wrapped in :class:`BatchGraphs` where they run as CUDA graphs."""
+    """The dense model and each pruned model, wrapped in :class:`BatchGraphs` where they run as CUDA graphs (the
+    dense one compiled unless ``--dense graph``)."""
     models = [loaded.model]
     for m in methods:
         pruned, notes = build_pruned(
@@ -350,8 +356,9 @@ def _build_runners(args, loaded, methods, tallies, attention, x, device, dtype, 
                 write(f"  {tally.name}: eager ({reason})")
             runners.append(model)
         else:
-            tally.mode = "graph"
-            runners.append(BatchGraphs(model, device=device, dtype=dtype))
+            dense = tally.method == "dense"
+            tally.mode = args.dense if dense else "graph"
+            runners.append(BatchGraphs(model, device=device, dtype=dtype, dense=args.dense))
     return runners
 
 
@@ -379,7 +386,7 @@ def _speeds(tallies: list[Tally]) -> str:
 def _print_table(rows: list[dict], labelled: bool, timed_from: int, decode: str = "cpu", workers: int = 0) -> None:
     note = "after a 1-batch warm-up" if timed_from else "single batch, includes warm-up"
     dense, dense_e2e = rows[0]["images_per_s"], rows[0]["images_per_s_e2e"]
-    print(f"\n{'pipeline':<22}{'mode':>6}{'top-1':>8}{'agree':>8}{'model img/s':>13}{'vs dense':>9}"
+    print(f"\n{'pipeline':<22}{'mode':>9}{'top-1':>8}{'agree':>8}{'model img/s':>13}{'vs dense':>9}"
           f"{'e2e img/s':>11}{'vs dense':>9}  {'patches kept':>12}  kept tokens per stage (mean[min-max])")
     for r in rows:
         top1 = f"{r['top1']:.2%}" if r["top1"] is not None else "-"
@@ -392,9 +399,10 @@ def _print_table(rows: list[dict], labelled: bool, timed_from: int, decode: str 
         n = len(r["kept_mean"])  # with many stages (ATS), ranges only for the last one
         stages = " > ".join(f"{m:.0f}" + ("" if lo == hi or (n > 4 and s < n - 1) else f"[{lo}-{hi}]")
                             for s, (m, lo, hi) in enumerate(zip(r["kept_mean"], r["kept_min"], r["kept_max"])))
-        print(f"{r['pipeline']:<22}{r['mode']:>6}{top1:>8}{agree:>8}{speed:>13}{ratio:>9}{e2e:>11}{ratio_e2e:>9}  "
+        print(f"{r['pipeline']:<22}{r['mode']:>9}{top1:>8}{agree:>8}{speed:>13}{ratio:>9}{e2e:>11}{ratio_e2e:>9}  "
               f"{patches:>12}  {stages or '-'}")
-    print(f"(img/s {note}; model = synchronized model calls only (graph = CUDA graph replay, captured untimed); "
+    print(f"(img/s {note}; model = synchronized model calls only (graph = CUDA graph replay, captured untimed; "
+          "compiled = torch.compile reduce-overhead, compiled untimed); "
           f"e2e = model + loader wait, host->device copy, {'GPU' if decode == 'gpu' else 'CPU'} decoding and "
           "transform)")
     if decode == "cpu" and workers > 0 and len(rows) > 1:

@@ -8,7 +8,6 @@ the others are compared with (and the oracle runs at).
 
 from __future__ import annotations
 
-import copy
 import statistics
 import time
 import warnings
@@ -19,6 +18,7 @@ from .. import prune
 from ..ops.backends import get_backend
 from ..pruning.stage import MID
 from ..runtime.device import synchronize
+from ..runtime.graphs import MEMORY_FORMATS, DenseCompiled
 from . import timing
 from .flops import tokens_per_block, vit_dims, vit_flops
 from .oracle import OracleViT, oracle_widths
@@ -63,27 +63,14 @@ def _graph(fn, device):
     return g.replay, out, time.perf_counter() - t0
 
 
-def compiled_model(model: torch.nn.Module, reset: bool = True):
-    """``torch.compile`` of a model (the unpruned one, or a packed pruned one) as a user would deploy it:
-    ``mode="reduce-overhead"`` (CUDA graphs), ``fullgraph=True``, ``dynamic=False`` (static shapes: one compile
-    per batch size). ``reset``: reset dynamo first (every point compiles a new model whose ``forward`` is the
-    same code object, and dynamo's per-code recompile limit (8) would otherwise fail the ninth point); a reset
-    also drops the compiles of models compiled before, so keep it False while those are still called."""
-    if reset:
-        torch._dynamo.reset()
+def compiled_model(model: torch.nn.Module):
+    """``torch.compile`` of a packed or padded pruned model as a user would deploy it: ``mode="reduce-overhead"``
+    (CUDA graphs), ``fullgraph=True``, ``dynamic=False`` (static shapes: one compile per batch size). Resets
+    dynamo first: every point compiles a new model whose ``forward`` is the same code object, and dynamo's
+    per-code recompile limit (8) would otherwise fail the ninth point. (The dense model:
+    :class:`~raggedvit.runtime.graphs.DenseCompiled`.)"""
+    torch._dynamo.reset()
     return torch.compile(model, mode="reduce-overhead", fullgraph=True, dynamic=False)
-
-
-def channels_last_dense(model: torch.nn.Module, images: torch.Tensor) -> tuple[torch.nn.Module, torch.Tensor]:
-    """A copy of ``model`` with its 4-D weights (the patch-embedding conv) channels-last, and ``images``
-    channels-last (a decoder's HWC output is that layout at no cost); ``model`` itself is not modified.
-    ``dense_compiled`` times both memory formats and keeps the faster: on an H200 cuDNN's patch conv took 532
-    instead of 868 us at batch 256 channels-last and the compiled ViT-Tiny ran 6-10 % faster there
-    (``benchmarks/results/cudnn-benchmark-ab-nvidia-h200-20261130-152636.json``, ``frontier-...-153648``;
-    ``cudnn.benchmark`` changed nothing), while at batch 8 the contiguous form measured about 10 % faster in
-    the frontier runs (``frontier-...-152930`` against ``-153648``)."""
-    fmt = torch.channels_last
-    return copy.deepcopy(model).to(memory_format=fmt), images.contiguous(memory_format=fmt)
 
 
 def _stage_summary(kept: list[list[int]], blocks) -> list[dict]:
@@ -141,27 +128,23 @@ class Point:
         with torch.no_grad():
             if pl.mode == "compiled":
                 if pl.layout == "dense":  # its best mode: the faster memory format at this batch size
-                    variants = [("contiguous", self.model, self.x), ("channels_last",
-                                                                     *channels_last_dense(self.model, self.x))]
+                    torch._dynamo.reset()  # see compiled_model
+                    dc = DenseCompiled(self.model, self.batch, device=dev, dtype=self.ctx["dtype"], example=self.x)
+                    x = self.x.contiguous(memory_format=MEMORY_FORMATS[dc.memory_format])  # as a decoder hands it
+                    extra.update(capture_s=dc.capture_s, memory_format=dc.memory_format,
+                                 **{f"{k}_images_per_s": v for k, v in dc.trial_images_per_s.items()})
+                    fn, net = (lambda: dc(x)), None  # noqa: E731
                 else:
-                    variants = [(None, self.pruned(pl.layout, backend or "triton", pl.padding), self.x)]
-                best = None
-                for i, (fmt, net, x) in enumerate(variants):
+                    net = self.pruned(pl.layout, backend or "triton", pl.padding)
                     t0 = time.perf_counter()
-                    cm = compiled_model(net, reset=i == 0)  # a reset would drop the first variant's compile
+                    cm = compiled_model(net)
                     for _ in range(3):  # reduce-overhead records its CUDA graph after warm-up calls
-                        out = cm(x)
+                        cm(self.x)
                     synchronize(dev)
-                    extra["capture_s"] = extra.get("capture_s", 0.0) + time.perf_counter() - t0
-                    if len(variants) > 1:
-                        sec, _ = _time(lambda cm=cm, x=x: cm(x), dev, budget)
-                        extra[f"{fmt}_images_per_s"] = self.batch / sec
-                        if best is None or sec < best[0]:
-                            best = (sec, fmt, cm, x, out)
-                if best is not None:
-                    _, extra["memory_format"], cm, x, out = best
-                fn, kept, mode = (lambda: cm(x)), [], "compiled"  # noqa: E731
-                model = None if pl.layout == "dense" else net
+                    extra["capture_s"] = time.perf_counter() - t0
+                    fn = lambda: cm(self.x)  # noqa: E731
+                kept, mode = [], "compiled"
+                model = net
             elif pl.layout == "dense":
                 fn = lambda: self.model(self.x)  # noqa: E731
                 kept = []
