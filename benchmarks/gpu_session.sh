@@ -144,8 +144,13 @@ case "$1" in
     PYTHONPATH=src:benchmarks timeout 150 python3 benchmarks/cudnn_benchmark_ab.py --out "$OUT" 2>&1 | grep -v Warn | tail -n 12
     timeout 400 python3 -m raggedvit bench frontier --quick --random-models deit_small --out "$OUT" 2>&1 \
       | grep -v "it/s\]" | tail -n 22 ;;
-  s8a)  # next session, first: the frontier with dense_compiled timing both memory formats (contiguous was ~10 %
-    # faster at batch 8 in -152930, channels-last faster at 64 / 256 in -153648): README's table from it
+  s8a)  # next session, first (about 9 minutes): the frontier with dense_compiled timing both memory formats
+    # (contiguous was ~10 % faster at batch 8 in -152930, channels-last at 64 / 256 in -153648): README's table
     timeout 420 python3 -m raggedvit bench frontier --quick --random-models deit_small --out "$OUT" 2>&1 \
-      | grep -v "it/s\]" | tail -n 24 ;;
+      | grep -v "it/s\]" | tail -n 24
+    # eval with the dense model compiled (DenseCompiled, --dense compiled), and its GPU test
+    timeout 150 python3 -m raggedvit eval --data .data/imagenet-sample --checkpoint .data/weights/$W.safetensors \
+      --model vit_tiny_patch16_224 --method all --batch-size 250 --workers 8 --json "$OUT/eval-gpu.json" 2>&1 \
+      | grep -v "it/s\]" | tail -n 22 | tee "$OUT/eval-gpu.log"
+    timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_apps_eval.py tests/test_runtime_graphs.py 2>&1 | tail -n 3 ;;
 esac
