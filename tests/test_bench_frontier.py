@@ -58,7 +58,7 @@ def test_bad_arguments(tmp_path, sample_data_root):
         _args(tmp_path, "--batches", "x")
 
 
-def test_speed_table_has_the_unpruned_packed_row():
+def test_speed_table_has_the_unpruned_packed_row(tmp_path):
     """The dense setting carries raggedvit's unpruned packed graph next to dense_compiled: its own row, ratio to
     dense_compiled, no padded ratio; a pruned setting reads its own raggedvit_graph row."""
     def row(setting, pipeline, ips, **kw):
@@ -67,8 +67,8 @@ def test_speed_table_has_the_unpruned_packed_row():
                                                         speedup_vs_dense_compiled=1.15),
             row("evit fixed keep_rate=0.8", "raggedvit_graph", 150.0, speedup_vs_dense_compiled=1.5,
                 speedup_vs_padded_best=1.25)]
-    results = [dict(setting="dense", method="none", status="ok", top1=80.0, kept_stages=[]),
-               dict(setting="evit fixed keep_rate=0.8", method="evit", status="ok", top1=79.5,
+    results = [dict(setting="dense", method="none", variant="", status="ok", top1=80.0, kept_stages=[]),
+               dict(setting="evit fixed keep_rate=0.8", method="evit", variant="fixed", status="ok", top1=79.5,
                     kept_stages=[dict(mean=150.0)])]
     frontier._attach_speed(results, rows, 80.0)
     assert results[0]["speed"][8]["images_per_s"] == 100.0 and results[0]["speed_unpruned"][8]["images_per_s"] == 115.0
@@ -78,3 +78,8 @@ def test_speed_table_has_the_unpruned_packed_row():
     assert lines[2].startswith("| dense | 80.0 |") and lines[2].endswith("| 100 |")
     assert lines[3] == f"| {frontier.UNPRUNED} | (dense) | - | - | 115 (1.15x) |"
     assert lines[4].endswith("| 150 (1.50x / 1.25x) |") and "-0.5" in lines[4]
+    # the plot, also from JSON (batch keys become strings), with the unpruned point
+    result = json.loads(json.dumps(dict(config=dict(batches=[8], model="m", dtype="float16"), env={"gpu": "G"},
+                                        settings=results, rows=rows)))
+    png = tmp_path / "f.png"
+    assert frontier.plot_frontier(result, png) == png and png.stat().st_size > 0

@@ -376,22 +376,29 @@ def plot_frontier(result: dict, path: Path) -> Path | None:
     for r in ok:
         groups.setdefault("dense (torch.compile)" if r["method"] == "none" else f"{r['method']} {r['variant']}",
                           []).append(r)
+    def at(speed: dict, b: int) -> dict:  # batch keys are ints in memory, strings once read back from JSON
+        return speed.get(b) or speed.get(str(b)) or {}
+
     for ax, b in zip(axes[0], batches):
         for name, rs in groups.items():
-            pts = sorted((r["speed"][b]["images_per_s"], r["top1"]) for r in rs
-                         if r["speed"].get(b, {}).get("status") == "ok")
+            pts = sorted((at(r["speed"], b)["images_per_s"], r["top1"]) for r in rs
+                         if at(r["speed"], b).get("status") == "ok")
             if not pts:
                 continue
             xs, ys = zip(*pts)
             if name.startswith("dense"):
                 ax.plot(xs, ys, "k*", markersize=12, label=name)
+                un = [(at(r.get("speed_unpruned", {}), b), r["top1"]) for r in rs]
+                un = [(s["images_per_s"], t) for s, t in un if s.get("status") == "ok"]
+                if un:
+                    ax.plot(*zip(*un), "k*", markersize=12, markerfacecolor="none", label=UNPRUNED)
             else:
                 ax.plot(xs, ys, "o-", label=name, markersize=4)
         ax.set_title(f"batch {b}")
         ax.set_xlabel("images/s")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("top-1 %")
-    axes[0][-1].legend(fontsize=7, loc="lower left")
+    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))  # outside: no point hidden
     env = result["env"]
     fig.suptitle(f"{result['config']['model']} (trained), {result['config']['dtype']}, {env.get('gpu') or 'CPU'}: "
                  "top-1 against images/s", fontsize=10)
