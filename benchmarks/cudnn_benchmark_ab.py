@@ -66,5 +66,6 @@ def main() -> None:
     torch.backends.cudnn.benchmark = False
     write_json({"kind": "cudnn-benchmark-ab", "env": environment(dev), "rows": rows}, args.out, "cudnn-benchmark-ab")
 
+
 if __name__ == "__main__":
     main()

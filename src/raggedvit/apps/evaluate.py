@@ -356,8 +356,7 @@ def _build_runners(args, loaded, methods, tallies, attention, x, device, dtype, 
                 write(f"  {tally.name}: eager ({reason})")
             runners.append(model)
         else:
-            dense = tally.method == "dense"
-            tally.mode = args.dense if dense else "graph"
+            tally.mode = args.dense if tally.method == "dense" else "graph"
             runners.append(BatchGraphs(model, device=device, dtype=dtype, dense=args.dense))
     return runners
 

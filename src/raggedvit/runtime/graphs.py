@@ -25,6 +25,8 @@ import time
 
 import torch
 
+from .device import synchronize
+
 __all__ = ["DenseGraph", "DenseCompiled", "BatchGraphs", "graph_unavailable_reason", "MODES", "MEMORY_FORMATS"]
 
 MEMORY_FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
@@ -135,11 +137,11 @@ class DenseCompiled:
                 x = example.contiguous(memory_format=fmt)
                 for _ in range(3):  # reduce-overhead records its CUDA graph after warm-up calls
                     fn(x)
-                _sync(device)
+                synchronize(device)
                 t1 = time.perf_counter()
                 for _ in range(max(1, trials)):
                     fn(x)
-                _sync(device)
+                synchronize(device)
                 sec = (time.perf_counter() - t1) / max(1, trials)
                 self.trial_images_per_s[name] = batch / sec
                 if best is None or sec < best[0]:
@@ -153,11 +155,6 @@ class DenseCompiled:
             raise ValueError(f"DenseCompiled: images have shape {tuple(images.shape)}, it was compiled for "
                              f"{self.shape}")
         return self.fn(images.contiguous(memory_format=self._format))
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 class BatchGraphs:
