@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call of the 2026-11-30 session: GPU tests of the new parts, eval on the GPU, exactness (fp32, fp16).
-# Usage on the GPU machine: RAGGEDVIT_DATA=$PWD/.data OUT=... bash benchmarks/gpu_session.sh part1|part2|part3|probe|probe2|s4a|s4b|s4c|aoti1|aoti2|s5a|s5b|s6a|s6b|s6c|s6d|s6e|s7b|s7c|s8a|s8c
+# Usage on the GPU machine: RAGGEDVIT_DATA=$PWD/.data OUT=... bash benchmarks/gpu_session.sh part1|part2|part3|probe|probe2|s4a|s4b|s4c|aoti1|aoti2|s5a|s5b|s6a|s6b|s6c|s6d|s6e|s7b|s7c|s8a|s8c|s8d|s8e
 # part3 (next session, about 8 minutes): what the second 2026-11-30 session could not re-run for lack of device
 # time: the AOTInductor package on the GPU after the lifted-constants fix, torch.compile of both layouts on the
 # GPU (tests/test_compile.py), and the live_rows policy A/B.
@@ -156,6 +156,22 @@ case "$1" in
   s8c)  # ToMe as users would run it compiled: the padded ToMe (static shapes for fixed r) under torch.compile,
     # next to its CUDA graph and raggedvit's packed ToMe, graph and compiled (about 4 minutes)
     timeout 400 python3 -m raggedvit bench e2e --sample-data --methods tome,evit --variants fixed --batches 8,64,256 \
+      --pipelines dense_compiled,padded_static,padded_compiled,raggedvit_graph,raggedvit_compiled \
+      --out "$OUT" 2>&1 | grep -v "it/s\]" | tail -n 22 ;;
+  s8d)  # eighth session, first call on main: the README's frontier (dense_compiled timing both memory formats per
+    # batch) and the fp16 exactness table after the narrow-output GEMM tiles
+    timeout 420 python3 -m raggedvit bench frontier --quick --random-models deit_small --out "$OUT" 2>&1 \
+      | grep -v "it/s\]" | tail -n 24
+    timeout 120 python3 -m raggedvit bench exactness --sample-data --models $W --checkpoint .data/weights/$W.safetensors \
+      --num-images 436 --calib-images 64 --batch-size 128 --dtype float16 --out "$OUT" 2>&1 | grep -v "it/s\]" | tail -n 18 ;;
+  s8e)  # eighth session, second call: eval on the GPU with the dense model compiled, the fp32 exactness table, and
+    # ToMe / EViT fixed against their padded baselines compiled (s8c)
+    timeout 150 python3 -m raggedvit eval --data .data/imagenet-sample --checkpoint .data/weights/$W.safetensors \
+      --model vit_tiny_patch16_224 --method all --batch-size 250 --workers 8 --json "$OUT/eval-gpu.json" 2>&1 \
+      | grep -v "it/s\]" | tail -n 22 | tee "$OUT/eval-gpu.log"
+    timeout 100 python3 -m raggedvit bench exactness --sample-data --models $W --checkpoint .data/weights/$W.safetensors \
+      --num-images 436 --calib-images 64 --batch-size 128 --dtype float32 --out "$OUT" 2>&1 | grep -v "it/s\]" | tail -n 18
+    timeout 320 python3 -m raggedvit bench e2e --sample-data --methods tome,evit --variants fixed --batches 8,64,256 \
       --pipelines dense_compiled,padded_static,padded_compiled,raggedvit_graph,raggedvit_compiled \
       --out "$OUT" 2>&1 | grep -v "it/s\]" | tail -n 22 ;;
 esac
