@@ -23,8 +23,9 @@ from raggedvit.models import calibrate_thresholds
 
 SETTINGS = [("none", {}), ("evit", dict(variant="fixed", keep_rate=0.8)), ("ats", dict(variant="fixed", keep_rate=0.9)),
             ("ats", dict(variant="adaptive")), ("evit", dict(variant="adaptive", mass=0.9)),
-            ("threshold_l2", dict(variant="adaptive", calibrate=0.85))]
-FAMILIES = [("attention", r"attn|attention|fmha|flash"), ("gemm", r"gemm|sm90|cutlass|linear|matmul|nvjet|cublas"),
+            ("threshold_l2", dict(variant="adaptive", calibrate=0.85)), ("tome", dict(variant="fixed", r=4))]
+FAMILIES = [("merge", r"tome|merge|match"), ("attention", r"attn|attention|fmha|flash"),
+            ("gemm", r"gemm|sm90|cutlass|linear|matmul|nvjet|cublas"),
             ("layernorm", r"layer_norm|layernorm"), ("select", r"select|sample|ats|cdf|topk|sort|cls"),
             ("compact", r"compact|gather|scatter|index"),
             ("elementwise", r"elementwise|vectorized|add|mul|gelu|copy|cat")]
