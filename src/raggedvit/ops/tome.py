@@ -21,7 +21,9 @@ decide_launcher = DirectLauncher(tome_decide_fwd, "tome_decide")
 apply_launcher = DirectLauncher(tome_apply_fwd, "tome_apply")
 launchers = (match_launcher, decide_launcher, apply_launcher)
 launcher = match_launcher  # the one the interpreter check and the tests' launch counts look at
-_BLOCK_M, _BLOCK_J, _BLOCK_P, _BLOCK_I = 16, 32, 16, 32  # match: no register spills at D = 64 (sm_90)
+# match: 64 A rows x 32 B columns per tile (the fastest in tome-kernels-sweep-nvidia-h200-20261130.log at batch 64);
+# apply: 16 pairs x 32 A rows
+_BLOCK_M, _BLOCK_J, _BLOCK_P, _BLOCK_I = 64, 32, 16, 32
 
 
 def _fail(msg: str, kind: type[Exception] = ValueError) -> None:
@@ -101,8 +103,9 @@ def tome_merge(metric: torch.Tensor, x: torch.Tensor, size: torch.Tensor | None,
     ptrs = (metric.data_ptr(), ln.data_ptr(), node_max.data_ptr(), best_j.data_ptr())
     ints = (L, num_prefix, metric.stride(0), metric.stride(1))
     wide = block_d > 64
-    const = (D, lengths is not None, lda, _BLOCK_M, block_d, _BLOCK_J // 2 if wide else _BLOCK_J)
-    match_launcher.launch((metric.dtype, dev, *const) if aligned else None, dev, (B, -(-LA // _BLOCK_M), 1),
+    block_m = 16 if wide else _BLOCK_M  # D > 64: the small tile (no register spills up to D = 256)
+    const = (D, lengths is not None, lda, block_m, block_d, _BLOCK_J // 2 if wide else _BLOCK_J)
+    match_launcher.launch((metric.dtype, dev, *const) if aligned else None, dev, (B, -(-LA // block_m), 1),
                           ptrs, ints, lambda: (metric, ln, node_max, best_j, *ints, *const),
                           num_warps=8 if wide else 4)
     # 2. decision and output order

@@ -34,10 +34,9 @@ buffer keeps the host bound ``width_in - r_min`` (no host sync, CUDA-graph captu
 runs over each image's own live tokens and padding never matches.
 
 The matching and the merge run on the dense ``(B, L, ...)`` view, in both layouts: three Triton kernels
-(:func:`~raggedvit.ops.tome.tome_merge`) on CUDA and under the interpreter up to ``MERGE_KERNEL_MAX_ROWS`` rows
-of that view (the batched torch ops are faster above it), else :func:`bipartite_merge`'s torch ops (the reference:
-gathers, one batched matmul, two sorts, ``scatter_add``); the compaction is the library's usual one (Triton on the
-packed layout).
+(:func:`~raggedvit.ops.tome.tome_merge`) on CUDA and under the Triton interpreter, else (CPU)
+:func:`bipartite_merge`'s torch ops (the reference: gathers, one batched matmul, two sorts, ``scatter_add``);
+the compaction is the library's usual one (Triton on the packed layout).
 :class:`ToMe` is the method object (``prune(model, "tome", r=8)``).
 """
 
@@ -58,10 +57,10 @@ from .stage import MID, StageInput, StagePlan
 
 __all__ = ["ToMe", "DEFAULT_R", "parse_r", "bipartite_merge", "match"]
 
-MERGE_KERNEL = True  # False: bipartite_merge's torch ops on every device (A/B and debugging)
-# The kernels win below this many rows of the dense (B, L) view and the batched torch ops above it (H200, ViT-Tiny
-# r=4 fp16, graph replay: b1 795 vs 1,525 us, b64 2,492 vs 2,896, b256 7,561 vs 7,006; tome-ab-*.log).
-MERGE_KERNEL_MAX_ROWS = 16384
+# False: bipartite_merge's torch ops on every device (A/B and debugging). The kernels are faster at every batch size
+# on the H200 (ViT-Tiny r=4 fp16 forward in a CUDA graph, b1 801 vs 1,547 us, b64 1,843 vs 2,885, b256 5,757 vs
+# 6,969: tome-ab-tf32x3-nvidia-h200-20261130.log).
+MERGE_KERNEL = True
 DEFAULT_R = {"fixed": 4, "adaptive": 16}  # r=None: per variant (trained ViT-Tiny study, docs/methods-tome.md)
 
 
@@ -196,7 +195,7 @@ class ToMe(Method):
         lengths = None if meta.uniform else meta.lengths
         width = min(plan.width_out, meta.max_seqlen)
         kernel = x.is_cuda or merge_launcher.interpreted
-        if MERGE_KERNEL and kernel and x.shape[0] * x.shape[1] <= MERGE_KERNEL_MAX_ROWS:  # both layouts
+        if MERGE_KERNEL and kernel:  # both layouts
             index, count, values, new_size = tome_merge(metric, x, size, lengths, inp.num_prefix,
                                                         **self._stage_rule(plan))
             return Selection(index, count, width, self.fixed and lengths is None, values=values, size=new_size)
