@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call of the 2026-11-30 session: GPU tests of the new parts, eval on the GPU, exactness (fp32, fp16).
-# Usage on the GPU machine: RAGGEDVIT_DATA=$PWD/.data OUT=... bash benchmarks/gpu_session.sh part1|part2|part3|probe|probe2|s4a|s4b|s4c|aoti1|aoti2|s5a|s5b|s6a|s6b|s6c|s6d|s6e|s7b|s7c|s8a|s8c|s8d|s8e
+# Usage on the GPU machine: RAGGEDVIT_DATA=$PWD/.data OUT=... bash benchmarks/gpu_session.sh part1|part2|part3|probe|probe2|s4a|s4b|s4c|aoti1|aoti2|s5a|s5b|s6a|s6b|s6c|s6d|s6e|s7b|s7c|s8a|s8c|s8d|s8e|s9a
 # part3 (next session, about 8 minutes): what the second 2026-11-30 session could not re-run for lack of device
 # time: the AOTInductor package on the GPU after the lifted-constants fix, torch.compile of both layouts on the
 # GPU (tests/test_compile.py), and the live_rows policy A/B.
@@ -174,4 +174,9 @@ case "$1" in
     timeout 320 python3 -m raggedvit bench e2e --sample-data --methods tome,evit --variants fixed --batches 8,64,256 \
       --pipelines dense_compiled,padded_static,padded_compiled,raggedvit_graph,raggedvit_compiled \
       --out "$OUT" 2>&1 | grep -v "it/s\]" | tail -n 22 ;;
+  s9a)  # next session: the frontier again now that ToMe's matching runs on tensor cores at every batch size
+    # (the README's ToMe rows predate it), then the ToMe kernel sweep at batch 256 (killed by its limit in s8)
+    timeout 420 python3 -m raggedvit bench frontier --quick --random-models deit_small --out "$OUT" 2>&1 \
+      | grep -v "it/s\]" | tail -n 24
+    timeout 170 python3 benchmarks/tome_kernels_sweep.py --batches 256 --out "$OUT" 2>&1 | grep -v Warn | tail -n 20 ;;
 esac
