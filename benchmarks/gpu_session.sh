@@ -178,5 +178,5 @@ case "$1" in
     # (the README's ToMe rows predate it), then the ToMe kernel sweep at batch 256 (killed by its limit in s8)
     timeout 420 python3 -m raggedvit bench frontier --quick --random-models deit_small --out "$OUT" 2>&1 \
       | grep -v "it/s\]" | tail -n 24
-    timeout 170 python3 benchmarks/tome_kernels_sweep.py --batches 256 --out "$OUT" 2>&1 | grep -v Warn | tail -n 20 ;;
+    timeout 170 python3 benchmarks/tome_kernels_sweep.py --batches 256 --precisions tf32x3 --out "$OUT" 2>&1 | grep -v Warn | tail -n 20 ;;
 esac

@@ -8,7 +8,8 @@ Why: in ``profile-forward-tome-nvidia-h200-20261130.log`` the matching kernel ta
 run), and ``nonorm`` (the B rows' normalisation removed from the inner loop: what hoisting it would save).
 Variants are the shipped source with those edits, written to a temporary module. Also the whole ``tome_merge``
 and the torch reference ``bipartite_merge``.
-Usage: ``PYTHONPATH=src python benchmarks/tome_kernels_sweep.py [--batches 1,64,256] [--out DIR]``.
+Usage: ``PYTHONPATH=src python benchmarks/tome_kernels_sweep.py [--batches 1,64,256] [--precisions ieee,tf32,tf32x3]
+[--out DIR]``.
 """
 
 from __future__ import annotations
@@ -131,11 +132,12 @@ def sweep_shape(B: int, L: int, mods: dict, rows: list, dev: torch.device, gen: 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--batches", default="1,64,256")
+    ap.add_argument("--precisions", default="ieee,tf32,tf32x3", help="dot precisions of the variants")
     ap.add_argument("--out", default="benchmarks/results")
     args = ap.parse_args()
     dev = torch.device("cuda")
     gen = torch.Generator(device=dev).manual_seed(0)
-    mods = {(p, n): variant(p, n) for p in ("ieee", "tf32", "tf32x3") for n in (False, True)}
+    mods = {(p, n): variant(p, n) for p in args.precisions.split(",") for n in (False, True)}
     rows = []
     shapes = [(int(b), L) for b in args.batches.split(",") for L in ((197, 149) if b == "64" else (197,))]
     for B, L in shapes:
