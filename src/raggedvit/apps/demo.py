@@ -253,6 +253,11 @@ def _print_layout_check(results: list[Result]) -> None:
             same = int((a.top1 == b.top1).sum())
             masks = "identical" if torch.equal(a.kept_patches, b.kept_patches) else \
                 f"differ in {int((a.kept_patches != b.kept_patches).any(1).sum())} image(s)"
+            flips = [(blk, x != y) for blk, x, y in zip(a.stage_blocks, a.kept, b.kept) if not torch.equal(x, y)]
+            if flips:  # e.g. a Threshold-L2 score within rounding of its threshold: the layouts round differently
+                images = int(torch.stack([f for _, f in flips]).any(0).sum())
+                masks += (f"; kept counts differ at block(s) {','.join(str(blk) for blk, _ in flips)} in {images} "
+                          "image(s) (a score within rounding of a decision boundary)")
             lines.append(f"  {method:<13} max |logit diff| {diff:.2e}, same top-1 {same}/{a.top1.numel()}, "
                          f"kept patches {masks}")
         if {"packed", "graph"} <= by_layout.keys():
