@@ -240,6 +240,18 @@ def test_quantile_threshold_is_a_midpoint():
     assert threshold_l2.quantile_threshold(scores, 1.0) < 1.0
 
 
+def test_quantile_threshold_never_lands_on_a_repeated_score():
+    """Duplicate images give repeated scores: the cut falls between distinct values, never on a score."""
+    scores = torch.tensor([1.0, 2.0, 3.0, 3.0, 3.0, 5.0, 6.0, 7.0])
+    for rate in (0.5, 0.6, 0.7, 0.75, 0.9, 1.0):
+        t = threshold_l2.quantile_threshold(scores, rate)
+        assert not (scores == t).any(), (rate, t)
+    assert threshold_l2.quantile_threshold(scores, 0.5) == 4.0  # k = 4 (a 3 at the cut): between 3 and 5
+    assert threshold_l2.quantile_threshold(scores, 0.75) == 2.5  # k = 2 (the first 3): between 2 and 3
+    same = torch.full((6,), 2.0)
+    assert threshold_l2.quantile_threshold(same, 0.5) < 2.0  # all equal: keep them all rather than split ties
+
+
 def test_garbage_rows_never_leak():
     """Rows past the live total may be uninitialised (NaN): they must not reach any live output."""
     torch.manual_seed(0)

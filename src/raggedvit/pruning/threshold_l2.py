@@ -164,16 +164,24 @@ def select_topk(score: torch.Tensor, valid: torch.Tensor | None, num_prefix: int
 def quantile_threshold(scores: torch.Tensor, keep_rate: float) -> float:
     """Absolute threshold keeping about ``keep_rate`` of ``scores`` (1-D, pooled over images).
 
-    The midpoint between the ``k``-th and ``(k + 1)``-th smallest score, ``k = floor((1 - keep_rate) * n)``,
-    so ``mean(scores >= T) ~= keep_rate`` and no calibration score lies exactly on ``T`` (a score equal to
-    the threshold would flip with ~1e-7 layout-dependent rounding). Host float (syncs).
+    The midpoint between the ``k``-th smallest score ``x``, ``k = floor((1 - keep_rate) * n)``, and the
+    nearest distinct score below it, so ``mean(scores >= T) ~= keep_rate`` and no calibration score lies
+    exactly on ``T`` (a score equal to the threshold would flip with ~1e-7 layout-dependent rounding). Where
+    ``x`` repeats (duplicate images), the cut goes below or above all its copies, whichever keeps a count
+    closer to ``n - k``. Host float (syncs).
     """
     if scores.numel() == 0:
         raise ValueError("quantile_threshold: no scores")
     if not 0.0 < keep_rate <= 1.0:
         raise ValueError(f"quantile_threshold: keep_rate must be in (0, 1], got {keep_rate}")
     v = torch.sort(scores.detach().flatten().float().cpu()).values
-    k = min(int(math.floor((1.0 - keep_rate) * v.numel())), v.numel() - 1)
-    if k == 0:
-        return float(v[0]) - max(abs(float(v[0])), 1.0) * 1e-6  # keep everything: just below the minimum
-    return 0.5 * (float(v[k - 1]) + float(v[k]))
+    n = v.numel()
+    k = min(int(math.floor((1.0 - keep_rate) * n)), n - 1)
+    x = v[k:k + 1]
+    first, last = int(torch.searchsorted(v, x)), int(torch.searchsorted(v, x, right=True))  # v[first:last] == x
+    x = float(x)
+    if last < n and abs((n - last) - (n - k)) < abs((n - first) - (n - k)):
+        return 0.5 * (x + float(v[last]))  # above every copy of x
+    if first == 0:
+        return x - max(abs(x), 1.0) * 1e-6  # keep everything from x up
+    return 0.5 * (float(v[first - 1]) + x)

@@ -14,13 +14,13 @@ import torch
 
 from .errors import UsageError
 
-# name -> scikit-image loader name (all colour photographs shipped inside the scikit-image wheel)
+# name -> scikit-image loader name (all colour photographs shipped inside the scikit-image wheel; not its ``cat``,
+# which is ``chelsea`` again)
 DEMO_PHOTOS = {
     "astronaut": "astronaut",
     "chelsea": "chelsea",
     "coffee": "coffee",
     "rocket": "rocket",
-    "cat": "cat",
     "motorcycle": "stereo_motorcycle",
 }
 CROP_SCALES = ((0.08, 0.25), (0.25, 0.5), (0.5, 0.8), (0.8, 1.0))  # random-resized-crop area buckets
