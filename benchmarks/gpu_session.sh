@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call of the 2026-11-30 session: GPU tests of the new parts, eval on the GPU, exactness (fp32, fp16).
-# Usage on the GPU machine: RAGGEDVIT_DATA=$PWD/.data OUT=... bash benchmarks/gpu_session.sh part1|part2|part3|probe|probe2|s4a|s4b|s4c|aoti1|aoti2|s5a|s5b|s6a|s6b|s6c|s6d|s6e|s7b|s7c|s8a|s8c|s8d|s8e|s9a
+# Usage on the GPU machine: RAGGEDVIT_DATA=$PWD/.data OUT=... bash benchmarks/gpu_session.sh part1|part2|part3|probe|probe2|s4a|s4b|s4c|aoti1|aoti2|s5a|s5b|s6a|s6b|s6c|s6d|s6e|s7b|s7c|s8a|s8c|s8d|s8e|s9a|s9b|s9c
 # part3 (next session, about 8 minutes): what the second 2026-11-30 session could not re-run for lack of device
 # time: the AOTInductor package on the GPU after the lifted-constants fix, torch.compile of both layouts on the
 # GPU (tests/test_compile.py), and the live_rows policy A/B.
@@ -174,9 +174,21 @@ case "$1" in
     timeout 320 python3 -m raggedvit bench e2e --sample-data --methods tome,evit --variants fixed --batches 8,64,256 \
       --pipelines dense_compiled,padded_static,padded_compiled,raggedvit_graph,raggedvit_compiled \
       --out "$OUT" 2>&1 | grep -v "it/s\]" | tail -n 22 ;;
-  s9a)  # next session: the frontier again now that ToMe's matching runs on tensor cores at every batch size
-    # (the README's ToMe rows predate it), then the ToMe kernel sweep at batch 256 (killed by its limit in s8)
+  s9a)  # next session, FIRST: the padded baseline compiled with SDPA (until 2026-11-30 its compiled runs attended
+    # with fp32 torch ops), and the GPU compile tests of that path; if it beats padded_static, the frontier's
+    # padded best must include it (bench/frontier.py SPEED_PIPELINES)
+    timeout 150 python3 -m pytest -q -x -p no:cacheprovider tests/test_compile.py 2>&1 | tail -n 4
+    timeout 400 python3 -m raggedvit bench e2e --sample-data --methods threshold_l2,evit,ats --variants adaptive \
+      --keep-rate 0.85 --batches 64,256 --pipelines dense_compiled,padded_static,padded_compiled,raggedvit_graph \
+      --out "$OUT" 2>&1 | grep -v "it/s\]" | tail -n 40 ;;
+  s9b)  # then: the frontier again now that ToMe's matching runs on tensor cores at every batch size (the
+    # README's ToMe rows predate it), and the ToMe kernel sweep at batch 256 (killed by its limit in s8)
     timeout 420 python3 -m raggedvit bench frontier --quick --random-models deit_small --out "$OUT" 2>&1 \
       | grep -v "it/s\]" | tail -n 24
-    timeout 170 python3 benchmarks/tome_kernels_sweep.py --batches 256 --precisions tf32x3 --out "$OUT" 2>&1 | grep -v Warn | tail -n 20 ;;
+    timeout 170 python3 benchmarks/tome_kernels_sweep.py --batches 256 --precisions tf32x3 --out "$OUT" 2>&1 \
+      | grep -v Warn | tail -n 20 ;;
+  s9c)  # ToMe fixed against its padded baseline compiled with SDPA (e2e-164657 compiled it with fp32 attention)
+    timeout 300 python3 -m raggedvit bench e2e --sample-data --methods tome --variants fixed --batches 64,256 \
+      --pipelines dense_compiled,padded_static,padded_compiled,raggedvit_graph --out "$OUT" 2>&1 \
+      | grep -v "it/s\]" | tail -n 12 ;;
 esac

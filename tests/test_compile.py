@@ -117,3 +117,23 @@ def test_batch_max_eager_and_compiled():
 
     torch._dynamo.reset()
     assert torch.compile(f, fullgraph=True, backend="aot_eager")(count).shape == (7,)
+
+
+@pytest.mark.parametrize("padding", ["static", "max"])
+def test_padded_attention_under_compile_keeps_sdpa_for_static_widths(padding):
+    """The padded baseline compiled (``padded_compiled``) attends with SDPA in every block when its widths are
+    static; with batch-maximum padding, whose widths after a stage are read from the device (SDPA's kernel
+    choice cannot guard on them), the attention is plain torch ops in every block."""
+    targets: list[str] = []
+
+    def record(gm, example_inputs):
+        targets.extend(str(n.target) for n in gm.graph.nodes if n.op == "call_function")
+        return gm.forward
+
+    model = tiny_model()
+    pruned = raggedvit.prune(model, "evit", variant="adaptive", stages=(1, 2, 3), layout="padded", padding=padding)
+    torch._dynamo.reset()
+    with torch.no_grad():
+        torch.compile(pruned, fullgraph=True, backend=record)(_images())
+    sdpa = sum("scaled_dot_product_attention" in t for t in targets)
+    assert sdpa == (len(model.blocks) if padding == "static" else 0), (padding, sdpa)

@@ -81,7 +81,7 @@ PIPELINES = {p.name: p for p in (
              padding="static"),
     Pipeline("padded_compiled", "padded", None, "compiled", "the padded baseline compiled: static per-stage "
              "capacity (as padded_static) under torch.compile(mode='reduce-overhead', fullgraph=True, "
-             "dynamic=False): Inductor fuses its torch ops, CUDA graphs", padding="static"),
+             "dynamic=False): Inductor fuses its torch ops, SDPA attention, CUDA graphs", padding="static"),
     Pipeline("packed_fa2", "packed", "fa2_varlen", "eager", "packed layout, torch's FlashAttention-2 varlen"),
     Pipeline("packed_fa2_graph", "packed", "fa2_varlen", "graph", "packed_fa2 in a CUDA graph"),
     Pipeline("packed_varlen_attn", "packed", "varlen_attn", "eager", "packed layout, torch's varlen_attn"),

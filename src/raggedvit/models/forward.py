@@ -62,9 +62,14 @@ def attend_packed(backend) -> Attend:
     return attend
 
 
-def attend_padded(q, k, v, meta: RaggedMeta, scale: float, bias: torch.Tensor | None = None) -> torch.Tensor:
+def attend_padded(q, k, v, meta: RaggedMeta, scale: float, bias: torch.Tensor | None = None, *,
+                  static_width: bool = False) -> torch.Tensor:
     """Padded attention: SDPA on the ``(B, L)`` grid, boolean key-padding mask unless no row is padded; with a
-    per-key ``bias`` (``(B * L,)`` fp32) a float mask: the bias on live keys, ``-inf`` on padding."""
+    per-key ``bias`` (``(B * L,)`` fp32) a float mask: the bias on live keys, ``-inf`` on padding.
+
+    ``static_width``: every grid width is a host constant (``padding="static"``). Otherwise, under
+    ``torch.compile``, widths after an adaptive stage are read from the device (the batch maximum), SDPA's
+    kernel choice cannot guard on them in torch 2.11, and the attention runs as plain torch ops (fp32)."""
     B, L = meta.batch, meta.max_seqlen
     H, D = q.shape[1], q.shape[2]
     qb, kb, vb = (t.reshape(B, L, H, D).transpose(1, 2) for t in (q, k, v))
@@ -72,7 +77,7 @@ def attend_padded(q, k, v, meta: RaggedMeta, scale: float, bias: torch.Tensor | 
     if bias is not None:
         fmask = bias.view(B, 1, 1, L).to(q.dtype)
         mask = fmask if mask is None else fmask.masked_fill(~mask, float("-inf"))
-    if is_compiling():  # SDPA's kernel choice guards on the batch-max width, which torch 2.11 cannot decide
+    if is_compiling() and not static_width:
         s = (qb.float() @ kb.float().transpose(-2, -1)) * scale
         s = s.masked_fill(~mask, float("-inf")) if mask is not None and mask.dtype == torch.bool else (
             s if mask is None else s + mask.float())
@@ -80,6 +85,11 @@ def attend_padded(q, k, v, meta: RaggedMeta, scale: float, bias: torch.Tensor | 
     else:
         out = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask, scale=scale)
     return out.transpose(1, 2).reshape(B * L, H, D)
+
+
+def attend_padded_static(q, k, v, meta: RaggedMeta, scale: float, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`attend_padded` for ``padding="static"`` (SDPA under ``torch.compile`` too)."""
+    return attend_padded(q, k, v, meta, scale, bias, static_width=True)
 
 
 def _mlp_half(blk, y: torch.Tensor, rows: LiveRows | None) -> torch.Tensor:
