@@ -83,3 +83,38 @@ def test_speed_table_has_the_unpruned_packed_row(tmp_path):
                                         settings=results, rows=rows)))
     png = tmp_path / "f.png"
     assert frontier.plot_frontier(result, png) == png and png.stat().st_size > 0
+
+
+def test_padded_compiled_batches(tmp_path, sample_data_root, monkeypatch):
+    """--padded-compiled B: the compiled padded baseline is timed next to the others at those batch sizes only
+    (and the description says so); batch sizes outside --batches are an error before anything runs."""
+    assert frontier.main(_args(tmp_path, "--batches", "8", "--padded-compiled", "64")) == 2
+    ran = []
+
+    class FakePoint:
+        def __init__(self, ctx, model, method, variant, b, options, base, x):
+            self.b, self.method = b, method
+
+        def setup(self):
+            pass
+
+        def run(self, pipeline):
+            ran.append((self.method, self.b, pipeline))
+            return dict(pipeline=pipeline, batch=self.b)
+
+    class Bar:
+        def update(self, n):
+            pass
+
+    monkeypatch.setattr(frontier, "Point", FakePoint)
+    import torch
+    frontier._speed_rows({}, None, "evit", dict(variant="fixed"), [8, 64], torch.zeros(64, 3, 4, 4), {}, {}, [0],
+                         Bar(), padded_compiled=(64,))
+    pruned = [(b, p) for m, b, p in ran if m == "evit"]
+    assert (64, "padded_compiled") in pruned and (8, "padded_compiled") not in pruned
+    assert {p for b, p in pruned if b == 8} == set(frontier.SPEED_PIPELINES)
+    env = dict(gpu="G", torch="t", triton="t", timm="t", date="d", command="c")
+    cfg = dict(model="m", checkpoint="c", images="i", dtype="float16", calibration="c", padded_compiled=[64])
+    assert "at batch 64 also static-capacity padding under torch.compile" in frontier._describe(
+        dict(env=env, config=cfg))
+    assert "not compiled" in frontier._describe(dict(env=env, config=dict(cfg, padded_compiled=[])))

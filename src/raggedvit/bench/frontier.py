@@ -11,8 +11,9 @@ labelled images (default: the trained ViT-Tiny and ImageNet photos of :mod:`ragg
   disjoint from the evaluated ones (the paper's procedure).
 * **speed** at each batch size, on the first ``batch`` evaluation images, through :class:`.e2e_point.Point`:
   ``raggedvit_graph`` (packed, captured whole), the padded baseline in both modes (``padded_sdpa``: batch
-  maximum, eager unless every stage is exact; ``padded_static``: static capacity in a CUDA graph; the faster
-  one is ``padded_best``) and the references ``dense_compiled`` (``torch.compile``, reduce-overhead, static
+  maximum, eager unless every stage is exact; ``padded_static``: static capacity in a CUDA graph; with
+  ``--padded-compiled B``, at batch ``B`` also ``padded_compiled``, the same under ``torch.compile``; the
+  fastest is ``padded_best``) and the references ``dense_compiled`` (``torch.compile``, reduce-overhead, static
   shapes) and ``dense_graph`` (timm's forward in a CUDA graph).
 
 ``--random-models deit_small,deit_base`` adds speed-only rows with random weights at those widths
@@ -76,6 +77,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--device", help="default: cuda if available, else cpu")
     a("--budget", type=float, help="seconds of timing per pipeline (default 0.4, quick 0.15)")
     a("--no-speed", action="store_true", help="accuracy and kept tokens only")
+    a("--padded-compiled", type=comma_list(int), default=[], metavar="BATCHES",
+      help="also time the padded baseline under torch.compile (padded_compiled: static capacity, SDPA) at these "
+      "batch sizes, a compile per setting and batch; the padded best mode is then the fastest of the three")
     a("--live-rows", default="auto", choices=["auto", "on", "off"],
       help="prune(live_rows=...) of the packed pipeline: fused token-wise kernels on the live rows")
     a("--out", default="benchmarks/results", help="output folder")
@@ -154,7 +158,8 @@ def accuracy(model, method: str, options: dict, images, labels, device, dtype, a
     return {"top1": 100.0 * correct / len(images), "images": len(images), "kept_stages": stages}
 
 
-def _speed_rows(ctx, model, method, options, batches, images, base, dense_rows, point_id, bar) -> list[dict]:
+def _speed_rows(ctx, model, method, options, batches, images, base, dense_rows, point_id, bar,
+                padded_compiled: tuple[int, ...] = ()) -> list[dict]:
     rows = []
     variant = options.get("variant", "fixed")
     for b in batches:
@@ -175,8 +180,9 @@ def _speed_rows(ctx, model, method, options, batches, images, base, dense_rows, 
             continue
         pt = Point(ctx, model, method, variant, b, options, dict(base, _point=point_id[0]), x)
         pt.setup()
-        rows += [pt.run(p) for p in SPEED_PIPELINES]
-        bar.update(len(SPEED_PIPELINES))
+        pipelines = SPEED_PIPELINES + (("padded_compiled",) if b in padded_compiled else ())
+        rows += [pt.run(p) for p in pipelines]
+        bar.update(len(pipelines))
     return rows
 
 
@@ -193,6 +199,9 @@ def _run(args) -> int:
     bad = [b for b in args.batches if b < 1]
     if bad:
         raise UsageError(f"--batches must be >= 1, got {bad}")
+    extra = [b for b in args.padded_compiled if b not in args.batches]
+    if extra:
+        raise UsageError(f"--padded-compiled {extra}: not among --batches {args.batches}")
     methods = list(args.methods or [m for m in pruning_methods() if m != "none"])
     unknown = [m for m in methods if m not in pruning_methods()]
     if unknown:
@@ -213,7 +222,8 @@ def _run(args) -> int:
     if loaded.predictor_state:
         from .calibrate import dynamicvit_predictors
         predictors = dynamicvit_predictors(model, loaded.predictor_state)
-    n_timed = len(args.batches) * (len(SPEED_PIPELINES) * (len(sweep) - 1) + len(DENSE_PIPELINES) + 1) if speed else 0
+    n_timed = (len(args.batches) * (len(SPEED_PIPELINES) * (len(sweep) - 1) + len(DENSE_PIPELINES) + 1)
+               + len(args.padded_compiled) * (len(sweep) - 1)) if speed else 0
     bar = tqdm(total=len(sweep) + n_timed, desc="bench frontier", file=sys.stderr)
     results, rows, dense_rows, point_id = [], [], {}, [0]
     for method, opts in sweep:
@@ -233,7 +243,8 @@ def _run(args) -> int:
             base = dict(model=args.model, weights="trained", img_size=model.patch_embed.img_size[0], method=method,
                         variant=opts.get("variant", ""), setting=name, dtype=str(dtype).removeprefix("torch."),
                         live_rows=args.live_rows)
-            rows += _speed_rows(ctx, model, method, options, args.batches, images, base, dense_rows, point_id, bar)
+            rows += _speed_rows(ctx, model, method, options, args.batches, images, base, dense_rows, point_id, bar,
+                                tuple(args.padded_compiled))
     bar.close()
     for mname in args.random_models:
         rows += _random_rows(mname, ctx, methods, args, device, dtype, point_id)
@@ -246,7 +257,8 @@ def _run(args) -> int:
     result = {"kind": "frontier", "env": env, "config": dict(
         model=args.model, checkpoint=ckpt, images=f"{len(images)} labelled ImageNet sample photos",
         calibration=f"{len(calib)} other photos (Threshold-L2 thresholds)", dtype=str(dtype).removeprefix("torch."),
-        batches=args.batches, quick=args.quick, live_rows=args.live_rows, skipped=skipped),
+        batches=args.batches, quick=args.quick, live_rows=args.live_rows, skipped=skipped,
+        padded_compiled=list(args.padded_compiled)),
         "settings": results, "rows": rows}
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     path = timing.write_json(result, args.out, "frontier", stamp=stamp)
@@ -306,14 +318,16 @@ def _speeds(rows: list[dict], setting: str, pipeline: str) -> dict:
 
 def _describe(result: dict) -> str:
     env, cfg = result["env"], result["config"]
+    pc = cfg.get("padded_compiled") or []
     return (f"{env.get('gpu') or 'CPU'}, torch {env['torch']}, triton {env['triton']}, timm {env['timm']}, "
             f"{env['date']}. Model {cfg['model']} ({cfg['checkpoint']}), {cfg['images']} (one per class: a top-1 "
             f"figure has a standard error of about 1.8-1.9 points), {cfg['dtype']}; {cfg['calibration']}. "
             f"Speed: raggedvit's packed graph; `x compiled` = images/s over `{REFERENCE}` (torch.compile, "
             "reduce-overhead, static shapes, the faster memory format) at the same batch; "
             "`x padded` = over the padded baseline in its best "
-            "mode (the faster of batch-maximum padding and static-capacity padding in a CUDA graph). Command: "
-            f"`{env['command']}`.")
+            "mode (the faster of batch-maximum padding and static-capacity padding in a CUDA graph"
+            + (f"; at batch {', '.join(map(str, pc))} also static-capacity padding under torch.compile" if pc else
+               "; not compiled") + f"). Command: `{env['command']}`.")
 
 
 def _fmt_speed(s: dict | None) -> str:
