@@ -182,7 +182,9 @@ case "$1" in
       --keep-rate 0.85 --batches 64,256 --pipelines dense_compiled,padded_static,padded_compiled,raggedvit_graph \
       --out "$OUT" 2>&1 | grep -v "it/s\]" | tail -n 40 ;;
   s9b)  # then: the frontier again now that ToMe's matching runs on tensor cores at every batch size (the
-    # README's ToMe rows predate it), and the ToMe kernel sweep at batch 256 (killed by its limit in s8)
+    # README's ToMe rows predate it), and the ToMe kernel sweep at batch 256 (killed by its limit in s8). If s9a
+    # found padded_compiled faster than padded_static, add --padded-compiled 64,256 (a compile per setting and
+    # batch: split the methods over two calls with --methods)
     timeout 420 python3 -m raggedvit bench frontier --quick --random-models deit_small --out "$OUT" 2>&1 \
       | grep -v "it/s\]" | tail -n 24
     timeout 170 python3 benchmarks/tome_kernels_sweep.py --batches 256 --precisions tf32x3 --out "$OUT" 2>&1 \
