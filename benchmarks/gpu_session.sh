@@ -177,7 +177,7 @@ case "$1" in
   s9a)  # next session, FIRST: the padded baseline compiled with SDPA (until 2026-11-30 its compiled runs attended
     # with fp32 torch ops), and the GPU compile tests of that path; if it beats padded_static, the frontier's
     # padded best must include it (bench/frontier.py SPEED_PIPELINES)
-    timeout 150 python3 -m pytest -q -x -p no:cacheprovider tests/test_compile.py 2>&1 | tail -n 4
+    timeout 170 python3 -m pytest -q -x -p no:cacheprovider tests/test_compile.py tests/test_apps_demo.py 2>&1 | tail -n 4
     timeout 400 python3 -m raggedvit bench e2e --sample-data --methods threshold_l2,evit,ats --variants adaptive \
       --keep-rate 0.85 --batches 64,256 --pipelines dense_compiled,padded_static,padded_compiled,raggedvit_graph \
       --out "$OUT" 2>&1 | grep -v "it/s\]" | tail -n 40 ;;

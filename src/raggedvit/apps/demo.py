@@ -24,7 +24,7 @@ import torch
 from ..runtime.arguments import add_common_arguments
 from ..runtime.device import device_name, environment, resolve_attention, resolve_device, resolve_dtype, time_median
 from ..runtime.errors import UsageError, run_command
-from ..runtime.graphs import DenseGraph
+from ..runtime.graphs import DenseCompiled, DenseGraph
 from ..runtime.loading import load_model
 from ..runtime.methods import (
     LAYOUTS,
@@ -104,8 +104,9 @@ def _run(args) -> int:
     print(f"  attention : packed layout -> {attention}: {attention_note}")
     print("              padded layout -> torch SDPA with a boolean key-padding mask (the baseline)")
     print(f"  timing    : median of {repeats} forward(s) after a warm-up, whole batch" +
-          ("; eager rows, then 'graph' rows: the dense model and each packed model captured in a CUDA graph "
-           "(each model's fastest mode)" if device.type == "cuda" else ""))
+          (f"; eager rows, then each model in its fastest mode: the dense model "
+           f"{'compiled (torch.compile, reduce-overhead)' if args.dense == 'compiled' else 'in a CUDA graph'}, "
+           "each packed model captured in a CUDA graph ('graph' rows)" if device.type == "cuda" else ""))
     for note in method_notes:
         print(f"  note      : {note}")
     if device.type == "cpu":
@@ -118,8 +119,8 @@ def _run(args) -> int:
         warmup = 0 if device.type == "cpu" else 2  # the first forward above already ran
         results.append(Result("dense", "-", dense_logits, time_median(lambda: model(images), device, repeats,
                                                                       warmup=warmup)))
-        if device.type == "cuda":  # the dense model in a CUDA graph: the fair reference for graph rows
-            results.append(_run_dense_graph(model, images, device, repeats))
+        if device.type == "cuda":  # the dense model in its best mode: the fair reference for graph rows
+            results.append(_run_dense_fast(model, images, device, repeats, args.dense))
         cache: dict = {}
         for method in methods:
             for layout in layouts:
@@ -161,8 +162,14 @@ def _run_pruned(pruned, method: str, layout: str, images: torch.Tensor, device, 
     return Result(method, layout, logits, seconds, kept, tuple(st.stage_blocks), mask)
 
 
-def _run_dense_graph(model, images: torch.Tensor, device, repeats: int) -> Result:
-    """timm's dense forward captured in a CUDA graph (:class:`~raggedvit.runtime.graphs.DenseGraph`)."""
+def _run_dense_fast(model, images: torch.Tensor, device, repeats: int, mode: str) -> Result:
+    """timm's dense forward in its best mode: ``"compiled"`` (:class:`~raggedvit.runtime.graphs.DenseCompiled`,
+    torch.compile reduce-overhead in the faster memory format) or ``"graph"`` (a plain CUDA graph,
+    :class:`~raggedvit.runtime.graphs.DenseGraph`)."""
+    if mode == "compiled":
+        dense = DenseCompiled(model, images.shape[0], device=device, dtype=images.dtype, example=images)
+        logits = dense(images).clone()
+        return Result("dense", "compiled", logits, time_median(lambda: dense(images), device, repeats))
     graph = DenseGraph(model, images.shape[0], device=device, dtype=images.dtype, example=images)
     logits = graph(images).clone()
     return Result("dense", "graph", logits, time_median(graph.replay, device, repeats))
@@ -228,7 +235,7 @@ def _print_summary(results: list[Result], num_patches: int) -> None:
     print(f"\nPer pipeline (batch {n}; kept = tokens per image after each prune stage incl. CLS, mean[min-max])")
     print(f"{'method':<13}{'layout':<8}{'agree':>7}  {'ms/batch':>9}{'img/s':>9}{'vs dense':>9}  "
           f"{'patches kept':>12}  kept tokens per stage")
-    dense_graph = next((r for r in results if r.method == "dense" and r.layout == "graph"), dense)
+    dense_graph = next((r for r in results if r.method == "dense" and r.layout in ("compiled", "graph")), dense)
     for r in results:
         ref = dense_graph if r.layout == "graph" else dense  # compare like with like: graph vs graph, eager vs eager
         agree = int((r.top1 == dense.top1).sum())
@@ -237,8 +244,9 @@ def _print_summary(results: list[Result], num_patches: int) -> None:
         print(f"{r.method:<13}{r.layout:<8}{f'{agree}/{n}':>7}  {r.seconds * 1e3:>9.2f}{n / r.seconds:>9.1f}"
               f"{ref.seconds / r.seconds:>8.2f}x  {final or f'{num_patches}/{num_patches}':>12}  {stages}")
     if dense_graph is not dense:
-        print("  (graph = the whole forward captured once in a CUDA graph and replayed; 'vs dense' compares graph rows "
-              "with the dense model in a CUDA graph, eager rows with dense eager)")
+        print(f"  (graph = the whole forward captured once in a CUDA graph and replayed; 'vs dense' compares graph "
+              f"rows with the dense model {'compiled' if dense_graph.layout == 'compiled' else 'in a CUDA graph'}, "
+              "eager rows with dense eager)")
 
 
 def _print_layout_check(results: list[Result]) -> None:

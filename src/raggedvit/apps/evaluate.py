@@ -77,9 +77,6 @@ def add_arguments(parser) -> None:
     parser.add_argument("--mode", default="auto", choices=MODES,
                         help="auto (default): CUDA graphs per batch size on CUDA where the model can be captured, "
                              "else eager; graph: require graphs (error otherwise); eager: no graphs")
-    parser.add_argument("--dense", default="compiled", choices=("compiled", "graph"),
-                        help="how the dense model runs on CUDA graphs: compiled (default: torch.compile "
-                             "reduce-overhead, the faster memory format) or graph (timm's forward in a CUDA graph)")
     parser.add_argument("--decode", default="auto", choices=DECODES,
                         help="gpu: nvJPEG decoding + timm's eval transform on the GPU; cpu: PIL + timm's transform in "
                              "the loader workers; auto (default): gpu on CUDA when torchvision can, else cpu")

@@ -10,7 +10,7 @@ from .loading import WEIGHT_CHOICES
 
 
 def add_common_arguments(parser, *, default_model: str = "deit_small_patch16_224") -> None:
-    """Add ``--model --checkpoint --weights --device --dtype --attention`` to an argparse parser."""
+    """Add ``--model --checkpoint --weights --device --dtype --attention --dense`` to an argparse parser."""
     parser.add_argument("--model", default=default_model, help=f"timm DeiT/ViT model name (default {default_model})")
     parser.add_argument("--checkpoint", metavar="PATH", help="load weights from this file (timm key names) "
                         "instead of timm's pretrained weights")
@@ -23,6 +23,9 @@ def add_common_arguments(parser, *, default_model: str = "deit_small_patch16_224
     parser.add_argument("--attention", default="auto",
                         help="attention backend of the packed layout: auto (triton on cuda, reference on cpu) "
                              "or a name from raggedvit.ops.backends")
+    parser.add_argument("--dense", default="compiled", choices=("compiled", "graph"),
+                        help="how the dense reference runs on CUDA: compiled (default: torch.compile "
+                             "reduce-overhead, the faster memory format) or graph (timm's forward in a CUDA graph)")
 
 
 def comma_list(kind: Callable[[str], object] = str) -> Callable[[str], list]:
