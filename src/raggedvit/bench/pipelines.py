@@ -76,8 +76,8 @@ PIPELINES = {p.name: p for p in (
              "images and conv weight: the reference of every headline speed-up"),
     Pipeline("padded_sdpa", "padded", None, "best", "the paper's baseline: kept tokens padded to the batch "
              "maximum, SDPA with a key-padding mask; the reference for max_logit_diff", cpu_quick=True),
-    Pipeline("padded_static", "padded", None, "graph", "the padded baseline in its best mode: kept tokens "
-             "padded to each stage's static capacity (no host sync), SDPA with a key-padding mask, CUDA graph",
+    Pipeline("padded_static", "padded", None, "graph", "the padded baseline in a CUDA graph: kept tokens "
+             "padded to each stage's static capacity (no host sync), SDPA with a key-padding mask",
              padding="static"),
     Pipeline("padded_compiled", "padded", None, "compiled", "the padded baseline compiled: static per-stage "
              "capacity (as padded_static) under torch.compile(mode='reduce-overhead', fullgraph=True, "
