@@ -2,8 +2,9 @@
 
 What a pipeline runs (layout, attention backend, timing mode) is data: :mod:`.pipelines`. Timing: warm-up,
 then wall clock around many back-to-back forwards (graph replays, each after copying the images into the
-graph's input as compiled models do on every call) with a sync at both ends, median of 3 rounds (1 on CPU); the first pipeline run at a point is :data:`~.pipelines.BASELINE`, whose logits and kept counts
-the others are compared with (and the oracle runs at).
+graph's input as compiled models do on every call) with a sync at both ends, median of 3 rounds (1 on CPU);
+the first pipeline run at a point is :data:`~.pipelines.BASELINE`, whose logits and kept counts the others
+are compared with (and the oracle runs at).
 """
 
 from __future__ import annotations
