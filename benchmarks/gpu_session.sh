@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call of the 2026-11-30 session: GPU tests of the new parts, eval on the GPU, exactness (fp32, fp16).
-# Usage on the GPU machine: RAGGEDVIT_DATA=$PWD/.data OUT=... bash benchmarks/gpu_session.sh part1|part2|part3|probe|probe2|s4a|s4b|s4c|aoti1|aoti2|s5a|s5b|s6a|s6b|s6c|s6d|s6e|s7b|s7c|s8a|s8c|s8d|s8e|s9a|s9b|s9c
+# Usage on the GPU machine: RAGGEDVIT_DATA=$PWD/.data OUT=... bash benchmarks/gpu_session.sh part1|part2|part3|probe|probe2|s4a|s4b|s4c|aoti1|aoti2|s5a|s5b|s6a|s6b|s6c|s6d|s6e|s7b|s7c|s8a|s8c|s8d|s8e|s9a|s9b|s9c|s9d
 # part3 (next session, about 8 minutes): what the second 2026-11-30 session could not re-run for lack of device
 # time: the AOTInductor package on the GPU after the lifted-constants fix, torch.compile of both layouts on the
 # GPU (tests/test_compile.py), and the live_rows policy A/B.
@@ -193,4 +193,7 @@ case "$1" in
     timeout 300 python3 -m raggedvit bench e2e --sample-data --methods tome --variants fixed --batches 64,256 \
       --pipelines dense_compiled,padded_static,padded_compiled,raggedvit_graph --out "$OUT" 2>&1 \
       | grep -v "it/s\]" | tail -n 12 ;;
+  s9d)  # is reduce-overhead the dense reference's best mode? max-autotune (minutes of compile per batch size)
+    PYTHONPATH=src:benchmarks timeout 540 python3 benchmarks/dense_compile_modes_ab.py --batches 64,256 \
+      --formats channels_last --out "$OUT" 2>&1 | grep -v Warn | tail -n 8 ;;
 esac
