@@ -87,11 +87,6 @@ def attend_padded(q, k, v, meta: RaggedMeta, scale: float, bias: torch.Tensor | 
     return out.transpose(1, 2).reshape(B * L, H, D)
 
 
-def attend_padded_static(q, k, v, meta: RaggedMeta, scale: float, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """:func:`attend_padded` for ``padding="static"`` (SDPA under ``torch.compile`` too)."""
-    return attend_padded(q, k, v, meta, scale, bias, static_width=True)
-
-
 def _mlp_half(blk, y: torch.Tensor, rows: LiveRows | None) -> torch.Tensor:
     """``y + drop_path2(ls2(mlp(norm2(y))))`` on rows (fused kernels on the live rows when ``rows`` is set)."""
     if rows is None:

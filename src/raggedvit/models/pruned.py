@@ -9,6 +9,8 @@ Inference only (no gradients through the selection; dropout and drop-path follow
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from torch import nn
 
@@ -16,7 +18,7 @@ from ..ops.backends import get_backend, key_bias_backends
 from ..pruning.method import Method
 from ..pruning.registry import make_method
 from ..pruning.stage import StagePlan
-from .forward import attend_packed, attend_padded, attend_padded_static, run
+from .forward import attend_packed, attend_padded, run
 from .inputs import check_images, empty_logits, input_spec
 from .live_rows import live_rows_unsupported
 from .stats import PruneStats
@@ -116,7 +118,7 @@ class PrunedViT(nn.Module):
 
     def _attend(self, device: torch.device):
         if self._backend is None:
-            return attend_padded_static if self.padding == "static" else attend_padded
+            return partial(attend_padded, static_width=True) if self.padding == "static" else attend_padded
         if device != self._checked_device:
             reason = self._backend.unavailable_reason(device)
             if reason is not None:

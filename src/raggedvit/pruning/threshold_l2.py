@@ -180,7 +180,7 @@ def quantile_threshold(scores: torch.Tensor, keep_rate: float) -> float:
     x = v[k:k + 1]
     first, last = int(torch.searchsorted(v, x)), int(torch.searchsorted(v, x, right=True))  # v[first:last] == x
     x = float(x)
-    if last < n and abs((n - last) - (n - k)) < abs((n - first) - (n - k)):
+    if last < n and last - k < k - first:  # cutting above the copies lands closer to n - k kept
         return 0.5 * (x + float(v[last]))  # above every copy of x
     if first == 0:
         return x - max(abs(x), 1.0) * 1e-6  # keep everything from x up
