@@ -181,18 +181,12 @@ case "$1" in
     timeout 400 python3 -m raggedvit bench e2e --sample-data --methods threshold_l2,evit,ats --variants adaptive \
       --keep-rate 0.85 --batches 64,256 --pipelines dense_compiled,padded_static,padded_compiled,raggedvit_graph \
       --out "$OUT" 2>&1 | grep -v "it/s\]" | tail -n 40 ;;
-  s9b)  # then: the frontier again now that ToMe's matching runs on tensor cores at every batch size (the
-    # README's ToMe rows predate it), and the ToMe kernel sweep at batch 256 (killed by its limit in s8). If s9a
-    # found padded_compiled faster than padded_static, add --padded-compiled 64,256 (a compile per setting and
-    # batch: split the methods over two calls with --methods)
-    timeout 420 python3 -m raggedvit bench frontier --quick --random-models deit_small --out "$OUT" 2>&1 \
-      | grep -v "it/s\]" | tail -n 24
-    timeout 170 python3 benchmarks/tome_kernels_sweep.py --batches 256 --precisions tf32x3 --out "$OUT" 2>&1 \
-      | grep -v Warn | tail -n 20 ;;
-  s9c)  # ToMe fixed against its padded baseline compiled with SDPA (e2e-164657 compiled it with fp32 attention)
-    timeout 300 python3 -m raggedvit bench e2e --sample-data --methods tome --variants fixed --batches 64,256 \
-      --pipelines dense_compiled,padded_static,padded_compiled,raggedvit_graph --out "$OUT" 2>&1 \
-      | grep -v "it/s\]" | tail -n 12 ;;
+  s9b|s9c)  # the README's table with the padded baseline's best mode including torch.compile (s9a found
+    # padded_compiled 1.3-2x faster than padded_static at b64/256): a compile per setting and batch size, so one
+    # device call per pair of batch sizes; then locally: raggedvit bench frontier --merge <s9b json>,<s9c json>
+    B=$([ "$1" = s9b ] && echo 1,8 || echo 64,256)
+    timeout 570 python3 -m raggedvit bench frontier --quick --batches $B --out "$OUT" 2>&1 \
+      | grep -v "it/s\]" | tail -n 14 ;;
   s9d)  # is reduce-overhead the dense reference's best mode? max-autotune (minutes of compile per batch size)
     PYTHONPATH=src:benchmarks timeout 540 python3 benchmarks/dense_compile_modes_ab.py --batches 64,256 \
       --formats channels_last --out "$OUT" 2>&1 | grep -v Warn | tail -n 8 ;;

@@ -118,3 +118,50 @@ def test_padded_compiled_batches(tmp_path, sample_data_root, monkeypatch):
     assert "at batch 64 also static-capacity padding under torch.compile" in frontier._describe(
         dict(env=env, config=cfg))
     assert "not compiled" in frontier._describe(dict(env=env, config=dict(cfg, padded_compiled=[])))
+
+
+def test_padded_compiled_defaults_to_every_batch(tmp_path):
+    """The padded baseline's best mode includes torch.compile unless asked otherwise."""
+    assert _args(tmp_path).padded_compiled == "all"
+    assert _args(tmp_path, "--padded-compiled", "none").padded_compiled == "none"
+    assert _args(tmp_path, "--padded-compiled", "8,64").padded_compiled == [8, 64]
+    with pytest.raises(SystemExit):
+        _args(tmp_path, "--padded-compiled", "some")
+
+
+def _run_result(batch: int, ips: float, top1: float = 79.5) -> dict:
+    """A frontier result as read back from JSON (batch keys are strings) with one pruned setting at ``batch``."""
+    speed = {str(batch): dict(status="ok", images_per_s=ips, speedup_vs_dense_compiled=ips / 100,
+                              speedup_vs_padded_best=ips / 120, padded_best="padded_compiled")}
+    dense = {str(batch): dict(status="ok", images_per_s=100.0)}
+    settings = [dict(setting="dense", method="none", variant="", status="ok", top1=80.0, kept_stages=[],
+                     speed=dense, speed_unpruned=dense),
+                dict(setting="evit fixed keep_rate=0.8", method="evit", variant="fixed", status="ok", top1=top1,
+                     top1_delta=top1 - 80, kept_stages=[dict(mean=150.0, min=150, max=150)], speed=speed)]
+    config = dict(model="m", checkpoint="c", images="i", calibration="c", dtype="float16", live_rows="auto",
+                  batches=[batch], padded_compiled=[batch])
+    env = dict(gpu="G", torch="t", triton="t", timm="t", date=f"d{batch}", command=f"run b{batch}")
+    return json.loads(json.dumps(dict(kind="frontier", env=env, config=config, settings=settings,
+                                      rows=[dict(batch=batch, pipeline="raggedvit_graph")])))
+
+
+def test_merge_joins_batch_sizes_of_separate_runs(tmp_path, capsys):
+    """Two runs at batch 8 and 64: one table with both columns, each cell from its own run; runs that differ
+    in anything but batch sizes, or overlap in a batch size, are refused."""
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps(_run_result(64, 300.0)))
+    b.write_text(json.dumps(_run_result(8, 150.0)))
+    out = tmp_path / "merged"
+    assert frontier.main(_args(out, "--merge", f"{a},{b}")) == 0
+    merged = json.loads(next(out.glob("frontier-*.json")).read_text())
+    assert merged["config"]["batches"] == [8, 64] and merged["config"]["padded_compiled"] == [8, 64]
+    assert merged["env"]["command"] == "run b64 ; run b8" and len(merged["rows"]) == 2
+    md = next(out.glob("frontier-*.md")).read_text()
+    assert "| evit fixed keep_rate=0.8 | 79.5 | -0.5 | 150 | 150 (1.50x / 1.25x) | 300 (3.00x / 2.50x) |" in md
+    assert next(out.glob("frontier-*.png")).stat().st_size > 0
+    with pytest.raises(frontier.UsageError, match="top-1|settings"):
+        frontier.merge_results([_run_result(8, 150.0), _run_result(64, 300.0, top1=79.0)])
+    with pytest.raises(frontier.UsageError, match="batch \\[8\\]"):
+        frontier.merge_results([_run_result(8, 150.0), _run_result(8, 160.0)])
+    assert frontier.main(_args(out, "--merge", f"{a},{tmp_path / 'missing.json'}")) == 2
+    capsys.readouterr()

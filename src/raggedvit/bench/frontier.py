@@ -10,11 +10,14 @@ labelled images (default: the trained ViT-Tiny and ImageNet photos of :mod:`ragg
   calibrated keep rates: thresholds from :func:`raggedvit.models.calibrate_thresholds` on calibration photos
   disjoint from the evaluated ones (the paper's procedure).
 * **speed** at each batch size, on the first ``batch`` evaluation images, through :class:`.e2e_point.Point`:
-  ``raggedvit_graph`` (packed, captured whole), the padded baseline in both modes (``padded_sdpa``: batch
-  maximum, eager unless every stage is exact; ``padded_static``: static capacity in a CUDA graph; with
-  ``--padded-compiled B``, at batch ``B`` also ``padded_compiled``, the same under ``torch.compile``; the
-  fastest is ``padded_best``) and the references ``dense_compiled`` (``torch.compile``, reduce-overhead, static
-  shapes) and ``dense_graph`` (timm's forward in a CUDA graph).
+  ``raggedvit_graph`` (packed, captured whole), the padded baseline in three modes (``padded_sdpa``: batch
+  maximum, eager unless every stage is exact; ``padded_static``: static capacity in a CUDA graph;
+  ``padded_compiled``: the same under ``torch.compile``, at the batch sizes of ``--padded-compiled``, default
+  all; the fastest is ``padded_best``) and the references ``dense_compiled`` (``torch.compile``,
+  reduce-overhead, static shapes) and ``dense_graph`` (timm's forward in a CUDA graph).
+
+``--merge A.json,B.json`` joins runs of the same settings at different batch sizes (a device call each) into
+one result; each ratio remains the one measured in its own run.
 
 ``--random-models deit_small,deit_base`` adds speed-only rows with random weights at those widths
 (fixed-count settings only, whose kept counts do not depend on the weights), labelled ``random weights``.
@@ -52,7 +55,7 @@ SWEEP: dict[str, list[dict]] = {
     "tome": [dict(variant="fixed", r=r) for r in (4, 6, 8, 12, 16)]
     + [dict(variant="adaptive", threshold=t, r=16) for t in (0.95, 0.9, 0.85, 0.8)],
 }
-QUICK = {"evit": (0, 1, 2, 5, 6), "ats": (1, 2, 4, 5), "threshold_l2": (1, 2, 5), "tome": (0, 2, 3, 6, 7)}
+QUICK = {"evit": (1, 5), "ats": (1, 4), "threshold_l2": (1, 5), "tome": (0, 6)}  # each variant at its default
 RANDOM_SETTINGS = {"evit": [dict(variant="fixed", keep_rate=r) for r in (0.8, 0.7)],
                    "tome": [dict(variant="fixed", r=r) for r in (4, 8)]}
 SPEED_PIPELINES = ("padded_sdpa", "padded_static", "raggedvit_graph")
@@ -63,7 +66,8 @@ UNPRUNED = "raggedvit, no pruning"  # the setting name of raggedvit_graph on met
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``raggedvit bench frontier``."""
     a = parser.add_argument
-    a("--quick", action="store_true", help="fewer settings, less timing (< 5 min on an H200)")
+    a("--quick", action="store_true", help="each method's two variants at their defaults, less timing (the "
+      "README's table; about 4 min per batch size on an H200 with padded_compiled)")
     a("--methods", type=comma_list(str), help="comma list of methods to sweep (default: every registered one "
       "with a sweep and usable weights)")
     a("--batches", type=comma_list(int), default=[1, 8, 64, 256], help="comma list (default 1,8,64,256)")
@@ -77,17 +81,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--device", help="default: cuda if available, else cpu")
     a("--budget", type=float, help="seconds of timing per pipeline (default 0.4, quick 0.15)")
     a("--no-speed", action="store_true", help="accuracy and kept tokens only")
-    a("--padded-compiled", type=comma_list(int), default=[], metavar="BATCHES",
-      help="also time the padded baseline under torch.compile (padded_compiled: static capacity, SDPA) at these "
-      "batch sizes, a compile per setting and batch; the padded best mode is then the fastest of the three")
+    a("--padded-compiled", type=_batch_choice, default="all", metavar="all|none|BATCHES",
+      help="time the padded baseline also under torch.compile (padded_compiled: static capacity, SDPA) at these "
+      "batch sizes (default all: it is the padded baseline's best mode on an H200), a compile per setting and "
+      "batch; the padded best mode is the fastest of the three")
+    a("--merge", type=comma_list(str), metavar="JSONS",
+      help="instead of running: merge frontier JSONs of the same settings taken at different batch sizes (e.g. "
+      "two device calls) into one JSON, table and plot; each ratio stays the one measured in its own run")
     a("--live-rows", default="auto", choices=["auto", "on", "off"],
       help="prune(live_rows=...) of the packed pipeline: fused token-wise kernels on the live rows")
     a("--out", default="benchmarks/results", help="output folder")
 
 
+def _batch_choice(text: str) -> str | list[int]:
+    """``all``, ``none`` or a comma list of batch sizes."""
+    return text if text in ("all", "none") else comma_list(int)(text)
+
+
 def main(args) -> int:
-    """Run the sweep, write JSON + markdown + plot under ``--out``; print the table."""
-    return run_command("bench frontier", lambda: _run(args))
+    """Run the sweep (or merge runs), write JSON + markdown + plot under ``--out``; print the table."""
+    return run_command("bench frontier", lambda: _merge(args) if args.merge else _run(args))
 
 
 def settings(methods: list[str], quick: bool) -> list[tuple[str, dict]]:
@@ -199,7 +212,9 @@ def _run(args) -> int:
     bad = [b for b in args.batches if b < 1]
     if bad:
         raise UsageError(f"--batches must be >= 1, got {bad}")
-    extra = [b for b in args.padded_compiled if b not in args.batches]
+    pc = args.padded_compiled
+    padded_compiled = list(args.batches) if pc == "all" else [] if pc == "none" else list(pc)
+    extra = [b for b in padded_compiled if b not in args.batches]
     if extra:
         raise UsageError(f"--padded-compiled {extra}: not among --batches {args.batches}")
     methods = list(args.methods or [m for m in pruning_methods() if m != "none"])
@@ -223,7 +238,7 @@ def _run(args) -> int:
         from .calibrate import dynamicvit_predictors
         predictors = dynamicvit_predictors(model, loaded.predictor_state)
     n_timed = (len(args.batches) * (len(SPEED_PIPELINES) * (len(sweep) - 1) + len(DENSE_PIPELINES) + 1)
-               + len(args.padded_compiled) * (len(sweep) - 1)) if speed else 0
+               + len(padded_compiled) * (len(sweep) - 1)) if speed else 0
     bar = tqdm(total=len(sweep) + n_timed, desc="bench frontier", file=sys.stderr)
     results, rows, dense_rows, point_id = [], [], {}, [0]
     for method, opts in sweep:
@@ -244,10 +259,10 @@ def _run(args) -> int:
                         variant=opts.get("variant", ""), setting=name, dtype=str(dtype).removeprefix("torch."),
                         live_rows=args.live_rows)
             rows += _speed_rows(ctx, model, method, options, args.batches, images, base, dense_rows, point_id, bar,
-                                tuple(args.padded_compiled))
+                                tuple(padded_compiled))
     bar.close()
     for mname in args.random_models:
-        rows += _random_rows(mname, ctx, methods, args, device, dtype, point_id)
+        rows += _random_rows(mname, ctx, methods, args, device, dtype, point_id, tuple(padded_compiled))
     finish_rows(rows)
     for r in rows:
         r.pop("_point", None)
@@ -258,10 +273,15 @@ def _run(args) -> int:
         model=args.model, checkpoint=ckpt, images=f"{len(images)} labelled ImageNet sample photos",
         calibration=f"{len(calib)} other photos (Threshold-L2 thresholds)", dtype=str(dtype).removeprefix("torch."),
         batches=args.batches, quick=args.quick, live_rows=args.live_rows, skipped=skipped,
-        padded_compiled=list(args.padded_compiled)),
+        padded_compiled=padded_compiled),
         "settings": results, "rows": rows}
+    return _write(result, args.out)
+
+
+def _write(result: dict, out: str) -> int:
+    """``frontier-<gpu>-<stamp>.json``, ``.md`` and ``.png`` under ``out``; prints the table."""
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    path = timing.write_json(result, args.out, "frontier", stamp=stamp)
+    path = timing.write_json(result, out, "frontier", stamp=stamp)
     table = markdown_table(result)
     md = path.with_suffix(".md")
     md.write_text(f"# raggedvit bench frontier\n\n{_describe(result)}\n\n{table}\n")
@@ -271,7 +291,57 @@ def _run(args) -> int:
     return 0
 
 
-def _random_rows(mname: str, ctx, methods, args, device, dtype, point_id) -> list[dict]:
+# what must agree between runs that are merged: the same model, photos, dtype and settings decided the same way
+_SAME_CONFIG = ("model", "checkpoint", "images", "calibration", "dtype", "live_rows")
+_SAME_SETTING = ("setting", "status", "top1", "kept_stages")
+
+
+def merge_results(results: list[dict]) -> dict:
+    """One frontier result from runs of the same settings at disjoint batch sizes (e.g. one device call per
+    batch size): speeds side by side, every ratio the one measured in its own run against its own references.
+    Raises :class:`UsageError` when the runs differ in anything but batch sizes (model, photos, dtype, GPU,
+    settings, top-1 or kept counts)."""
+    first = results[0]
+    batches: list[int] = []
+    for r in results:
+        if r.get("kind") != "frontier":
+            raise UsageError(f"--merge: not a frontier result (kind {r.get('kind')!r})")
+        diff = [k for k in _SAME_CONFIG if r["config"].get(k) != first["config"].get(k)]
+        diff += ["gpu"] if r["env"].get("gpu") != first["env"].get("gpu") else []
+        diff += ["settings"] if [[s.get(k) for k in _SAME_SETTING] for s in r["settings"]] != [
+            [s.get(k) for k in _SAME_SETTING] for s in first["settings"]] else []
+        if diff:
+            raise UsageError(f"--merge: the runs differ in {', '.join(diff)}; only batch sizes may differ")
+        twice = sorted(set(batches) & set(r["config"]["batches"]))
+        if twice:
+            raise UsageError(f"--merge: batch {twice} is in more than one run")
+        batches += r["config"]["batches"]
+    settings = [dict(s) for s in first["settings"]]
+    for i, s in enumerate(settings):
+        for key in ("speed", "speed_unpruned"):
+            if key in s:
+                s[key] = {int(b): v for r in results for b, v in r["settings"][i].get(key, {}).items()}
+    env = dict(first["env"], command=" ; ".join(r["env"]["command"] for r in results),
+               date=" ; ".join(r["env"]["date"] for r in results))
+    config = dict(first["config"], batches=sorted(batches),
+                  padded_compiled=sorted(b for r in results for b in r["config"].get("padded_compiled") or []))
+    return {"kind": "frontier", "env": env, "config": config, "settings": settings,
+            "rows": [row for r in results for row in r["rows"]]}
+
+
+def _merge(args) -> int:
+    import json
+
+    results = []
+    for f in args.merge:
+        try:
+            results.append(json.loads(Path(f).read_text()))
+        except (OSError, ValueError) as e:
+            raise UsageError(f"--merge: cannot read {f}: {e}") from None
+    return _write(merge_results(results), args.out)
+
+
+def _random_rows(mname: str, ctx, methods, args, device, dtype, point_id, padded_compiled) -> list[dict]:
     """Speed of fixed-count settings on a random-weight ``mname`` (labelled; no accuracy)."""
     from ..runtime.loading import load_model
 
@@ -282,12 +352,14 @@ def _random_rows(mname: str, ctx, methods, args, device, dtype, point_id) -> lis
 
     rows, dense_rows = [], {}
     cases = [(m, o) for m in methods for o in RANDOM_SETTINGS.get(m, [])]
-    bar = tqdm(total=len(args.batches) * (len(cases) * len(SPEED_PIPELINES) + len(DENSE_PIPELINES)),
+    bar = tqdm(total=len(args.batches) * (len(cases) * len(SPEED_PIPELINES) + len(DENSE_PIPELINES))
+               + len(padded_compiled) * len(cases),
                desc=f"{mname} (random weights)", file=sys.stderr)
     for method, opts in cases:
         base = dict(model=mname, weights="random", img_size=224, method=method, variant=opts["variant"],
                     setting=label(method, opts), dtype=str(dtype).removeprefix("torch."), live_rows=args.live_rows)
-        rows += _speed_rows(ctx, model, method, opts, args.batches, images, base, dense_rows, point_id, bar)
+        rows += _speed_rows(ctx, model, method, opts, args.batches, images, base, dense_rows, point_id, bar,
+                            padded_compiled)
     bar.close()
     del model
     if device.type == "cuda":
