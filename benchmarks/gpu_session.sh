@@ -184,9 +184,14 @@ case "$1" in
   s9b|s9c)  # the README's table with the padded baseline's best mode including torch.compile (s9a found
     # padded_compiled 1.3-2x faster than padded_static at b64/256): a compile per setting and batch size, so one
     # device call per pair of batch sizes; then locally: raggedvit bench frontier --merge <s9b json>,<s9c json>
+    # (s9c at 570 s was killed at 5 of 8 settings: compiles at batch 256 take up to a minute; s9c2 is what the
+    # remaining device time allowed, the JSON is now written after every setting)
     B=$([ "$1" = s9b ] && echo 1,8 || echo 64,256)
     timeout 570 python3 -m raggedvit bench frontier --quick --batches $B --out "$OUT" 2>&1 \
       | grep -v "it/s\]" | tail -n 14 ;;
+  s9c2)
+    timeout 360 python3 -m raggedvit bench frontier --quick --batches 64,256 --methods evit,threshold_l2,ats,tome \
+      --out "$OUT" 2>&1 | grep -v "it/s\]" | tail -n 14; ls "$OUT" ;;
   s9d)  # is reduce-overhead the dense reference's best mode? max-autotune (minutes of compile per batch size)
     PYTHONPATH=src:benchmarks timeout 540 python3 benchmarks/dense_compile_modes_ab.py --batches 64,256 \
       --formats channels_last --out "$OUT" 2>&1 | grep -v Warn | tail -n 8 ;;

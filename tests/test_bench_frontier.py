@@ -159,9 +159,42 @@ def test_merge_joins_batch_sizes_of_separate_runs(tmp_path, capsys):
     md = next(out.glob("frontier-*.md")).read_text()
     assert "| evit fixed keep_rate=0.8 | 79.5 | -0.5 | 150 | 150 (1.50x / 1.25x) | 300 (3.00x / 2.50x) |" in md
     assert next(out.glob("frontier-*.png")).stat().st_size > 0
-    with pytest.raises(frontier.UsageError, match="top-1|settings"):
+    with pytest.raises(frontier.UsageError, match="setting 'evit fixed keep_rate=0.8'"):
         frontier.merge_results([_run_result(8, 150.0), _run_result(64, 300.0, top1=79.0)])
     with pytest.raises(frontier.UsageError, match="batch \\[8\\]"):
         frontier.merge_results([_run_result(8, 150.0), _run_result(8, 160.0)])
+    other = _run_result(64, 300.0)
+    other["config"]["dtype"] = "float32"
+    with pytest.raises(frontier.UsageError, match="dtype"):
+        frontier.merge_results([_run_result(8, 150.0), other])
+    # a run cut short (fewer settings, marked incomplete): its settings fill their cells, the others stay empty
+    short = _run_result(64, 300.0)
+    short["settings"], short["config"]["complete"] = short["settings"][:1], False
+    both = frontier.merge_results([_run_result(8, 150.0), short])
+    assert both["config"]["complete"] is False and [s["setting"] for s in both["settings"]] == [
+        "dense", "evit fixed keep_rate=0.8"]
+    assert set(both["settings"][1]["speed"]) == {8} and set(both["settings"][0]["speed"]) == {8, 64}
+    assert "| 150 (1.50x / 1.25x) | - |" in frontier.markdown_table(both)
+    env = dict(gpu="G", torch="t", triton="t", timm="t", date="d", command="c")
+    assert "Incomplete" in frontier._describe(dict(env=env, config=both["config"]))
     assert frontier.main(_args(out, "--merge", f"{a},{tmp_path / 'missing.json'}")) == 2
     capsys.readouterr()
+
+
+def test_assemble_leaves_the_running_rows_intact():
+    """The partial JSON written after every setting is built from copies: the rows keep their point ids for the
+    next setting's ratios, and the final document equals one built once at the end."""
+    rows = [dict(weights="trained", setting="dense", pipeline="dense_compiled", batch=8, status="ok",
+                 images_per_s=100.0, mode="compiled", _point=1),
+            dict(weights="trained", setting="evit fixed keep_rate=0.8", pipeline="raggedvit_graph", batch=8,
+                 status="ok", images_per_s=150.0, mode="graph", variant="fixed", _point=1)]
+    results = [dict(setting="dense", method="none", variant="", status="ok", top1=80.0, kept_stages=[]),
+               dict(setting="evit fixed keep_rate=0.8", method="evit", variant="fixed", status="ok", top1=79.5,
+                    kept_stages=[dict(mean=150.0)])]
+    assemble = frontier._assembler(dict(gpu="G"), dict(batches=[8]))
+    partial = assemble(results[:1], rows[:1], complete=False)
+    assert partial["config"]["complete"] is False and len(partial["settings"]) == 1
+    assert all("_point" in r for r in rows) and "speed" not in results[0]
+    final = assemble(results, rows, complete=True)
+    assert final["settings"][1]["speed"][8]["speedup_vs_dense_compiled"] == 1.5
+    assert final == assemble(results, rows, complete=True)

@@ -240,6 +240,12 @@ def _run(args) -> int:
     n_timed = (len(args.batches) * (len(SPEED_PIPELINES) * (len(sweep) - 1) + len(DENSE_PIPELINES) + 1)
                + len(padded_compiled) * (len(sweep) - 1)) if speed else 0
     bar = tqdm(total=len(sweep) + n_timed, desc="bench frontier", file=sys.stderr)
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    assemble = _assembler(environment(device), dict(
+        model=args.model, checkpoint=ckpt, images=f"{len(images)} labelled ImageNet sample photos",
+        calibration=f"{len(calib)} other photos (Threshold-L2 thresholds)", dtype=str(dtype).removeprefix("torch."),
+        batches=args.batches, quick=args.quick, live_rows=args.live_rows, skipped=skipped,
+        padded_compiled=padded_compiled))
     results, rows, dense_rows, point_id = [], [], {}, [0]
     for method, opts in sweep:
         name = "dense" if method == "none" else label(method, opts)
@@ -260,27 +266,32 @@ def _run(args) -> int:
                         live_rows=args.live_rows)
             rows += _speed_rows(ctx, model, method, options, args.batches, images, base, dense_rows, point_id, bar,
                                 tuple(padded_compiled))
+            # the JSON so far after every setting: a run killed by a time limit keeps what it measured
+            timing.write_json(assemble(results, rows, complete=False), args.out, "frontier", stamp=stamp)
     bar.close()
     for mname in args.random_models:
         rows += _random_rows(mname, ctx, methods, args, device, dtype, point_id, tuple(padded_compiled))
-    finish_rows(rows)
-    for r in rows:
-        r.pop("_point", None)
-    dense_top1 = results[0].get("top1")
-    _attach_speed(results, rows, dense_top1)
-    env = environment(device)
-    result = {"kind": "frontier", "env": env, "config": dict(
-        model=args.model, checkpoint=ckpt, images=f"{len(images)} labelled ImageNet sample photos",
-        calibration=f"{len(calib)} other photos (Threshold-L2 thresholds)", dtype=str(dtype).removeprefix("torch."),
-        batches=args.batches, quick=args.quick, live_rows=args.live_rows, skipped=skipped,
-        padded_compiled=padded_compiled),
-        "settings": results, "rows": rows}
-    return _write(result, args.out)
+    return _write(assemble(results, rows, complete=True), args.out, stamp)
 
 
-def _write(result: dict, out: str) -> int:
+def _assembler(env: dict, config: dict):
+    """``assemble(results, rows, complete)``: the result document from copies of the settings and rows so far
+    (ratios per point, speeds attached to their settings)."""
+    def assemble(results: list[dict], rows: list[dict], complete: bool) -> dict:
+        rows = [dict(r) for r in rows]
+        finish_rows(rows)
+        for r in rows:
+            r.pop("_point", None)
+        results = [dict(r) for r in results]
+        _attach_speed(results, rows, results[0].get("top1"))
+        return {"kind": "frontier", "env": env, "config": dict(config, complete=complete), "settings": results,
+                "rows": rows}
+    return assemble
+
+
+def _write(result: dict, out: str, stamp: str | None = None) -> int:
     """``frontier-<gpu>-<stamp>.json``, ``.md`` and ``.png`` under ``out``; prints the table."""
-    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    stamp = stamp or _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     path = timing.write_json(result, out, "frontier", stamp=stamp)
     table = markdown_table(result)
     md = path.with_suffix(".md")
@@ -294,38 +305,41 @@ def _write(result: dict, out: str) -> int:
 # what must agree between runs that are merged: the same model, photos, dtype and settings decided the same way
 _SAME_CONFIG = ("model", "checkpoint", "images", "calibration", "dtype", "live_rows")
 _SAME_SETTING = ("setting", "status", "top1", "kept_stages")
+_SPEEDS = ("speed", "speed_unpruned")
 
 
 def merge_results(results: list[dict]) -> dict:
-    """One frontier result from runs of the same settings at disjoint batch sizes (e.g. one device call per
-    batch size): speeds side by side, every ratio the one measured in its own run against its own references.
-    Raises :class:`UsageError` when the runs differ in anything but batch sizes (model, photos, dtype, GPU,
-    settings, top-1 or kept counts)."""
+    """One frontier result from runs at disjoint batch sizes (e.g. one device call per batch size, or a run a
+    time limit cut short): settings matched by name, speeds side by side, every ratio the one measured in its own
+    run against its own references; a setting missing from a run has no cells at its batch sizes. Raises
+    :class:`UsageError` when the runs differ in anything but batch sizes and settings (model, photos, dtype,
+    GPU), or a setting's top-1 or kept counts differ between runs."""
     first = results[0]
     batches: list[int] = []
+    merged: dict[str, dict] = {}
     for r in results:
         if r.get("kind") != "frontier":
             raise UsageError(f"--merge: not a frontier result (kind {r.get('kind')!r})")
         diff = [k for k in _SAME_CONFIG if r["config"].get(k) != first["config"].get(k)]
         diff += ["gpu"] if r["env"].get("gpu") != first["env"].get("gpu") else []
-        diff += ["settings"] if [[s.get(k) for k in _SAME_SETTING] for s in r["settings"]] != [
-            [s.get(k) for k in _SAME_SETTING] for s in first["settings"]] else []
+        diff += [f"setting {s['setting']!r}" for s in r["settings"] if s["setting"] in merged
+                 and [s.get(k) for k in _SAME_SETTING] != [merged[s["setting"]].get(k) for k in _SAME_SETTING]]
+        twice = sorted(set(batches) & set(r["config"]["batches"]))
+        diff += [f"batch {twice} (in more than one run)"] if twice else []
         if diff:
             raise UsageError(f"--merge: the runs differ in {', '.join(diff)}; only batch sizes may differ")
-        twice = sorted(set(batches) & set(r["config"]["batches"]))
-        if twice:
-            raise UsageError(f"--merge: batch {twice} is in more than one run")
         batches += r["config"]["batches"]
-    settings = [dict(s) for s in first["settings"]]
-    for i, s in enumerate(settings):
-        for key in ("speed", "speed_unpruned"):
-            if key in s:
-                s[key] = {int(b): v for r in results for b, v in r["settings"][i].get(key, {}).items()}
+        for s in r["settings"]:
+            m = merged.setdefault(s["setting"], {k: v for k, v in s.items() if k not in _SPEEDS})
+            for key in _SPEEDS:
+                if key in s:
+                    m.setdefault(key, {}).update({int(b): v for b, v in s[key].items()})
     env = dict(first["env"], command=" ; ".join(r["env"]["command"] for r in results),
                date=" ; ".join(r["env"]["date"] for r in results))
-    config = dict(first["config"], batches=sorted(batches),
+    complete = all(r["config"].get("complete", True) for r in results)
+    config = dict(first["config"], batches=sorted(batches), complete=complete,
                   padded_compiled=sorted(b for r in results for b in r["config"].get("padded_compiled") or []))
-    return {"kind": "frontier", "env": env, "config": config, "settings": settings,
+    return {"kind": "frontier", "env": env, "config": config, "settings": list(merged.values()),
             "rows": [row for r in results for row in r["rows"]]}
 
 
@@ -399,7 +413,8 @@ def _describe(result: dict) -> str:
             "`x padded` = over the padded baseline in its best "
             "mode (the faster of batch-maximum padding and static-capacity padding in a CUDA graph"
             + (f"; at batch {', '.join(map(str, pc))} also static-capacity padding under torch.compile" if pc else
-               "; not compiled") + f"). Command: `{env['command']}`.")
+               "; not compiled") + f"). Command: `{env['command']}`."
+            + ("" if cfg.get("complete", True) else " **Incomplete: the run stopped before its last setting.**"))
 
 
 def _fmt_speed(s: dict | None) -> str:
