@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call of the 2026-11-30 session: GPU tests of the new parts, eval on the GPU, exactness (fp32, fp16).
-# Usage on the GPU machine: RAGGEDVIT_DATA=$PWD/.data OUT=... bash benchmarks/gpu_session.sh part1|part2|part3|probe|probe2|s4a|s4b|s4c|aoti1|aoti2|s5a|s5b|s6a|s6b|s6c|s6d|s6e|s7b|s7c|s8a|s8c|s8d|s8e|s9a|s9b|s9c|s9d
+# Usage on the GPU machine: RAGGEDVIT_DATA=$PWD/.data OUT=... bash benchmarks/gpu_session.sh part1|part2|part3|probe|probe2|s4a|s4b|s4c|aoti1|aoti2|s5a|s5b|s6a|s6b|s6c|s6d|s6e|s7b|s7c|s8a|s8c|s8d|s8e|s9a|s9b|s9c|s9c2|s9d|s10a|s10b|s10c
 # part3 (next session, about 8 minutes): what the second 2026-11-30 session could not re-run for lack of device
 # time: the AOTInductor package on the GPU after the lifted-constants fix, torch.compile of both layouts on the
 # GPU (tests/test_compile.py), and the live_rows policy A/B.
@@ -192,6 +192,17 @@ case "$1" in
   s9c2)
     timeout 360 python3 -m raggedvit bench frontier --quick --batches 64,256 --methods evit,threshold_l2,ats,tome \
       --out "$OUT" 2>&1 | grep -v "it/s\]" | tail -n 14; ls "$OUT" ;;
+  s10a|s10b)  # next session: the README table's batch 256 (s10a) and 64 (s10b) columns for every setting (s9c2
+    # measured 3 of 8 before its limit; compiles of the padded baseline take up to a minute each at batch 256);
+    # the JSON is written after every setting, so a run stopped by the limit keeps its settings. Then locally:
+    # raggedvit bench frontier --merge frontier-...-192532.json,<s10a json>,<s10b json>
+    B=$([ "$1" = s10a ] && echo 256 || echo 64)
+    timeout 560 python3 -m raggedvit bench frontier --quick --batches $B --out "$OUT" 2>&1 \
+      | grep -v "it/s\]" | tail -n 14; ls "$OUT" ;;
+  s10c)  # why the padded baseline compiled matches the packed graph on fixed budgets (EViT fixed, batch 256:
+    # 89,745 against 87,549 images/s in frontier -193806): kernel by kernel, packed against padded compiled
+    PYTHONPATH=src:benchmarks timeout 300 python3 benchmarks/profile_forward.py --settings 0,1 --batches 256 \
+      --padded-compiled --out "$OUT" 2>&1 | grep -v Warn | tee "$OUT/profile-forward-padded-compiled.log" | tail -n 60 ;;
   s9d)  # is reduce-overhead the dense reference's best mode? max-autotune (minutes of compile per batch size)
     PYTHONPATH=src:benchmarks timeout 540 python3 benchmarks/dense_compile_modes_ab.py --batches 64,256 \
       --formats channels_last --out "$OUT" 2>&1 | grep -v Warn | tail -n 8 ;;
