@@ -66,7 +66,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``raggedvit bench frontier``."""
     a = parser.add_argument
     a("--quick", action="store_true", help="each method's two variants at their defaults, less timing (the "
-      "README's table; about 4 min per batch size on an H200 with padded_compiled)")
+      "README's table; on an H200 about 3 min at batch 1 or 8 and 7-10 min at 64 or 256, mostly compiling the "
+      "padded baseline: run large batch sizes one per call where calls are time-limited)")
     a("--methods", type=comma_list(str), help="comma list of methods to sweep (default: every registered one "
       "with a sweep and usable weights)")
     a("--batches", type=comma_list(int), default=[1, 8, 64, 256], help="comma list (default 1,8,64,256)")
