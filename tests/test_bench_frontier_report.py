@@ -103,3 +103,35 @@ def test_description_names_the_padded_modes():
     assert "at batch 64 also static-capacity padding under torch.compile" in report.describe(dict(env=env, config=cfg))
     assert "not compiled" in report.describe(dict(env=env, config=dict(cfg, padded_compiled=[])))
     assert "Incomplete" not in report.describe(dict(env=env, config=cfg))
+
+
+def test_plot_has_one_legend_and_colour_per_setting_across_panels(tmp_path, monkeypatch):
+    """A merged run with a setting at batch 8 only: the legend still lists it, and each method keeps its colour
+    in every panel."""
+    import matplotlib
+    matplotlib.use("Agg")
+    from matplotlib.axes import Axes
+
+    short = _run_result(64, 300.0)
+    short["settings"] = short["settings"][:1]
+    merged = report.merge_results([_run_result(8, 150.0), short])
+    merged["settings"].append(dict(merged["settings"][1], setting="ats fixed keep_rate=0.9", method="ats",
+                                   speed={64: dict(status="ok", images_per_s=200.0)}))
+    seen = {}
+    real_plot, real_legend = Axes.plot, Axes.legend
+
+    def plot(ax, *a, **kw):
+        lines = real_plot(ax, *a, **kw)
+        seen.setdefault(ax.get_title() or id(ax), []).append((lines[0].get_xdata()[0], lines[0].get_color()))
+        return lines
+
+    def legend(ax, handles, labels, **kw):
+        seen["legend"] = labels
+        return real_legend(ax, handles, labels, **kw)
+
+    monkeypatch.setattr(Axes, "plot", plot)
+    monkeypatch.setattr(Axes, "legend", legend)
+    assert report.plot_frontier(merged, tmp_path / "p.png") is not None
+    assert seen["legend"] == ["dense (torch.compile)", report.UNPRUNED, "evit fixed", "ats fixed"]
+    colours = {x: c for panel, pts in seen.items() if panel != "legend" for x, c in pts}
+    assert colours[150.0] != colours[200.0]  # evit at batch 8, ats at batch 64: different methods, colours

@@ -155,6 +155,11 @@ def plot_frontier(result: dict, path: Path) -> Path | None:
     for r in ok:
         groups.setdefault("dense (torch.compile)" if r["method"] == "none" else f"{r['method']} {r['variant']}",
                           []).append(r)
+    # one colour per method and variant in every panel, and one legend for all panels (merged runs may have a
+    # setting at some batch sizes only)
+    colors = {name: f"C{i % 10}" for i, name in enumerate(n for n in groups if not n.startswith("dense"))}
+    legend: dict[str, object] = {}
+
     def at(speed: dict, b: int) -> dict:  # batch keys are ints in memory, strings once read back from JSON
         return speed.get(b) or speed.get(str(b)) or {}
 
@@ -166,18 +171,19 @@ def plot_frontier(result: dict, path: Path) -> Path | None:
                 continue
             xs, ys = zip(*pts)
             if name.startswith("dense"):
-                ax.plot(xs, ys, "k*", markersize=12, label=name)
+                legend.setdefault(name, ax.plot(xs, ys, "k*", markersize=12)[0])
                 un = [(at(r.get("speed_unpruned", {}), b), r["top1"]) for r in rs]
                 un = [(s["images_per_s"], t) for s, t in un if s.get("status") == "ok"]
                 if un:
-                    ax.plot(*zip(*un), "k*", markersize=12, markerfacecolor="none", label=UNPRUNED)
+                    legend.setdefault(UNPRUNED, ax.plot(*zip(*un), "k*", markersize=12, markerfacecolor="none")[0])
             else:
-                ax.plot(xs, ys, "o-", label=name, markersize=4)
+                legend.setdefault(name, ax.plot(xs, ys, "o-", color=colors[name], markersize=4)[0])
         ax.set_title(f"batch {b}")
         ax.set_xlabel("images/s")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("top-1 %")
-    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))  # outside: no point hidden
+    axes[0][-1].legend(list(legend.values()), list(legend), fontsize=7, loc="upper left",
+                       bbox_to_anchor=(1.02, 1.0))  # outside: no point hidden
     env = result["env"]
     fig.suptitle(f"{result['config']['model']} (trained), {result['config']['dtype']}, {env.get('gpu') or 'CPU'}: "
                  "top-1 against images/s", fontsize=10)
