@@ -6,7 +6,8 @@
 #   bash benchmarks/run_gpu.sh e2e          # raggedvit bench e2e --sample-data --quick (trained ViT-Tiny, real photos)
 #   bash benchmarks/run_gpu.sh e2e-random   # raggedvit bench e2e --quick (random-weight DeiT-S, calibrated counts)
 #   bash benchmarks/run_gpu.sh exactness    # bench exactness, trained ViT-Tiny, 436 labelled photos, fp32 and fp16
-#   bash benchmarks/run_gpu.sh frontier     # raggedvit bench frontier --quick (trained ViT-Tiny, labelled photos)
+#   bash benchmarks/run_gpu.sh frontier     # raggedvit bench frontier --quick (trained ViT-Tiny, labelled photos; about 25 min
+#                                           # on an H200, mostly compiling the padded baseline per setting and batch size)
 #   bash benchmarks/run_gpu.sh profile      # benchmarks/profile_forward.py: device time per kernel family
 #   bash benchmarks/run_gpu.sh demo         # raggedvit demo on the GPU (PNG per photo)
 #   bash benchmarks/run_gpu.sh ab           # bench e2e --quick, raggedvit graph, this tree vs .base/src (an older
