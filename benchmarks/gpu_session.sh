@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call of the 2026-11-30 session: GPU tests of the new parts, eval on the GPU, exactness (fp32, fp16).
-# Usage on the GPU machine: RAGGEDVIT_DATA=$PWD/.data OUT=... bash benchmarks/gpu_session.sh part1|part2|part3|probe|probe2|s4a|s4b|s4c|aoti1|aoti2|s5a|s5b|s6a|s6b|s6c|s6d|s6e|s7b|s7c|s8a|s8c|s8d|s8e|s9a|s9b|s9c|s9c2|s9d|s10a|s10b|s10c
+# Usage on the GPU machine: RAGGEDVIT_DATA=$PWD/.data OUT=... bash benchmarks/gpu_session.sh part1|part2|part3|probe|probe2|s4a|s4b|s4c|aoti1|aoti2|s5a|s5b|s6a|s6b|s6c|s6d|s6e|s7b|s7c|s8a|s8c|s8d|s8e|s9a|s9b|s9c|s9c2|s9d|s10a|s10b|s10c|s10d
 # part3 (next session, about 8 minutes): what the second 2026-11-30 session could not re-run for lack of device
 # time: the AOTInductor package on the GPU after the lifted-constants fix, torch.compile of both layouts on the
 # GPU (tests/test_compile.py), and the live_rows policy A/B.
@@ -203,6 +203,15 @@ case "$1" in
     # 89,745 against 87,549 images/s in frontier -193806): kernel by kernel, packed against padded compiled
     PYTHONPATH=src:benchmarks timeout 300 python3 benchmarks/profile_forward.py --settings 0,1 --batches 256 \
       --padded-compiled --out "$OUT" 2>&1 | grep -v Warn | tee "$OUT/profile-forward-padded-compiled.log" | tail -n 60 ;;
+  s10d)  # eval --layout padded: the padded baseline compiled at static capacity (PaddedCompiled, new on
+    # 2026-11-30, not yet GPU-run): its GPU tests, then eval of both layouts on the sample photos
+    timeout 200 python3 -m pytest -q -x -p no:cacheprovider tests/test_runtime_graphs.py tests/test_apps_eval.py \
+      2>&1 | tail -n 4
+    for L in padded packed; do
+      timeout 150 python3 -m raggedvit eval --data .data/imagenet-sample --checkpoint .data/weights/$W.safetensors \
+        --model vit_tiny_patch16_224 --method all --layout $L --batch-size 250 --workers 8 \
+        --json "$OUT/eval-gpu-$L.json" 2>&1 | grep -v "it/s\]" | tail -n 12
+    done ;;
   s9d)  # is reduce-overhead the dense reference's best mode? max-autotune (minutes of compile per batch size)
     PYTHONPATH=src:benchmarks timeout 540 python3 benchmarks/dense_compile_modes_ab.py --batches 64,256 \
       --formats channels_last --out "$OUT" 2>&1 | grep -v Warn | tail -n 8 ;;

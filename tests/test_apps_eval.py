@@ -190,3 +190,53 @@ def test_eval_cuda_graphs_match_eager(tmp_path):
         assert g["kept_mean"] == pytest.approx(e["kept_mean"]) and g["kept_min"] == e["kept_min"]
         assert g["agreement"] >= 0.8 and g["images_per_s"] > 0 and g["images_per_s_e2e"] > 0
         assert g["images_per_s_e2e"] <= g["images_per_s"]
+
+
+def test_eval_runs_the_padded_layout_compiled_on_cuda(tmp_path):
+    """Runner choice (no GPU needed: nothing is compiled until the first batch): on a CUDA device ``--layout
+    padded`` builds every pruned model at static capacity and runs it through BatchGraphs (PaddedCompiled),
+    marked "compiled"; ``--mode eager`` keeps batch-maximum padding, eager."""
+    import argparse
+
+    from raggedvit.apps import evaluate
+    from raggedvit.runtime.graphs import BatchGraphs
+    from raggedvit.runtime.loading import load_model
+
+    loaded = load_model("deit_tiny_patch16_224", weights="random", device=torch.device("cpu"), dtype=torch.float32)
+    x = torch.randn(2, 3, 224, 224)
+    for mode, want in (("auto", "static"), ("eager", "max")):
+        args = argparse.Namespace(layout="padded", mode=mode, variant="default", keep_rate=None,
+                                  random_predictors=True, dense="compiled")
+        tallies = [evaluate.Tally("dense", "dense"), evaluate.Tally("evit (padded)", "evit"),
+                   evaluate.Tally("tome (padded)", "tome")]
+        runners = evaluate._build_runners(args, loaded, ["evit", "tome"], tallies, "reference", x, torch.device("cuda"),
+                                          torch.float32, lambda s: None)
+        pruned = runners[1:]
+        if want == "static":
+            assert all(isinstance(r, BatchGraphs) and r.model.padding == "static" for r in pruned)
+            assert [t.mode for t in tallies[1:]] == ["compiled", "compiled"]
+        else:
+            assert all(not isinstance(r, BatchGraphs) and r.padding == "max" for r in pruned)
+
+
+@requires_gpu
+@pytest.mark.timeout(600)
+def test_eval_cuda_padded_compiled_matches_eager(tmp_path):
+    """On CUDA: ``--layout padded`` compiled at static capacity (a remainder batch of 1: a second compile) gives
+    the eager batch-maximum run's kept counts and (up to one near-tie in five random-weight images) its
+    predictions, and says it ran compiled."""
+    rng = np.random.default_rng(6)
+    _write_jpegs(tmp_path / "data" / "n01440764", 5, rng)
+    base = ["eval", "--data", str(tmp_path / "data"), "--model", "deit_tiny_patch16_224", "--weights", "random",
+            "--batch-size", "2", "--workers", "0", "--method", "evit", "tome",
+            "--layout", "padded", "--dtype", "float32"]
+    res = {}
+    for mode in ("auto", "eager"):
+        out = tmp_path / f"{mode}.json"
+        assert main([*base, "--mode", mode, "--json", str(out)]) == 0
+        res[mode] = json.loads(out.read_text())
+    for c, e in zip(res["auto"]["rows"], res["eager"]["rows"]):
+        assert c["mode"] == "compiled" and e["mode"] == "eager"
+        assert c["images"] == e["images"] == 5
+        assert c["kept_mean"] == pytest.approx(e["kept_mean"]) and c["kept_max"] == e["kept_max"]
+        assert c["agreement"] == pytest.approx(e["agreement"], abs=0.2) and c["images_per_s"] > 0

@@ -9,8 +9,11 @@ as a user deploys it, ``torch.compile(mode="reduce-overhead")`` in the faster me
 (:class:`~raggedvit.runtime.graphs.DenseCompiled`; ``--dense graph``: timm's forward in a plain graph,
 :class:`~raggedvit.runtime.graphs.DenseGraph`), and every packed pruned model captured whole
 (:func:`raggedvit.models.graph.capture`); the last partial batch gets a graph of its own size (no padding
-images). Graphs and compiles happen outside the timed region. The padded layout, or an
-attention backend that cannot be captured, runs eagerly (said in the table). On the CPU everything is eager.
+images). ``--layout padded`` runs the padded baseline in its fastest mode: every stage padded to its static
+capacity, under ``torch.compile(mode="reduce-overhead")`` per batch size
+(:class:`~raggedvit.runtime.graphs.PaddedCompiled`; ``--mode eager``: padded to the batch maximum, eager).
+Graphs and compiles happen outside the timed region. An attention backend that cannot be captured runs
+eagerly (said in the table). On the CPU everything is eager.
 
 Images: ``--decode gpu`` (the default on CUDA) has DataLoader workers only read the files; the main process
 decodes the batch's JPEGs in one nvJPEG call (``torchvision.io.decode_jpeg(..., device="cuda")``) and applies
@@ -185,8 +188,8 @@ def _check_mode(mode: str, device: torch.device, layout: str, attention: str) ->
     if device.type != "cuda":
         raise UsageError(f"--mode graph: CUDA graphs need a CUDA device, this run is on {device}; use --mode auto")
     if layout != "packed":
-        raise UsageError("--mode graph: the padded layout cannot be captured (it reads each adaptive stage's batch "
-                         "maximum back to the host); use --layout packed or --mode auto")
+        raise UsageError("--mode graph: the padded layout is not captured whole; with --mode auto it runs at static "
+                         "capacity under torch.compile (CUDA graphs inside), its fastest mode")
     from ..models.graph import graph_safe_backends
 
     if attention not in graph_safe_backends():
@@ -268,7 +271,9 @@ def _run(args) -> int:
     if args.layout == "packed":
         print(f"  attention : packed layout -> {attention}: {attention_note}")
     else:
-        print("  attention : padded layout -> torch SDPA with a boolean key-padding mask (the baseline)")
+        compiled = device.type == "cuda" and args.mode != "eager"
+        how = "static per-stage capacity, torch.compile per batch size" if compiled else "batch maximum, eager"
+        print(f"  attention : padded layout -> torch SDPA with a boolean key-padding mask (the baseline; {how})")
     for note in method_notes:
         print(f"  note      : {note}")
     images = _Images(args, index, cfg, decode, device, dtype)
@@ -333,18 +338,24 @@ def _run(args) -> int:
 
 def _build_runners(args, loaded, methods, tallies, attention, x, device, dtype, write) -> list:
     """The dense model and each pruned model, wrapped in :class:`BatchGraphs` where they run as CUDA graphs (the
-    dense one compiled unless ``--dense graph``)."""
+    dense one compiled unless ``--dense graph``; padded ones at static capacity, compiled)."""
     models = [loaded.model]
+    # the padded layout's fastest mode on CUDA: static capacity under torch.compile (PaddedCompiled)
+    padded_compiled = args.layout == "padded" and device.type == "cuda" and args.mode != "eager"
     for m in methods:
         pruned, notes = build_pruned(
             loaded, m, layout=args.layout, attention=attention, variant=args.variant, keep_rate=args.keep_rate,
             calibration=x, calibration_source=f"the first batch ({x.shape[0]} images) of the evaluated data",
-            random_predictors=args.random_predictors)
+            random_predictors=args.random_predictors, padding="static" if padded_compiled else "max")
         for note in notes:
             write(f"  {note}")
         models.append(pruned)
     runners = []
     for tally, model in zip(tallies, models):
+        if padded_compiled and tally.method != "dense":
+            tally.mode = "compiled"
+            runners.append(BatchGraphs(model, device=device, dtype=dtype))
+            continue
         reason = None if args.mode == "eager" else graph_unavailable_reason(model, device)
         if args.mode == "eager" or reason is not None:
             if reason is not None and args.mode == "graph":  # pragma: no cover - _check_mode refuses these first

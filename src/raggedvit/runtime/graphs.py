@@ -7,9 +7,11 @@
 * :class:`DenseCompiled` - the dense model as a user deploys it: ``torch.compile(mode="reduce-overhead")``
   for one batch size, in the faster of two memory formats (contiguous or channels-last images and conv
   weight), both timed on the example batch.
+* :class:`PaddedCompiled` - the padded baseline in its fastest mode: a padded ``PrunedViT`` at static
+  capacity under ``torch.compile(mode="reduce-overhead")`` for one batch size.
 * :class:`BatchGraphs` - a callable that replays one captured graph per batch size (a dense
-  :class:`DenseCompiled` or :class:`DenseGraph`, or a pruned :class:`~raggedvit.models.graph.GraphedViT`),
-  capturing on first use; the
+  :class:`DenseCompiled` or :class:`DenseGraph`, a packed pruned :class:`~raggedvit.models.graph.GraphedViT`,
+  or a padded :class:`PaddedCompiled`), capturing on first use; the
   last partial batch of a dataset gets its own graph (captured untimed by :meth:`BatchGraphs.prepare`), so
   no padding image ever enters a batch. ``last_stats`` mirrors :attr:`PrunedViT.last_stats`.
 * :func:`graph_unavailable_reason` - why a model cannot run as a CUDA graph here (None when it can).
@@ -27,7 +29,8 @@ import torch
 
 from .device import synchronize
 
-__all__ = ["DenseGraph", "DenseCompiled", "BatchGraphs", "graph_unavailable_reason", "MODES", "MEMORY_FORMATS"]
+__all__ = ["DenseGraph", "DenseCompiled", "PaddedCompiled", "BatchGraphs", "graph_unavailable_reason", "MODES",
+           "MEMORY_FORMATS"]
 
 MEMORY_FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
 
@@ -157,8 +160,64 @@ class DenseCompiled:
         return self.fn(images.contiguous(memory_format=self._format))
 
 
+# every PrunedViT shares one forward code object, so dynamo counts each model and batch size compiled in a process
+# against one per-code recompile limit (8 by default): a run compiling several methods at two batch sizes needs more
+_RECOMPILE_LIMIT = 64
+
+
+class PaddedCompiled:
+    """A padded pruned model at static capacity (``raggedvit.prune(..., layout="padded", padding="static")``)
+    under ``torch.compile(mode="reduce-overhead", fullgraph=True, dynamic=False)`` for ``batch`` images.
+
+    The padded baseline's fastest mode on an H200: 1.2-2.6x its own CUDA graph on the trained ViT-Tiny, fp16
+    (``benchmarks/results/frontier-nvidia-h200-20261130-194415``), because Inductor fuses its LayerNorms,
+    selections and elementwise work. Built with ``example`` (or random images) for three warm-up calls, after
+    which reduce-overhead replays its CUDA graphs. Calling it returns the logits (a CUDA-graph output on
+    CUDA: read it before the next call); ``stats`` is that call's ``PruneStats``, ``capture_s`` the host
+    seconds of compiling and warming up.
+    """
+
+    def __init__(self, model: torch.nn.Module, batch: int, *, device: torch.device, dtype: torch.dtype,
+                 example: torch.Tensor | None = None) -> None:
+        from ..models.pruned import PrunedViT
+
+        if not isinstance(model, PrunedViT) or model.layout != "padded" or model.padding != "static":
+            raise ValueError("PaddedCompiled: expected raggedvit.prune(..., layout='padded', padding='static'), got "
+                             + (f"layout={model.layout!r}, padding={model.padding!r}" if isinstance(model, PrunedViT)
+                                else type(model).__name__))
+        if model.training:
+            raise ValueError("PaddedCompiled: the model is in training mode; call .eval() first")
+        embed = model.backbone.patch_embed
+        self.shape = (batch, embed.proj.in_channels, *embed.img_size)
+        if example is None:
+            example = torch.randn(self.shape, device=device).to(dtype)
+        if tuple(example.shape) != self.shape:
+            raise ValueError(f"PaddedCompiled: example has shape {tuple(example.shape)}, expected {self.shape}")
+        self.model, self.stats = model, None
+        t0 = time.perf_counter()
+        self.fn = torch.compile(model, mode="reduce-overhead", fullgraph=True, dynamic=False)
+        with torch.no_grad():
+            for _ in range(3):  # reduce-overhead records its CUDA graph after warm-up calls
+                self._call(example)
+        synchronize(device)
+        self.capture_s = time.perf_counter() - t0
+
+    def _call(self, images: torch.Tensor) -> torch.Tensor:
+        with torch._dynamo.config.patch(recompile_limit=max(_RECOMPILE_LIMIT, torch._dynamo.config.recompile_limit)):
+            out = self.fn(images)
+        self.stats = self.model.last_stats
+        return out
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        if tuple(images.shape) != self.shape:
+            raise ValueError(f"PaddedCompiled: images have shape {tuple(images.shape)}, it was compiled for "
+                             f"{self.shape}")
+        return self._call(images)
+
+
 class BatchGraphs:
-    """``model`` (timm dense or ``PrunedViT`` packed) replayed from one CUDA graph per batch size.
+    """``model`` (timm dense, ``PrunedViT`` packed, or padded at static capacity) replayed from one CUDA graph
+    per batch size (the padded one and, by default, the dense one compiled).
 
     Args:
         model: the model in eval mode on ``device``.
@@ -167,7 +226,7 @@ class BatchGraphs:
             (:class:`DenseGraph`: timm's forward in a plain CUDA graph, no compile step).
 
     Attributes:
-        graphs: ``{batch size: DenseCompiled, DenseGraph or GraphedViT}`` captured so far.
+        graphs: ``{batch size: DenseCompiled, DenseGraph, GraphedViT or PaddedCompiled}`` captured so far.
         capture_s: total host seconds spent warming up and capturing.
         last_stats: the :class:`~raggedvit.models.stats.PruneStats` of the last replay (None for dense).
     """
@@ -189,7 +248,10 @@ class BatchGraphs:
         from ..models.graph import capture
         from ..models.pruned import PrunedViT
 
-        if isinstance(self.model, PrunedViT):
+        if isinstance(self.model, PrunedViT) and self.model.layout == "padded":
+            g = PaddedCompiled(self.model, n, device=self.device, dtype=self.dtype, example=images)
+            self.capture_s += g.capture_s
+        elif isinstance(self.model, PrunedViT):
             g = capture(self.model, n, device=self.device, dtype=self.dtype, example=images)
             self.capture_s += g.warmup_s + g.capture_s
         else:

@@ -99,8 +99,8 @@ def usable_methods(requested: list[str], methods: list[str], loaded: LoadedModel
 def build_pruned(loaded: LoadedModel, method: str, *, layout: str, attention: str, variant: str = "default",
                  keep_rate: float | None = None, calibration: torch.Tensor | None = None,
                  calibration_source: str = "", cache: dict | None = None,
-                 random_predictors: bool = True) -> tuple[torch.nn.Module, list[str]]:
-    """``(raggedvit.prune(loaded.model, method, layout=..., attention=..., **options), notes)``.
+                 random_predictors: bool = True, padding: str = "max") -> tuple[torch.nn.Module, list[str]]:
+    """``(raggedvit.prune(loaded.model, method, layout=..., attention=..., padding=..., **options), notes)``.
 
     Threshold-L2 (adaptive) thresholds are calibrated once on ``calibration`` (images in the model's input
     format; keep rate ``keep_rate`` or :data:`~raggedvit.pruning.threshold_l2.CALIBRATION_KEEP_RATE`) and
@@ -135,7 +135,7 @@ def build_pruned(loaded: LoadedModel, method: str, *, layout: str, attention: st
                          "(seed 0, shared by every layout) and prune arbitrarily; token counts and speed are real")
         options["predictors"] = cache["dynamicvit"]
     try:
-        pruned = raggedvit.prune(loaded.model, method, layout=layout, attention=attention, **options)
+        pruned = raggedvit.prune(loaded.model, method, layout=layout, attention=attention, padding=padding, **options)
     except ValueError as e:
         raise UsageError(f"{method} ({layout}): {str(e).removeprefix('prune: ')}") from None
     return pruned.eval(), notes
