@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call of the 2026-11-30 session: GPU tests of the new parts, eval on the GPU, exactness (fp32, fp16).
-# Usage on the GPU machine: RAGGEDVIT_DATA=$PWD/.data OUT=... bash benchmarks/gpu_session.sh part1|part2|part3|probe|probe2|s4a|s4b|s4c|aoti1|aoti2|s5a|s5b|s6a|s6b|s6c|s6d|s6e|s7b|s7c|s8a|s8c|s8d|s8e|s9a|s9b|s9c|s9c2|s9d|s10a|s10b|s10c|s10d
+# Usage on the GPU machine: RAGGEDVIT_DATA=$PWD/.data OUT=... bash benchmarks/gpu_session.sh part1|part2|part3|probe|probe2|s4a|s4b|s4c|aoti1|aoti2|s5a|s5b|s6a|s6b|s6c|s6d|s6e|s7b|s7c|s8a|s8c|s8d|s8e|s9a|s9b|s9c|s9c2|s9d|s10a|s10b|s10ab|s10c|s10d
 # part3 (next session, about 8 minutes): what the second 2026-11-30 session could not re-run for lack of device
 # time: the AOTInductor package on the GPU after the lifted-constants fix, torch.compile of both layouts on the
 # GPU (tests/test_compile.py), and the live_rows policy A/B.
@@ -199,6 +199,14 @@ case "$1" in
     B=$([ "$1" = s10a ] && echo 256 || echo 64)
     timeout 560 python3 -m raggedvit bench frontier --quick --batches $B --out "$OUT" 2>&1 \
       | grep -v "it/s\]" | tail -n 14; ls "$OUT" ;;
+  s10ab)  # s10a and s10b at once on the two GPUs of kind nvidia-h200-x2 (one process per GPU, each column's
+    # ratios from one GPU; the two processes share the host's 32 cores, mostly for compiling)
+    for i in 0 1; do
+      B=$([ $i = 0 ] && echo 256 || echo 64)
+      CUDA_VISIBLE_DEVICES=$i timeout 560 python3 -m raggedvit bench frontier --quick --batches $B --out "$OUT/b$B" \
+        > "$OUT/frontier-b$B.log" 2>&1 &
+    done
+    wait; for B in 256 64; do grep -v "it/s\]" "$OUT/frontier-b$B.log" | tail -n 13; ls "$OUT/b$B"; done ;;
   s10c)  # why the padded baseline compiled matches the packed graph on fixed budgets (EViT fixed, batch 256:
     # 89,745 against 87,549 images/s in frontier -193806): kernel by kernel, packed against padded compiled
     PYTHONPATH=src:benchmarks timeout 300 python3 benchmarks/profile_forward.py --settings 0,1 --batches 256 \
