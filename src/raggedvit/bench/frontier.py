@@ -213,7 +213,7 @@ def _run(args) -> int:
     if bad:
         raise UsageError(f"--batches must be >= 1, got {bad}")
     pc = args.padded_compiled
-    padded_compiled = list(args.batches) if pc == "all" else [] if pc == "none" else list(pc)
+    padded_compiled = tuple(args.batches) if pc == "all" else () if pc == "none" else tuple(pc)
     extra = [b for b in padded_compiled if b not in args.batches]
     if extra:
         raise UsageError(f"--padded-compiled {extra}: not among --batches {args.batches}")
@@ -245,7 +245,7 @@ def _run(args) -> int:
         model=args.model, checkpoint=ckpt, images=f"{len(images)} labelled ImageNet sample photos",
         calibration=f"{len(calib)} other photos (Threshold-L2 thresholds)", dtype=str(dtype).removeprefix("torch."),
         batches=args.batches, quick=args.quick, live_rows=args.live_rows, skipped=skipped,
-        padded_compiled=padded_compiled))
+        padded_compiled=list(padded_compiled)))
     results, rows, dense_rows, point_id = [], [], {}, [0]
     for method, opts in sweep:
         name = "dense" if method == "none" else label(method, opts)
@@ -265,12 +265,12 @@ def _run(args) -> int:
                         variant=opts.get("variant", ""), setting=name, dtype=str(dtype).removeprefix("torch."),
                         live_rows=args.live_rows)
             rows += _speed_rows(ctx, model, method, options, args.batches, images, base, dense_rows, point_id, bar,
-                                tuple(padded_compiled))
+                                padded_compiled)
             # the JSON so far after every setting: a run killed by a time limit keeps what it measured
             timing.write_json(assemble(results, rows, complete=False), args.out, "frontier", stamp=stamp)
     bar.close()
     for mname in args.random_models:
-        rows += _random_rows(mname, ctx, methods, args, device, dtype, point_id, tuple(padded_compiled))
+        rows += _random_rows(mname, ctx, methods, args, device, dtype, point_id, padded_compiled)
     return write(assemble(results, rows, complete=True), args.out, stamp)
 
 

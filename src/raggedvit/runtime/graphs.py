@@ -103,6 +103,25 @@ class DenseGraph:
         return self.output
 
 
+def _reduce_overhead(module: torch.nn.Module):
+    """``torch.compile`` as a user deploys for inference: CUDA graphs, one graph, static shapes."""
+    return torch.compile(module, mode="reduce-overhead", fullgraph=True, dynamic=False)
+
+
+def _example_images(who: str, shape: tuple, example: torch.Tensor | None, device, dtype) -> torch.Tensor:
+    """``example`` if it has ``shape`` (else ValueError), or random images of ``shape``."""
+    if example is None:
+        return torch.randn(shape, device=device).to(dtype)
+    if tuple(example.shape) != shape:
+        raise ValueError(f"{who}: example has shape {tuple(example.shape)}, expected {shape}")
+    return example
+
+
+def _check_images(who: str, images: torch.Tensor, shape: tuple) -> None:
+    if tuple(images.shape) != shape:
+        raise ValueError(f"{who}: images have shape {tuple(images.shape)}, it was compiled for {shape}")
+
+
 class DenseCompiled:
     """timm ``model(images)`` for ``batch`` images under ``torch.compile(mode="reduce-overhead", fullgraph=True,
     dynamic=False)`` (Inductor's kernels replayed as CUDA graphs, static shapes), in the faster memory format.
@@ -125,10 +144,7 @@ class DenseCompiled:
         if model.training:
             raise ValueError("DenseCompiled: the model is in training mode; call .eval() first")
         shape = (batch, model.patch_embed.proj.in_channels, *model.patch_embed.img_size)
-        if example is None:
-            example = torch.randn(shape, device=device).to(dtype)
-        if tuple(example.shape) != shape:
-            raise ValueError(f"DenseCompiled: example has shape {tuple(example.shape)}, expected {shape}")
+        example = _example_images("DenseCompiled", shape, example, device, dtype)
         self.shape, self.stats = shape, None
         self.trial_images_per_s: dict[str, float] = {}
         t0 = time.perf_counter()
@@ -136,7 +152,7 @@ class DenseCompiled:
         with torch.no_grad():
             for name, fmt in MEMORY_FORMATS.items():
                 net = model if fmt is torch.contiguous_format else copy.deepcopy(model).to(memory_format=fmt)
-                fn = torch.compile(net, mode="reduce-overhead", fullgraph=True, dynamic=False)
+                fn = _reduce_overhead(net)
                 x = example.contiguous(memory_format=fmt)
                 for _ in range(3):  # reduce-overhead records its CUDA graph after warm-up calls
                     fn(x)
@@ -154,9 +170,7 @@ class DenseCompiled:
         self.capture_s = time.perf_counter() - t0
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        if tuple(images.shape) != self.shape:
-            raise ValueError(f"DenseCompiled: images have shape {tuple(images.shape)}, it was compiled for "
-                             f"{self.shape}")
+        _check_images("DenseCompiled", images, self.shape)
         return self.fn(images.contiguous(memory_format=self._format))
 
 
@@ -189,13 +203,10 @@ class PaddedCompiled:
             raise ValueError("PaddedCompiled: the model is in training mode; call .eval() first")
         embed = model.backbone.patch_embed
         self.shape = (batch, embed.proj.in_channels, *embed.img_size)
-        if example is None:
-            example = torch.randn(self.shape, device=device).to(dtype)
-        if tuple(example.shape) != self.shape:
-            raise ValueError(f"PaddedCompiled: example has shape {tuple(example.shape)}, expected {self.shape}")
+        example = _example_images("PaddedCompiled", self.shape, example, device, dtype)
         self.model, self.stats = model, None
         t0 = time.perf_counter()
-        self.fn = torch.compile(model, mode="reduce-overhead", fullgraph=True, dynamic=False)
+        self.fn = _reduce_overhead(model)
         with torch.no_grad():
             for _ in range(3):  # reduce-overhead records its CUDA graph after warm-up calls
                 self._call(example)
@@ -209,9 +220,7 @@ class PaddedCompiled:
         return out
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        if tuple(images.shape) != self.shape:
-            raise ValueError(f"PaddedCompiled: images have shape {tuple(images.shape)}, it was compiled for "
-                             f"{self.shape}")
+        _check_images("PaddedCompiled", images, self.shape)
         return self._call(images)
 
 
