@@ -92,13 +92,14 @@ def _profile(net, x: torch.Tensor, key: str, reps: int = 10) -> dict:
         kern[e.key][0] += t / reps
         kern[e.key][1] += e.count / reps
     total = sum(fams.values())
-    top = sorted(kern.items(), key=lambda kv: -kv[1][0])[:12]
+    ranked = sorted(kern.items(), key=lambda kv: -kv[1][0])
+    top = ranked[:25]
     print(f"\n== {key}: {total:.0f} us device time per forward")
     print("   " + ", ".join(f"{f} {t:.0f}" for f, t in sorted(fams.items(), key=lambda kv: -kv[1])))
     for k, (us, n) in top:
         print(f"   {us:8.1f} us {n:5.0f} calls  {k[:100]}")
     return {key: {"total_us": total, "families": dict(fams),
-                  "top": [{"kernel": k[:90], "us": v[0], "calls": v[1]} for k, v in top]}}
+                  "kernels": [{"kernel": k[:160], "us": v[0], "calls": v[1]} for k, v in ranked]}}
 
 
 if __name__ == "__main__":
