@@ -4,8 +4,8 @@ and kernels per forward, for the trained ViT-Tiny on real photos (fp16).
 ``live_rows="auto"`` picks cuBLAS or the fused Triton GEMMs by buffer size (``AUTO_MIN_ROWS``); this measures
 each choice at every batch size in one run, so the policy rests on numbers from the card it runs on.
 ``auto-sep-add``: ``auto`` with ``RESIDUAL_IN_NORM`` off (cuBLAS buffers add the residual in a kernel of its own);
-``auto-cublas-fc1``: with ``TRITON_GELU`` off (fc1 on cuBLAS, then a GELU kernel); ``auto-before``: both off
-(``main``'s policy). Usage:
+``auto-cublas-fc1``: with ``TRITON_GELU`` off (fc1 on cuBLAS, then a GELU kernel); ``auto-before``: both off;
+``auto-fc2-triton``: ``auto`` with ``CUBLAS_NARROWING`` off (fc2 on the Triton GEMM where the others are). Usage:
 ``PYTHONPATH=src python benchmarks/live_rows_ab.py [--batches 1,8,64,256] [--settings 0,1] [--modes auto,off]
 [--out DIR]``.
 """
@@ -30,7 +30,7 @@ SETTINGS = [("evit", dict(variant="adaptive")), ("threshold_l2", dict(variant="a
             ("ats", dict(variant="adaptive")), ("evit", dict(variant="fixed")), ("tome", dict(variant="fixed"))]
 # auto-sep-add: RESIDUAL_IN_NORM off; auto-cublas-fc1: TRITON_GELU off; auto-before: both off (main's auto)
 MODES = {"auto": "auto", "auto-sep-add": "auto", "auto-cublas-fc1": "auto", "auto-before": "auto", "on": True,
-         "off": False}
+         "off": False, "auto-fc2-triton": "auto"}
 
 
 def kernels_per_replay(g, reps: int = 5) -> tuple[float, float]:
@@ -82,6 +82,7 @@ def main() -> None:
             for mode, value in modes.items():
                 live_rows.RESIDUAL_IN_NORM = mode not in ("auto-sep-add", "auto-before")
                 live_rows.TRITON_GELU = mode not in ("auto-cublas-fc1", "auto-before")
+                live_rows.CUBLAS_NARROWING = mode != "auto-fc2-triton"
                 pruned = raggedvit.prune(model, method, live_rows=value, **opts).eval()
                 g = capture(pruned, b, example=x)
                 us = graph_replay_us(g.graph, dev, replays=max(20, 4000 // b))
@@ -92,7 +93,7 @@ def main() -> None:
                 print(f"{method:12s} {opts.get('variant', ''):8s} b{b:<4d} live_rows={mode:4s} {us:8.1f} us "
                       f"{b / us * 1e6:9.0f} img/s  {nk:5.0f} kernels {dev_us:8.1f} us device", flush=True)
                 del g, pruned
-                live_rows.RESIDUAL_IN_NORM = live_rows.TRITON_GELU = True
+                live_rows.RESIDUAL_IN_NORM = live_rows.TRITON_GELU = live_rows.CUBLAS_NARROWING = True
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     env = environment(dev)

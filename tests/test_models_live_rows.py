@@ -65,10 +65,11 @@ def test_live_rows_options_are_checked():
         raggedvit.prune(model, "ats", live_rows=1, stages=(1, 2))
 
 
-def test_auto_picks_stages_by_buffer_rows(monkeypatch):
+@pytest.mark.parametrize("narrowing", [True, False])
+def test_auto_picks_stages_by_buffer_rows(narrowing, monkeypatch):
     """``live_rows="auto"`` runs the LayerNorm kernel on every buffer, and the GEMM kernels on buffers of
-    >= AUTO_MIN_ROWS rows with unused rows and of >= AUTO_MIN_ROWS_FULL rows without (cuBLAS otherwise); the
-    results equal timm's modules either way."""
+    >= AUTO_MIN_ROWS rows with unused rows and of >= AUTO_MIN_ROWS_FULL rows without (cuBLAS otherwise), fc2
+    on cuBLAS everywhere under CUBLAS_NARROWING; the results equal timm's modules either way."""
     from raggedvit.models import live_rows, pruned
     from raggedvit.ops.layernorm import launcher as ln_launcher
     from raggedvit.ops.linear import launcher as gemm_launcher
@@ -86,7 +87,9 @@ def test_auto_picks_stages_by_buffer_rows(monkeypatch):
     x = torch.randn(4, 3, 64, 64, device=DEVICE) * torch.tensor([0.3, 2.0, 6.0, 1.0], device=DEVICE).view(4, 1, 1, 1)
     with torch.no_grad():
         want = full(x)
-        for min_rows, min_full, gemms in [(10**6, 10**6, 0), (1, 10**6, 3 * 4), (1, 1, 4 * 4)]:  # 4 GEMMs per block
+        monkeypatch.setattr(live_rows, "CUBLAS_NARROWING", narrowing)
+        per_block = 3 if narrowing else 4  # qkv, proj, fc1 (+ fc2) per block on a Triton-GEMM buffer
+        for min_rows, min_full, gemms in [(10**6, 10**6, 0), (1, 10**6, 3 * per_block), (1, 1, 4 * per_block)]:
             monkeypatch.setattr(live_rows, "AUTO_MIN_ROWS", min_rows)
             monkeypatch.setattr(live_rows, "AUTO_MIN_ROWS_FULL", min_full)
             monkeypatch.setattr(live_rows, "TRITON_GELU", False)  # fc1 on cuBLAS too (see test_triton_gelu)
@@ -100,7 +103,8 @@ def test_auto_picks_stages_by_buffer_rows(monkeypatch):
 @pytest.mark.parametrize("gemm", [True, False])
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("in_norm", [True, False])
-def test_pre_norm_and_residual_linear(gemm, bias, in_norm, monkeypatch):
+@pytest.mark.parametrize("narrowing", [True, False])
+def test_pre_norm_and_residual_linear(gemm, bias, in_norm, narrowing, monkeypatch):
     """``LiveRows.pre_norm`` + ``residual_linear`` compute ``(LN(x), x + lin(a))`` on the live rows, with
     Triton GEMMs or cuBLAS (where the LayerNorm kernel writes ``x + lin.bias`` and cuBLAS accumulates into it
     in place), without touching ``x``."""
@@ -108,6 +112,7 @@ def test_pre_norm_and_residual_linear(gemm, bias, in_norm, monkeypatch):
     from raggedvit.models.live_rows import LiveRows
 
     monkeypatch.setattr(live_rows, "RESIDUAL_IN_NORM", in_norm)
+    monkeypatch.setattr(live_rows, "CUBLAS_NARROWING", narrowing)
     ln, lin = torch.nn.LayerNorm(64).to(DEVICE), torch.nn.Linear(96, 64, bias=bias).to(DEVICE)
     with torch.no_grad():
         ln.weight.uniform_(0.5, 1.5), ln.bias.normal_()
@@ -117,7 +122,8 @@ def test_pre_norm_and_residual_linear(gemm, bias, in_norm, monkeypatch):
     rows = LiveRows(torch.tensor([live], dtype=torch.int32, device=DEVICE), gemm=gemm)
     with torch.no_grad():
         h, res = rows.pre_norm(ln, x, lin)
-        assert (res is x) == (gemm or not bias or not in_norm)
+        assert rows.triton(lin) == (gemm and not narrowing)  # lin: 96 -> 64, a narrowing layer like fc2
+        assert (res is x) == (rows.triton(lin) or not bias or not in_norm)
         y = rows.residual_linear(lin, a, res)
         torch.testing.assert_close(h[:live], ln(x)[:live], rtol=0, atol=1e-5)
         torch.testing.assert_close(y[:live], (x + lin(a))[:live], rtol=0, atol=1e-5)

@@ -11,7 +11,7 @@ from ..ops.linear import ragged_linear
 from ..pruning.ragged import RaggedMeta
 
 __all__ = ["LiveRows", "fusable_mlp", "live_rows_unsupported", "live_rows_for", "AUTO_MIN_ROWS", "AUTO_MIN_ROWS_FULL",
-           "RESIDUAL_IN_NORM", "TRITON_GELU"]
+           "RESIDUAL_IN_NORM", "TRITON_GELU", "CUBLAS_NARROWING"]
 
 
 class LiveRows:
@@ -21,7 +21,8 @@ class LiveRows:
     (``cu_seqlens[-1:]``); rows past it are neither read nor written by the kernels.
 
     ``gemm=False``: only the LayerNorm runs as a kernel; the linear layers are cuBLAS (on every buffer row),
-    for buffers where cuBLAS beats the Triton GEMM. PyTorch's own LayerNorm kernel is slow for narrow models
+    for buffers where cuBLAS beats the Triton GEMM; fc2 (a narrowing layer) is cuBLAS on every buffer
+    (``CUBLAS_NARROWING``). PyTorch's own LayerNorm kernel is slow for narrow models
     in half precision (H200, ViT-Tiny fp16, batch 64: 18 us per call against a few us), so the kernel pays
     on every buffer. There, the residual adds ride on the LayerNorm before them: :meth:`pre_norm` also writes
     the residual stream plus the bias of the layer that adds to it, and :meth:`residual_linear` lets cuBLAS
@@ -35,6 +36,11 @@ class LiveRows:
         self.live = live
         self.gemm = gemm
 
+    def triton(self, mod: torch.nn.Linear) -> bool:
+        """Whether ``mod`` runs as the Triton GEMM on this buffer: with ``gemm``, except narrowing layers
+        (more inputs than outputs: fc2) under ``CUBLAS_NARROWING``."""
+        return self.gemm and not (CUBLAS_NARROWING and mod.in_features > mod.out_features)
+
     def norm(self, mod: torch.nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
         return ragged_layer_norm(x, mod.weight, mod.bias, self.live, eps=mod.eps)
 
@@ -43,20 +49,20 @@ class LiveRows:
         """``(mod(x), res)``: a pre-norm, and the residual that :meth:`residual_linear` of ``then`` (the layer
         whose output is added to ``x``) takes: ``x`` for the Triton GEMMs (they add it in their epilogue),
         ``x + then.bias`` from the same LayerNorm kernel for cuBLAS."""
-        if self.gemm or then.bias is None or not RESIDUAL_IN_NORM:
+        if self.triton(then) or then.bias is None or not RESIDUAL_IN_NORM:
             return self.norm(mod, x), x
         return ragged_layer_norm_shift(x, mod.weight, mod.bias, self.live, then.bias, eps=mod.eps)
 
     def residual_linear(self, mod: torch.nn.Linear, a: torch.Tensor, res: torch.Tensor) -> torch.Tensor:
         """``x + mod(a)``, given ``res`` from :meth:`pre_norm` with ``then=mod``."""
-        if self.gemm:
+        if self.triton(mod):
             return ragged_linear(a, mod.weight, mod.bias, self.live, residual=res)
         if mod.bias is None or not RESIDUAL_IN_NORM:  # res is the residual stream itself: not overwritten
             return torch.addmm(res, a, mod.weight.t()) if mod.bias is None else res + mod(a)
         return res.addmm_(a, mod.weight.t())  # res: x + bias, this layer's own buffer; accumulated in place
 
     def linear(self, mod: torch.nn.Linear, x: torch.Tensor, gelu: bool = False) -> torch.Tensor:
-        if self.gemm or (gelu and TRITON_GELU):  # cuBLAS + a GELU kernel, or one Triton kernel
+        if self.triton(mod) or (gelu and TRITON_GELU):  # cuBLAS + a GELU kernel, or one Triton kernel
             return ragged_linear(x, mod.weight, mod.bias, self.live, gelu=gelu)
         y = mod(x)
         return torch.nn.functional.gelu(y) if gelu else y
@@ -92,6 +98,11 @@ def live_rows_unsupported(blk) -> str | None:
 
 RESIDUAL_IN_NORM = True  # cuBLAS buffers: the residual's bias add in the LayerNorm, cuBLAS accumulates into it
 TRITON_GELU = True  # cuBLAS buffers: fc1 + GELU still as one Triton kernel (no separate GELU launch)
+# narrowing layers (fc2: K = 4 C, N = C) on cuBLAS on every buffer, accumulating into the residual that the
+# LayerNorm wrote: on an H200 at ViT-Tiny width, Triton fc1 + GELU then this took 114.5 / 35.6 us against
+# 138.8 / 44.9 us for both on Triton at 256 / 64 x 197 rows, all live (mlp-sweep-nvidia-h200-20261130-211420;
+# measured at this width only)
+CUBLAS_NARROWING = True
 
 AUTO_MIN_ROWS = 1024  # live_rows="auto": buffers with unused rows (adaptive stages) from this many rows
 AUTO_MIN_ROWS_FULL = 32768  # ... and buffers without (fixed stages, before pruning), where only the fusion pays
@@ -101,7 +112,7 @@ def live_rows_for(mode: bool | str, meta: RaggedMeta) -> LiveRows | None:
     """:class:`LiveRows` for a packed stage buffer, or None for timm's modules. ``mode``: True, False or
     ``"auto"``: the LayerNorm kernel always, the Triton GEMMs by buffer size (on an H100 they lose to cuBLAS on
     small buffers, while on large ones skipping the unused rows and fusing GELU and the residual adds win; see
-    ``bench e2e``)."""
+    ``bench e2e``); fc2 on cuBLAS either way (``CUBLAS_NARROWING``)."""
     if mode is True:
         return LiveRows(meta.cu_seqlens[-1:])
     if mode == "auto":
