@@ -1,6 +1,6 @@
-"""Live-row token-wise layers: a plain pre-norm block's LayerNorm, qkv, proj + residual, fc1 + GELU and
-fc2 + residual as Triton kernels that read the live row count on the device and touch only the live rows of
-a static packed buffer (``prune(live_rows=...)``)."""
+"""Live-row token-wise layers: a plain pre-norm block's LayerNorm, qkv, proj + residual, fc1 + GELU (and
+fc2 + residual, on cuBLAS by default) as Triton kernels that read the live row count on the device and touch
+only the live rows of a static packed buffer (``prune(live_rows=...)``)."""
 
 from __future__ import annotations
 
@@ -17,8 +17,9 @@ __all__ = ["LiveRows", "fusable_mlp", "live_rows_unsupported", "live_rows_for", 
 class LiveRows:
     """The token-wise layers of a plain pre-norm block on the live rows of a packed buffer: LayerNorm
     (:func:`~raggedvit.ops.layernorm.ragged_layer_norm`), qkv, proj + residual, fc1 + GELU, fc2 + residual
-    (:func:`~raggedvit.ops.linear.ragged_linear`). ``live``: the live row count on the device
-    (``cu_seqlens[-1:]``); rows past it are neither read nor written by the kernels.
+    (:func:`~raggedvit.ops.linear.ragged_linear`; fc2 on cuBLAS, see below). ``live``: the live row count on
+    the device (``cu_seqlens[-1:]``); rows past it are neither read nor written by the Triton kernels (cuBLAS
+    computes them too: they hold unspecified values, which no later layer reads as tokens).
 
     ``gemm=False``: only the LayerNorm runs as a kernel; the linear layers are cuBLAS (on every buffer row),
     for buffers where cuBLAS beats the Triton GEMM; fc2 (a narrowing layer) is cuBLAS on every buffer
