@@ -5,7 +5,9 @@ and kernels per forward, for the trained ViT-Tiny on real photos (fp16).
 each choice at every batch size in one run, so the policy rests on numbers from the card it runs on.
 ``auto-sep-add``: ``auto`` with ``RESIDUAL_IN_NORM`` off (cuBLAS buffers add the residual in a kernel of its own);
 ``auto-cublas-fc1``: with ``TRITON_GELU`` off (fc1 on cuBLAS, then a GELU kernel); ``auto-before``: both off;
-``auto-fc2-triton``: ``auto`` with ``CUBLAS_NARROWING`` off (fc2 on the Triton GEMM where the others are). Usage:
+``auto-fc2-triton``: ``auto`` with ``CUBLAS_NARROWING`` off (fc2 on the Triton GEMM where the others are);
+``auto-slow-embed``: ``auto`` with ``forward.FAST_EMBED`` off (the patch matrix by reshape / permute, timm's
+``_pos_embed``). Usage:
 ``PYTHONPATH=src python benchmarks/live_rows_ab.py [--batches 1,8,64,256] [--settings 0,1] [--modes auto,off]
 [--out DIR]``.
 """
@@ -22,7 +24,7 @@ from torch.profiler import ProfilerActivity, profile
 import raggedvit
 from raggedvit import sample_data
 from raggedvit.bench.timing import graph_replay_us
-from raggedvit.models import calibrate_thresholds, live_rows
+from raggedvit.models import calibrate_thresholds, forward, live_rows
 from raggedvit.models.graph import capture
 from raggedvit.runtime.device import environment
 
@@ -30,7 +32,8 @@ SETTINGS = [("evit", dict(variant="adaptive")), ("threshold_l2", dict(variant="a
             ("ats", dict(variant="adaptive")), ("evit", dict(variant="fixed")), ("tome", dict(variant="fixed"))]
 # auto-sep-add: RESIDUAL_IN_NORM off; auto-cublas-fc1: TRITON_GELU off; auto-before: both off (main's auto)
 MODES = {"auto": "auto", "auto-sep-add": "auto", "auto-cublas-fc1": "auto", "auto-before": "auto", "on": True,
-         "off": False, "auto-fc2-triton": "auto"}
+         "off": False, "auto-fc2-triton": "auto",
+         "auto-slow-embed": "auto"}
 
 
 def kernels_per_replay(g, reps: int = 5) -> tuple[float, float]:
@@ -83,6 +86,7 @@ def main() -> None:
                 live_rows.RESIDUAL_IN_NORM = mode not in ("auto-sep-add", "auto-before")
                 live_rows.TRITON_GELU = mode not in ("auto-cublas-fc1", "auto-before")
                 live_rows.CUBLAS_NARROWING = mode != "auto-fc2-triton"
+                forward.FAST_EMBED = mode != "auto-slow-embed"
                 pruned = raggedvit.prune(model, method, live_rows=value, **opts).eval()
                 g = capture(pruned, b, example=x)
                 us = graph_replay_us(g.graph, dev, replays=max(20, 4000 // b))
@@ -94,6 +98,7 @@ def main() -> None:
                       f"{b / us * 1e6:9.0f} img/s  {nk:5.0f} kernels {dev_us:8.1f} us device", flush=True)
                 del g, pruned
                 live_rows.RESIDUAL_IN_NORM = live_rows.TRITON_GELU = live_rows.CUBLAS_NARROWING = True
+                forward.FAST_EMBED = True
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     env = environment(dev)

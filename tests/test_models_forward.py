@@ -1,4 +1,4 @@
-"""Tests for raggedvit.models.forward helpers: the GEMM patch embedding."""
+"""Tests for raggedvit.models.forward helpers: the GEMM patch embedding, the token and position embedding."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import timm
 import torch
 
-from raggedvit.models.forward import patch_embed
+from raggedvit.models.forward import embed_tokens, patch_embed
 
 from conftest import DEVICE, ON_GPU
 
@@ -25,3 +25,35 @@ def test_patch_embed_equals_timm(name, size):
         strided = torch.randn(2, 3, size, size * 2, device=DEVICE)[..., ::2]  # non-contiguous images
         torch.testing.assert_close(patch_embed(model.patch_embed, strided), model.patch_embed(strided),
                                    atol=1e-3 if ON_GPU else 1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("kw", [{}, {"reg_tokens": 4}, {"no_embed_class": True},
+                                {"no_embed_class": True, "reg_tokens": 2},
+                                {"class_token": False, "global_pool": "avg"}, {"pos_embed": "none"}])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_embed_tokens_equals_timm_bit_for_bit(kw, dtype):
+    """Prefix tokens and position embedding written into one buffer: timm's ``_pos_embed`` exactly."""
+    model = timm.models.vision_transformer.VisionTransformer(img_size=32, patch_size=8, embed_dim=24, depth=1,
+                                                             num_heads=2, **kw).to(DEVICE, dtype).eval()
+    with torch.no_grad():
+        for t in (model.cls_token, model.reg_token, model.pos_embed):
+            if t is not None:
+                t.normal_()
+    x = torch.randn(3, 16, 24, device=DEVICE).to(dtype)
+    with torch.no_grad():
+        assert torch.equal(embed_tokens(model, model, x), model._pos_embed(x))
+
+
+def test_embed_tokens_leaves_other_classes_and_training_dropout_to_timm(monkeypatch):
+    model = timm.models.vision_transformer.VisionTransformer(img_size=32, patch_size=8, embed_dim=24, depth=1,
+                                                             num_heads=2, pos_drop_rate=0.5).to(DEVICE)
+    x = torch.randn(2, 16, 24, device=DEVICE)
+    calls = []
+    monkeypatch.setattr(type(model), "_pos_embed", lambda self, t: calls.append(1) or t)
+    embed_tokens(model, model, x)  # another _pos_embed than VisionTransformer's: it runs
+    monkeypatch.undo()
+    assert calls == [1]
+    torch.manual_seed(0)
+    got = embed_tokens(model.train(), model, x)  # training-mode dropout: timm's (random) version
+    torch.manual_seed(0)
+    assert torch.equal(got, model._pos_embed(x))

@@ -18,15 +18,18 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from ..ops.library import is_compiling
+from ..ops.patchify import patchify, patchify_reference
 from ..pruning.method import Method
 from ..pruning.ragged import RaggedMeta, cached, dense_view, uniform_meta
 from ..pruning.stage import MID, PRE, StagePlan, run_stage
 from .live_rows import LiveRows, live_rows_for
 from .stats import PruneStats
 
+FAST_EMBED = True  # patch_embed's patchify kernel (CUDA) and embed_tokens' one-buffer add; False: torch / timm
 Attend = Callable[..., torch.Tensor]
 """``attend(q, k, v, meta, scale[, bias]) -> (rows, H, D)``; ``bias``: ``(capacity,)`` fp32 per-key logit bias
 (natural log units, after the scale), passed only when there is one."""
@@ -49,9 +52,45 @@ def patch_embed(pe, images: torch.Tensor) -> torch.Tensor:
         return pe(images)
     ph, pw = proj.kernel_size
     gh, gw = H // ph, W // pw
-    x = images.reshape(B, C, gh, ph, gw, pw).permute(0, 2, 4, 1, 3, 5).reshape(B * gh * gw, C * ph * pw)
+    fast = FAST_EMBED and images.is_cuda and not is_compiling()
+    x = patchify(images, ph, pw) if fast else patchify_reference(images, ph, pw)
     out = F.linear(x, proj.weight.reshape(proj.out_channels, -1), proj.bias)
     return pe.norm(out.view(B, gh * gw, proj.out_channels))
+
+
+def embed_tokens(model, params, x: torch.Tensor) -> torch.Tensor:
+    """timm's ``_pos_embed`` of ``model``'s class on ``params``: ``(B, N, C)`` patch tokens -> ``(B, P + N, C)``
+    with the prefix tokens (class, registers) and the position embedding.
+
+    timm concatenates and then adds (two passes over the tokens, and its ``cat`` kernel is slow: 46 us at
+    batch 256 on an H200 for ViT-Tiny, the add 22 us). For a plain ``VisionTransformer`` (fixed image size, a
+    position embedding, ``pos_drop`` inactive) this adds the position embedding straight into a new buffer,
+    patches and prefix each in one kernel: the same values, bit for bit. Anything else (another class's
+    ``_pos_embed``, dynamic image size, no position embedding, training-mode dropout, ``torch.compile``,
+    which fuses timm's version anyway) goes through timm's own method."""
+    drop = getattr(model, "pos_drop", None)
+    if not FAST_EMBED:
+        return type(model)._pos_embed(params, x)
+    pos = getattr(params, "pos_embed", None)
+    if (type(model)._pos_embed is not VisionTransformer._pos_embed or pos is None or is_compiling()
+            or getattr(params, "dynamic_img_size", False) or x.dim() != 3 or pos.dtype != x.dtype
+            or not (isinstance(drop, nn.Identity) or (isinstance(drop, nn.Dropout) and (not drop.training
+                                                                                        or drop.p == 0)))):
+        return type(model)._pos_embed(params, x)
+    B, N, C = x.shape
+    prefix = [t for t in (getattr(params, "cls_token", None), getattr(params, "reg_token", None)) if t is not None]
+    P = sum(t.shape[1] for t in prefix)
+    if pos.shape[1] != N + (0 if params.no_embed_class else P):
+        return type(model)._pos_embed(params, x)
+    out = x.new_empty(B, P + N, C)
+    torch.add(x, pos[:, pos.shape[1] - N:], out=out[:, P:])
+    if P:
+        pre = (prefix[0] if len(prefix) == 1 else torch.cat(prefix, dim=1)).expand(B, -1, -1)
+        if params.no_embed_class:
+            out[:, :P] = pre
+        else:
+            torch.add(pre, pos[:, :P], out=out[:, :P])
+    return out
 
 
 def attend_packed(backend) -> Attend:
@@ -134,10 +173,11 @@ def run(model, images: torch.Tensor, method: Method, plans: tuple[StagePlan, ...
     kernels on the live rows only (see :func:`~.live_rows.live_rows_for`). ``debug``: validate each stage's
     selection and metadata on the device (see :func:`~raggedvit.pruning.stage.run_stage`; syncs).
     ``static_padding`` (padded only): adaptive stages pad to their planned width, not the batch maximum.
-    ``params``: the module the token and position embeddings are read from (timm's ``_pos_embed`` of
-    ``model``'s class runs on it; default ``model``): a :class:`~.pruned.PrunedViT`, which registers them."""
+    ``params``: the module the token and position embeddings are read from (:func:`embed_tokens`, timm's
+    ``_pos_embed`` of ``model``'s class, runs on it; default ``model``): a :class:`~.pruned.PrunedViT`, which
+    registers them."""
     P = model.num_prefix_tokens
-    x = type(model)._pos_embed(model if params is None else params, patch_embed(model.patch_embed, images))
+    x = embed_tokens(model, model if params is None else params, patch_embed(model.patch_embed, images))
     x = model.norm_pre(model.patch_drop(x))
     B, N0, C = x.shape
     x = x.reshape(B * N0, C)
