@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call of the 2026-11-30 session: GPU tests of the new parts, eval on the GPU, exactness (fp32, fp16).
-# Usage on the GPU machine: RAGGEDVIT_DATA=$PWD/.data OUT=... bash benchmarks/gpu_session.sh part1|part2|part3|probe|probe2|s4a|s4b|s4c|aoti1|aoti2|s5a|s5b|s6a|s6b|s6c|s6d|s6e|s7b|s7c|s8a|s8c|s8d|s8e|s9a|s9b|s9c|s9c2|s9d|s10a|s10b|s10ab|s10c|s10d|s10e|s10g|s11a
+# Usage on the GPU machine: RAGGEDVIT_DATA=$PWD/.data OUT=... bash benchmarks/gpu_session.sh part1|part2|part3|probe|probe2|s4a|s4b|s4c|aoti1|aoti2|s5a|s5b|s6a|s6b|s6c|s6d|s6e|s7b|s7c|s8a|s8c|s8d|s8e|s9a|s9b|s9c|s9c2|s9d|s10a|s10b|s10ab|s10c|s10d|s10e|s10g|s11a|s11b
 # part3 (next session, about 8 minutes): what the second 2026-11-30 session could not re-run for lack of device
 # time: the AOTInductor package on the GPU after the lifted-constants fix, torch.compile of both layouts on the
 # GPU (tests/test_compile.py), and the live_rows policy A/B.
@@ -226,14 +226,29 @@ case "$1" in
     timeout 170 python3 benchmarks/live_rows_ab.py --settings 3,1,0,2 --batches 8,64,256 --modes auto,auto-fc2-triton \
       --out "$OUT" 2>&1 | grep -v Warn | tee "$OUT/live-rows-ab.log" | tail -n 24
     bash "$0" s10d ;;
-  s11a)  # branch embedfast (next session): the patchify kernel and embed_tokens' one-buffer position add (new,
-    # CPU-tested only) against reshape / permute + timm's _pos_embed: GPU tests, then the packed graph both ways
+  s11a)  # branch embedfast (eleventh session): the patchify kernel and embed_tokens' one-buffer position add (new,
+    # CPU-tested only) against reshape / permute + timm's _pos_embed: GPU tests, then the packed graph both ways;
+    # then qkv / proj on cuBLAS for buffers without dead rows (auto-cublas-full) or for every buffer (-all)
     timeout 150 python3 -m pytest -q -x -p no:cacheprovider tests/test_ops_patchify.py tests/test_models_forward.py \
       tests/test_models_live_rows.py tests/test_models_graph.py 2>&1 | tail -n 3
-    timeout 200 python3 benchmarks/live_rows_ab.py --settings 3,1,2 --modes auto,auto-slow-embed --out "$OUT" 2>&1 \
-      | grep -v Warn | tee "$OUT/live-rows-ab.log" | tail -n 24
-    PYTHONPATH=src:benchmarks timeout 150 python3 benchmarks/profile_forward.py --settings 1 --batches 256 \
-      --out "$OUT" 2>&1 | grep -v Warn | tail -n 30 ;;
+    timeout 170 python3 benchmarks/live_rows_ab.py --settings 3,1,2 --modes auto,auto-slow-embed --out "$OUT/embed" \
+      2>&1 | grep -v Warn | tee "$OUT/live-rows-ab-embed.log" | tail -n 24
+    timeout 170 python3 benchmarks/live_rows_ab.py --settings 3,0,1,2 --batches 64,256 \
+      --modes auto,auto-cublas-full,auto-cublas-all --out "$OUT/gemm" 2>&1 | grep -v Warn \
+      | tee "$OUT/live-rows-ab-gemm.log" | tail -n 24
+    PYTHONPATH=src:benchmarks timeout $((570 - SECONDS)) python3 benchmarks/profile_forward.py --settings 1 \
+      --batches 256 --out "$OUT" 2>&1 | grep -v Warn | tail -n 30 ;;
+  s11b)  # eleventh session, second call: launch configurations of the patchify kernel (now specialized on the
+    # image strides, grid split); GPU tests of patchify and of live_rows with qkv / proj on cuBLAS for buffers
+    # without unused rows (new default); the exactness tables (fp32, fp16) after that and the fc2 change
+    timeout 150 python3 -m pytest -q -x -p no:cacheprovider tests/test_ops_patchify.py tests/test_models_live_rows.py \
+      tests/test_models_forward.py 2>&1 | tail -n 3
+    timeout 150 python3 benchmarks/patchify_sweep.py --out "$OUT" 2>&1 | grep -v Warn | tee "$OUT/patchify-sweep.log" \
+      | tail -n 3
+    for dt in float32 float16; do
+      timeout 120 python3 -m raggedvit bench exactness --sample-data --models $W --checkpoint .data/weights/$W.safetensors \
+        --num-images 436 --calib-images 64 --batch-size 128 --dtype $dt --out "$OUT" 2>&1 | grep -v "it/s\]" | tail -n 16
+    done ;;
   s10c)  # why the padded baseline compiled matches the packed graph on fixed budgets (EViT fixed, batch 256:
     # 89,745 against 87,549 images/s in frontier -193806): kernel by kernel, packed against padded compiled
     PYTHONPATH=src:benchmarks timeout 300 python3 benchmarks/profile_forward.py --settings 0,1 --batches 256 \

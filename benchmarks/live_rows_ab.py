@@ -7,7 +7,10 @@ each choice at every batch size in one run, so the policy rests on numbers from 
 ``auto-cublas-fc1``: with ``TRITON_GELU`` off (fc1 on cuBLAS, then a GELU kernel); ``auto-before``: both off;
 ``auto-fc2-triton``: ``auto`` with ``CUBLAS_NARROWING`` off (fc2 on the Triton GEMM where the others are);
 ``auto-slow-embed``: ``auto`` with ``forward.FAST_EMBED`` off (the patch matrix by reshape / permute, timm's
-``_pos_embed``). Usage:
+``_pos_embed``); ``auto-cublas-full``: ``auto`` with ``AUTO_MIN_ROWS_FULL`` unreachable (buffers without unused
+rows, fixed stages and before pruning, run qkv / proj on cuBLAS: no dead rows to skip there, the GEMM quality
+decides); ``auto-cublas-all``: both thresholds unreachable (every buffer's qkv / proj on cuBLAS, dead rows
+computed). Usage:
 ``PYTHONPATH=src python benchmarks/live_rows_ab.py [--batches 1,8,64,256] [--settings 0,1] [--modes auto,off]
 [--out DIR]``.
 """
@@ -33,7 +36,7 @@ SETTINGS = [("evit", dict(variant="adaptive")), ("threshold_l2", dict(variant="a
 # auto-sep-add: RESIDUAL_IN_NORM off; auto-cublas-fc1: TRITON_GELU off; auto-before: both off (main's auto)
 MODES = {"auto": "auto", "auto-sep-add": "auto", "auto-cublas-fc1": "auto", "auto-before": "auto", "on": True,
          "off": False, "auto-fc2-triton": "auto",
-         "auto-slow-embed": "auto"}
+         "auto-slow-embed": "auto", "auto-cublas-full": "auto", "auto-cublas-all": "auto"}
 
 
 def kernels_per_replay(g, reps: int = 5) -> tuple[float, float]:
@@ -76,6 +79,7 @@ def main() -> None:
     modes = {m: MODES[m] for m in args.modes.split(",")}
     calib, images = images[:64].to(dev, torch.float16), images[64:].to(dev, torch.float16)
     rows = []
+    min_rows = live_rows.AUTO_MIN_ROWS, live_rows.AUTO_MIN_ROWS_FULL
     for method, opts in settings:
         opts = dict(opts)
         if "calibrate" in opts:
@@ -87,6 +91,10 @@ def main() -> None:
                 live_rows.TRITON_GELU = mode not in ("auto-cublas-fc1", "auto-before")
                 live_rows.CUBLAS_NARROWING = mode != "auto-fc2-triton"
                 forward.FAST_EMBED = mode != "auto-slow-embed"
+                if mode in ("auto-cublas-full", "auto-cublas-all"):
+                    live_rows.AUTO_MIN_ROWS_FULL = 1 << 62
+                if mode == "auto-cublas-all":
+                    live_rows.AUTO_MIN_ROWS = 1 << 62
                 pruned = raggedvit.prune(model, method, live_rows=value, **opts).eval()
                 g = capture(pruned, b, example=x)
                 us = graph_replay_us(g.graph, dev, replays=max(20, 4000 // b))
@@ -94,11 +102,12 @@ def main() -> None:
                 rows.append(dict(method=method, options={k: v for k, v in opts.items() if k != "thresholds"},
                                  batch=b, live_rows=mode, us=us, images_per_s=b / us * 1e6, kernels=nk,
                                  device_us=dev_us))
-                print(f"{method:12s} {opts.get('variant', ''):8s} b{b:<4d} live_rows={mode:4s} {us:8.1f} us "
+                print(f"{method:12s} {opts.get('variant', ''):8s} b{b:<4d} live_rows={mode:16s} {us:8.1f} us "
                       f"{b / us * 1e6:9.0f} img/s  {nk:5.0f} kernels {dev_us:8.1f} us device", flush=True)
                 del g, pruned
                 live_rows.RESIDUAL_IN_NORM = live_rows.TRITON_GELU = live_rows.CUBLAS_NARROWING = True
                 forward.FAST_EMBED = True
+                live_rows.AUTO_MIN_ROWS, live_rows.AUTO_MIN_ROWS_FULL = min_rows
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     env = environment(dev)

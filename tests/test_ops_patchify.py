@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import torch
 
@@ -46,3 +48,13 @@ def test_empty_batch_and_registered_op():
 def test_bad_input(images, patch, msg):
     with pytest.raises(ValueError, match=msg):
         patchify(images.to(DEVICE), *patch)
+
+
+@pytest.mark.parametrize("config", [dict(block_r=32, num_warps=2), dict(block_r=512, num_warps=8)])
+def test_launch_configs(config, monkeypatch):
+    """Every block size gives the same matrix (one block of 512 runs covers more than the band's 192)."""
+    op = importlib.import_module("raggedvit.ops.patchify")  # the module (raggedvit.ops.patchify is the function)
+
+    monkeypatch.setattr(op, "CONFIG", config)
+    images = torch.randn(2, 4, 64, 48, device=DEVICE)  # 3 patches x 4 channels x 16 rows = 192 runs per band
+    assert torch.equal(patchify(images, 16, 16), patchify_reference(images, 16, 16))

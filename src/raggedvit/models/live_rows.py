@@ -106,17 +106,23 @@ TRITON_GELU = True  # cuBLAS buffers: fc1 + GELU still as one Triton kernel (no 
 CUBLAS_NARROWING = True
 
 AUTO_MIN_ROWS = 1024  # live_rows="auto": buffers with unused rows (adaptive stages) from this many rows
-AUTO_MIN_ROWS_FULL = 32768  # ... and buffers without (fixed stages, before pruning), where only the fusion pays
+# ... and buffers without (fixed stages, before pruning); None: never. There the Triton GEMMs skip nothing, and
+# since cuBLAS buffers fuse the residual (RESIDUAL_IN_NORM) and GELU (TRITON_GELU) too, qkv / proj on cuBLAS
+# took 3 % less device time per forward for EViT fixed at batch 256 x 197 rows on an H200 (2,607 vs 2,687 us;
+# 1-2 % for the adaptive methods' first stage; live-rows-ab-gemm-nvidia-h200-20261130-2343)
+AUTO_MIN_ROWS_FULL: int | None = None
 
 
 def live_rows_for(mode: bool | str, meta: RaggedMeta) -> LiveRows | None:
     """:class:`LiveRows` for a packed stage buffer, or None for timm's modules. ``mode``: True, False or
-    ``"auto"``: the LayerNorm kernel always, the Triton GEMMs by buffer size (on an H100 they lose to cuBLAS on
-    small buffers, while on large ones skipping the unused rows and fusing GELU and the residual adds win; see
-    ``bench e2e``); fc2 on cuBLAS either way (``CUBLAS_NARROWING``)."""
+    ``"auto"``: the LayerNorm kernel always, the Triton GEMMs for qkv / proj on buffers with unused rows from
+    ``AUTO_MIN_ROWS`` rows (they skip the unused rows; cuBLAS wins on small buffers) and on buffers without
+    from ``AUTO_MIN_ROWS_FULL`` (default never: cuBLAS was faster there); fc1 + GELU as one Triton kernel on
+    every buffer (``TRITON_GELU``), fc2 on cuBLAS (``CUBLAS_NARROWING``)."""
     if mode is True:
         return LiveRows(meta.cu_seqlens[-1:])
     if mode == "auto":
-        gemm = meta.capacity >= (AUTO_MIN_ROWS_FULL if meta.uniform else AUTO_MIN_ROWS)
+        least = AUTO_MIN_ROWS_FULL if meta.uniform else AUTO_MIN_ROWS
+        gemm = least is not None and meta.capacity >= least
         return LiveRows(meta.cu_seqlens[-1:], gemm=gemm)
     return None

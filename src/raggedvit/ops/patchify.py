@@ -19,7 +19,10 @@ from .launch import DirectLauncher
 from .library import is_compiling
 
 launcher = DirectLauncher(patchify_fwd, "patchify")
-_BLOCK_R = 64
+# launch configuration: pixel runs per block, warps. H200, batch 256 x 3 x 224 x 224 fp16: 44.9 us (torch's
+# reshape / permute copy 127.4 us, torch.compile's 61.9 us; 51.5 us at 64 runs, 4 warps; before the kernel
+# specialized on the image strides, 110.6 us: no vector loads), patchify-sweep-nvidia-h200-20261130-2350
+CONFIG = dict(block_r=256, num_warps=8)
 
 
 def patchify_reference(images: torch.Tensor, ph: int, pw: int) -> torch.Tensor:
@@ -58,10 +61,12 @@ def patchify(images: torch.Tensor, ph: int, pw: int) -> torch.Tensor:
     if out.numel() == 0:
         return out
     sb, sc, sh, sw = images.stride()
-    rest = (sb, sc, sh, sw, C, ph, pw, gh, gw, triton.next_power_of_2(pw), _BLOCK_R)
-    key = (images.dtype, dev, C, ph, pw, gh, gw, images.stride()) if images.data_ptr() % 16 == 0 else None
+    block_r, warps = CONFIG["block_r"], CONFIG["num_warps"]
+    rest = (sb, sc, sh, sw, C, ph, pw, gh, gw, triton.next_power_of_2(pw), block_r)
+    key = (images.dtype, dev, C, ph, pw, gh, gw, images.stride(), block_r, warps) \
+        if images.data_ptr() % 16 == 0 else None
     launcher.launch(key, dev, (B * gh, 1, 1), (images.data_ptr(), out.data_ptr()), (),
-                    lambda: (images, out, *rest), num_warps=4)
+                    lambda: (images, out, *rest), num_warps=warps)
     return out
 
 
