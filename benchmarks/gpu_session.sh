@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call of the 2026-11-30 session: GPU tests of the new parts, eval on the GPU, exactness (fp32, fp16).
-# Usage on the GPU machine: RAGGEDVIT_DATA=$PWD/.data OUT=... bash benchmarks/gpu_session.sh part1|part2|part3|probe|probe2|s4a|s4b|s4c|aoti1|aoti2|s5a|s5b|s6a|s6b|s6c|s6d|s6e|s7b|s7c|s8a|s8c|s8d|s8e|s9a|s9b|s9c|s9c2|s9d|s10a|s10b|s10ab|s10c|s10d|s10e|s10g|s11a|s11b|s11c
+# Usage on the GPU machine: RAGGEDVIT_DATA=$PWD/.data OUT=... bash benchmarks/gpu_session.sh part1|part2|part3|probe|probe2|s4a|s4b|s4c|aoti1|aoti2|s5a|s5b|s6a|s6b|s6c|s6d|s6e|s7b|s7c|s8a|s8c|s8d|s8e|s9a|s9b|s9c|s9c2|s9d|s10a|s10b|s10ab|s10c|s10d|s10e|s10g|s11a|s11b|s11c|s11d
 # part3 (next session, about 8 minutes): what the second 2026-11-30 session could not re-run for lack of device
 # time: the AOTInductor package on the GPU after the lifted-constants fix, torch.compile of both layouts on the
 # GPU (tests/test_compile.py), and the live_rows policy A/B.
@@ -260,6 +260,15 @@ case "$1" in
       timeout $((560 - SECONDS)) python3 -m raggedvit bench frontier --quick --batches 1 --out "$OUT/b1" \
         > "$OUT/frontier-b1.log" 2>&1 ) &
     wait; for B in 256 64 8 1; do grep -v "it/s\]" "$OUT/frontier-b$B.log" | tail -n 13; done ;;
+  s11d)  # eleventh session, kind nvidia-h200-x2: the batch 64 and 8 columns again (s11c's b64 JSON did not come back,
+    # the device tool returns at most 8 files: tar them; its b8 column was cut by the limit)
+    mkdir -p "$OUT/b64" "$OUT/b8"
+    CUDA_VISIBLE_DEVICES=0 timeout 540 python3 -m raggedvit bench frontier --quick --batches 64 --out "$OUT/b64" \
+      > "$OUT/b64/frontier-b64.log" 2>&1 &
+    CUDA_VISIBLE_DEVICES=1 timeout 540 python3 -m raggedvit bench frontier --quick --batches 8 --out "$OUT/b8" \
+      > "$OUT/b8/frontier-b8.log" 2>&1 &
+    wait; for B in 64 8; do grep -v "it/s\]" "$OUT/b$B/frontier-b$B.log" | tail -n 13; done
+    tar czf "$OUT/frontier-s11d.tgz" -C "$OUT" b64 b8 && rm -rf "$OUT/b64" "$OUT/b8" ;;
   s10c)  # why the padded baseline compiled matches the packed graph on fixed budgets (EViT fixed, batch 256:
     # 89,745 against 87,549 images/s in frontier -193806): kernel by kernel, packed against padded compiled
     PYTHONPATH=src:benchmarks timeout 300 python3 benchmarks/profile_forward.py --settings 0,1 --batches 256 \
