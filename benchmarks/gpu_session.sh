@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call of the 2026-11-30 session: GPU tests of the new parts, eval on the GPU, exactness (fp32, fp16).
-# Usage on the GPU machine: RAGGEDVIT_DATA=$PWD/.data OUT=... bash benchmarks/gpu_session.sh part1|part2|part3|probe|probe2|s4a|s4b|s4c|aoti1|aoti2|s5a|s5b|s6a|s6b|s6c|s6d|s6e|s7b|s7c|s8a|s8c|s8d|s8e|s9a|s9b|s9c|s9c2|s9d|s10a|s10b|s10ab|s10c|s10d|s10e|s10g|s11a|s11b|s11c|s11d
+# Usage on the GPU machine: RAGGEDVIT_DATA=$PWD/.data OUT=... bash benchmarks/gpu_session.sh part1|part2|part3|probe|probe2|s4a|s4b|s4c|aoti1|aoti2|s5a|s5b|s6a|s6b|s6c|s6d|s6e|s7b|s7c|s8a|s8c|s8d|s8e|s9a|s9b|s9c|s9c2|s9d|s10a|s10b|s10ab|s10c|s10d|s10e|s10g|s11a|s11b|s11c|s11d|s11e|s11f
 # part3 (next session, about 8 minutes): what the second 2026-11-30 session could not re-run for lack of device
 # time: the AOTInductor package on the GPU after the lifted-constants fix, torch.compile of both layouts on the
 # GPU (tests/test_compile.py), and the live_rows policy A/B.
@@ -269,6 +269,18 @@ case "$1" in
       > "$OUT/b8/frontier-b8.log" 2>&1 &
     wait; for B in 64 8; do grep -v "it/s\]" "$OUT/b$B/frontier-b$B.log" | tail -n 13; done
     tar czf "$OUT/frontier-s11d.tgz" -C "$OUT" b64 b8 && rm -rf "$OUT/b64" "$OUT/b8" ;;
+  s11e)  # eleventh session: compaction, EViT's fused token and ToMe's kernels specialized on the row strides
+    # (vector loads); GPU tests, then the kernel profile at batch 256 before (old_head/: a copy of the previous
+    # commit's src, not committed) and after
+    timeout 80 python3 -m pytest -q -x -p no:cacheprovider tests/test_ops_compact.py tests/test_ops_tome.py \
+      tests/test_ops_select.py 2>&1 | tail -n 3
+    for V in old_head/src src; do echo "== $V"
+      PYTHONPATH=$V:benchmarks timeout 110 python3 benchmarks/profile_forward.py --settings 1,2,6 --batches 256 \
+        --out "$OUT/${V%%/*}" 2>&1 | grep -v Warn | grep "==\|compact\|select\|tome\|merge\|gemm [0-9]"
+    done ;;
+  s11f)  # eleventh session, last 300 s: the batch 256 column of the fixed-count methods after the compaction change
+    timeout 240 python3 -m raggedvit bench frontier --quick --batches 256 --methods evit,ats --out "$OUT" 2>&1 \
+      | grep -v "it/s\]" | tail -n 8 ;;
   s10c)  # why the padded baseline compiled matches the packed graph on fixed budgets (EViT fixed, batch 256:
     # 89,745 against 87,549 images/s in frontier -193806): kernel by kernel, packed against padded compiled
     PYTHONPATH=src:benchmarks timeout 300 python3 benchmarks/profile_forward.py --settings 0,1 --batches 256 \

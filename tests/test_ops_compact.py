@@ -138,3 +138,21 @@ def test_shapes_checked_before_launch():
     assert dict(launcher.stats) == before
     out, cu, *_ = compact_packed(x, None, rows[:0], idx[:0], cnt[:0], tok[:0], 3)  # empty batch: nothing launched
     assert out.shape == (0, 4) and cu.tolist() == [0]
+
+
+def test_row_strides_16_divisible_or_not():
+    """The kernel specializes on the row stride of x (vector loads when it is 16-divisible): a buffer with
+    such a stride, then views with other strides, then the first again, each equal the torch compaction
+    (on the GPU the launch cache must not reuse a kernel compiled for another stride)."""
+    gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31, (1,))))
+    L, lengths, C, width = 9, [9, 4, 7], 48, 6
+    meta = meta_from_counts(torch.tensor(lengths, device=DEVICE), L)
+    index, count = _selection(lengths, L, width, 1, True, gen)
+    index, count = index.to(DEVICE), count.to(DEVICE)
+    tok = torch.zeros(3, L, dtype=torch.int32, device=DEVICE)
+    for pad in (0, 3, 16, 0):  # row strides 48, 51, 64, 48
+        x = torch.randn(meta.capacity, C + pad, generator=gen).to(DEVICE, torch.float16)[:, :C]
+        extra = torch.randn(3, C + pad, generator=gen).to(DEVICE, torch.float16)[:, :C]
+        want_meta, (want_x,) = compact(meta, Selection(index, count, width, False, extra), [(x, extra)])
+        got_x = compact_packed(x, extra, meta.dense_rows, index, count, tok, width)[0]
+        assert torch.equal(got_x, want_x), f"row stride {x.stride(0)}"

@@ -109,3 +109,12 @@ def test_bad_input(bad, exc, msg):
     with pytest.raises(exc, match=msg):
         tome_merge(args["metric"], args["x"], args["size"], args["lengths"], args["P"], r=args["r"])
     assert [dict(ln.stats) for ln in launchers] == before  # nothing launched
+
+
+def test_token_row_strides():
+    """x and metric as views with row strides 24, 27 and 40 in turn, then 24 again (on the GPU the launch cache
+    must not reuse a kernel compiled for another stride)."""
+    for pad in (0, 3, 16, 0):
+        metric = torch.randn(2, 17, 16 + pad, device=DEVICE)[..., :16]
+        x = torch.randn(2, 17, 24 + pad, device=DEVICE)[..., :24]
+        _compare(metric, x, None, None, 1, r=4)

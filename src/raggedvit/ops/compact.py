@@ -95,7 +95,7 @@ def compact_packed(x: torch.Tensor, extra: torch.Tensor | None, dense_rows: torc
     ints = (batch, L, width, C, rows, x.stride(0), e.stride(0), dense_rows.stride(0), index.stride(0), tok.stride(0),
             out.stride(0))
     aligned = not any(p & 15 for p in ptrs)
-    key = (x.dtype, dev, has_extra, block_b, block_c) if aligned else None
+    key = (x.dtype, dev, has_extra, block_b, block_c, C, x.stride(0), e.stride(0)) if aligned else None
     launcher.launch(key, dev, grid, ptrs, ints, lambda: (x, e, dense_rows, index, count, tok, out, cu, rows_out,
                                                          valid, new_tok, *ints, has_extra, block_b, _BLOCK_W,
                                                          block_c), num_warps=4)
