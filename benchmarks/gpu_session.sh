@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call of the 2026-11-30 session: GPU tests of the new parts, eval on the GPU, exactness (fp32, fp16).
-# Usage on the GPU machine: RAGGEDVIT_DATA=$PWD/.data OUT=... bash benchmarks/gpu_session.sh part1|part2|part3|probe|probe2|s4a|s4b|s4c|aoti1|aoti2|s5a|s5b|s6a|s6b|s6c|s6d|s6e|s7b|s7c|s8a|s8c|s8d|s8e|s9a|s9b|s9c|s9c2|s9d|s10a|s10b|s10ab|s10c|s10d|s10e|s10g|s11a|s11b|s11c|s11d|s11e|s11f
+# Usage on the GPU machine: RAGGEDVIT_DATA=$PWD/.data OUT=... bash benchmarks/gpu_session.sh part1|part2|part3|probe|probe2|s4a|s4b|s4c|aoti1|aoti2|s5a|s5b|s6a|s6b|s6c|s6d|s6e|s7b|s7c|s8a|s8c|s8d|s8e|s9a|s9b|s9c|s9c2|s9d|s10a|s10b|s10ab|s10c|s10d|s10e|s10g|s11a|s11b|s11c|s11d|s11e|s11f|s12b
 # part3 (next session, about 8 minutes): what the second 2026-11-30 session could not re-run for lack of device
 # time: the AOTInductor package on the GPU after the lifted-constants fix, torch.compile of both layouts on the
 # GPU (tests/test_compile.py), and the live_rows policy A/B.
@@ -281,6 +281,10 @@ case "$1" in
   s11f)  # eleventh session, last 300 s: the batch 256 column of the fixed-count methods after the compaction change
     timeout 240 python3 -m raggedvit bench frontier --quick --batches 256 --methods evit,ats --out "$OUT" 2>&1 \
       | grep -v "it/s\]" | tail -n 8 ;;
+  s12b)  # next session: ToMe's kernels at batch 256, where they take 68 (match) and 55 (apply) us per block
+    # (profile-forward-compact-ab-...-0013) against 17 / 17 at batch 64: the earlier sweep never reached 256
+    timeout 300 python3 benchmarks/tome_kernels_sweep.py --batches 256 --precisions tf32x3,ieee --out "$OUT" 2>&1 \
+      | grep -v Warn | tee "$OUT/tome-kernels-sweep-b256.log" | tail -n 40 ;;
   s10c)  # why the padded baseline compiled matches the packed graph on fixed budgets (EViT fixed, batch 256:
     # 89,745 against 87,549 images/s in frontier -193806): kernel by kernel, packed against padded compiled
     PYTHONPATH=src:benchmarks timeout 300 python3 benchmarks/profile_forward.py --settings 0,1 --batches 256 \
