@@ -18,8 +18,10 @@ computed). Usage:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 from pathlib import Path
+from unittest import mock
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -33,10 +35,16 @@ from raggedvit.runtime.device import environment
 
 SETTINGS = [("evit", dict(variant="adaptive")), ("threshold_l2", dict(variant="adaptive", calibrate=0.85)),
             ("ats", dict(variant="adaptive")), ("evit", dict(variant="fixed")), ("tome", dict(variant="fixed"))]
-# auto-sep-add: RESIDUAL_IN_NORM off; auto-cublas-fc1: TRITON_GELU off; auto-before: both off (main's auto)
-MODES = {"auto": "auto", "auto-sep-add": "auto", "auto-cublas-fc1": "auto", "auto-before": "auto", "on": True,
-         "off": False, "auto-fc2-triton": "auto",
-         "auto-slow-embed": "auto", "auto-cublas-full": "auto", "auto-cublas-all": "auto"}
+NEVER = 1 << 62  # a row threshold no buffer reaches
+# mode: (the live_rows argument, the module switches it sets for its run; see the docstring)
+MODES = {"auto": ("auto", {}), "on": (True, {}), "off": (False, {}),
+         "auto-sep-add": ("auto", {(live_rows, "RESIDUAL_IN_NORM"): False}),
+         "auto-cublas-fc1": ("auto", {(live_rows, "TRITON_GELU"): False}),
+         "auto-before": ("auto", {(live_rows, "RESIDUAL_IN_NORM"): False, (live_rows, "TRITON_GELU"): False}),
+         "auto-fc2-triton": ("auto", {(live_rows, "CUBLAS_NARROWING"): False}),
+         "auto-slow-embed": ("auto", {(forward, "FAST_EMBED"): False}),
+         "auto-cublas-full": ("auto", {(live_rows, "AUTO_MIN_ROWS_FULL"): NEVER}),
+         "auto-cublas-all": ("auto", {(live_rows, "AUTO_MIN_ROWS_FULL"): NEVER, (live_rows, "AUTO_MIN_ROWS"): NEVER})}
 
 
 def kernels_per_replay(g, reps: int = 5) -> tuple[float, float]:
@@ -79,24 +87,18 @@ def main() -> None:
     modes = {m: MODES[m] for m in args.modes.split(",")}
     calib, images = images[:64].to(dev, torch.float16), images[64:].to(dev, torch.float16)
     rows = []
-    min_rows = live_rows.AUTO_MIN_ROWS, live_rows.AUTO_MIN_ROWS_FULL
     for method, opts in settings:
         opts = dict(opts)
         if "calibrate" in opts:
             opts["thresholds"] = calibrate_thresholds(model, calib, keep_rate=opts.pop("calibrate"))
         for b in map(int, args.batches.split(",")):
             x = images[:b]
-            for mode, value in modes.items():
-                live_rows.RESIDUAL_IN_NORM = mode not in ("auto-sep-add", "auto-before")
-                live_rows.TRITON_GELU = mode not in ("auto-cublas-fc1", "auto-before")
-                live_rows.CUBLAS_NARROWING = mode != "auto-fc2-triton"
-                forward.FAST_EMBED = mode != "auto-slow-embed"
-                if mode in ("auto-cublas-full", "auto-cublas-all"):
-                    live_rows.AUTO_MIN_ROWS_FULL = 1 << 62
-                if mode == "auto-cublas-all":
-                    live_rows.AUTO_MIN_ROWS = 1 << 62
-                pruned = raggedvit.prune(model, method, live_rows=value, **opts).eval()
-                g = capture(pruned, b, example=x)
+            for mode, (value, switches) in modes.items():
+                with contextlib.ExitStack() as stack:  # the switches hold for this mode's capture only
+                    for (module, name), setting in switches.items():
+                        stack.enter_context(mock.patch.object(module, name, setting))
+                    pruned = raggedvit.prune(model, method, live_rows=value, **opts).eval()
+                    g = capture(pruned, b, example=x)
                 us = graph_replay_us(g.graph, dev, replays=max(20, 4000 // b))
                 nk, dev_us = kernels_per_replay(g)
                 rows.append(dict(method=method, options={k: v for k, v in opts.items() if k != "thresholds"},
@@ -105,9 +107,6 @@ def main() -> None:
                 print(f"{method:12s} {opts.get('variant', ''):8s} b{b:<4d} live_rows={mode:16s} {us:8.1f} us "
                       f"{b / us * 1e6:9.0f} img/s  {nk:5.0f} kernels {dev_us:8.1f} us device", flush=True)
                 del g, pruned
-                live_rows.RESIDUAL_IN_NORM = live_rows.TRITON_GELU = live_rows.CUBLAS_NARROWING = True
-                forward.FAST_EMBED = True
-                live_rows.AUTO_MIN_ROWS, live_rows.AUTO_MIN_ROWS_FULL = min_rows
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     env = environment(dev)

@@ -68,9 +68,9 @@ def embed_tokens(model, params, x: torch.Tensor) -> torch.Tensor:
     patches and prefix each in one kernel: the same values, bit for bit. Anything else (another class's
     ``_pos_embed``, dynamic image size, no position embedding, training-mode dropout, ``torch.compile``,
     which fuses timm's version anyway) goes through timm's own method."""
-    drop = getattr(model, "pos_drop", None)
     if not FAST_EMBED:
         return type(model)._pos_embed(params, x)
+    drop = getattr(model, "pos_drop", None)
     pos = getattr(params, "pos_embed", None)
     if (type(model)._pos_embed is not VisionTransformer._pos_embed or pos is None or is_compiling()
             or getattr(params, "dynamic_img_size", False) or x.dim() != 3 or pos.dtype != x.dtype

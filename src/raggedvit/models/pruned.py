@@ -207,8 +207,9 @@ def prune(model: nn.Module, method: str | Method, *, layout: str = "packed", att
             no autograd: errors otherwise); ``False``: never; ``"auto"`` (default): on CUDA, in eval under
             ``torch.no_grad()``/``inference_mode()``, for supported blocks: the LayerNorm kernel on every buffer
             (PyTorch's is slow for narrow models in half precision), the GEMM kernels on the buffers large
-            enough to gain (>= 1024 rows with unused rows: adaptive stages; >= 32768 rows otherwise), cuBLAS
-            on the others; fc2 + residual on cuBLAS everywhere (it wins there on an H200, ViT-Tiny).
+            enough to gain (qkv / proj on buffers of >= 1024 rows with unused rows: adaptive stages; fc1 + GELU
+            on every buffer), cuBLAS on the others and for fc2 + residual everywhere (it wins there on an H200,
+            ViT-Tiny).
         debug: validate every stage's ragged metadata on the device and raise ValueError naming what is
             wrong (:func:`raggedvit.ops.checks.check_ragged`); syncs once per stage, so not for timing or
             CUDA graphs.
