@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call of the 2026-11-30 session: GPU tests of the new parts, eval on the GPU, exactness (fp32, fp16).
-# Usage on the GPU machine: RAGGEDVIT_DATA=$PWD/.data OUT=... bash benchmarks/gpu_session.sh part1|part2|part3|probe|probe2|s4a|s4b|s4c|aoti1|aoti2|s5a|s5b|s6a|s6b|s6c|s6d|s6e|s7b|s7c|s8a|s8c|s8d|s8e|s9a|s9b|s9c|s9c2|s9d|s10a|s10b|s10ab|s10c|s10d|s10e|s10g|s11a|s11b|s11c|s11d|s11e|s11f|s12b
+# Usage on the GPU machine: RAGGEDVIT_DATA=$PWD/.data OUT=... bash benchmarks/gpu_session.sh part1|part2|part3|probe|probe2|s4a|s4b|s4c|aoti1|aoti2|s5a|s5b|s6a|s6b|s6c|s6d|s6e|s7b|s7c|s8a|s8c|s8d|s8e|s9a|s9b|s9c|s9c2|s9d|s10a|s10b|s10ab|s10c|s10d|s10e|s10g|s11a|s11b|s11c|s11d|s11e|s11f|s12a|s12b
 # part3 (next session, about 8 minutes): what the second 2026-11-30 session could not re-run for lack of device
 # time: the AOTInductor package on the GPU after the lifted-constants fix, torch.compile of both layouts on the
 # GPU (tests/test_compile.py), and the live_rows policy A/B.
@@ -285,6 +285,15 @@ case "$1" in
     # (profile-forward-compact-ab-...-0013) against 17 / 17 at batch 64: the earlier sweep never reached 256
     timeout 300 python3 benchmarks/tome_kernels_sweep.py --batches 256 --precisions tf32x3,ieee --out "$OUT" 2>&1 \
       | grep -v Warn | tee "$OUT/tome-kernels-sweep-b256.log" | tail -n 40 ;;
+  s12a)  # branch uniformsdpa (next session, CPU-tested only): stages without unused rows attended by SDPA
+    # (cuDNN / flash) instead of our Triton kernel; GPU tests, then the A/B per batch size (EViT fixed: every
+    # stage uniform; Threshold-L2 / ATS adaptive: the stages before the first pruning; no pruning), a profile
+    timeout 200 python3 -m pytest -q -x -p no:cacheprovider tests/test_models_forward.py tests/test_models_graph.py \
+      tests/test_models_live_rows.py tests/test_compile.py 2>&1 | tail -n 3
+    timeout 220 python3 benchmarks/live_rows_ab.py --settings 3,1,2,5 --modes auto,auto-triton-uniform \
+      --out "$OUT/uniform" 2>&1 | grep -v Warn | tee "$OUT/live-rows-ab-uniform.log" | tail -n 32
+    PYTHONPATH=src:benchmarks timeout $((570 - SECONDS)) python3 benchmarks/profile_forward.py --settings 1 \
+      --batches 256 --out "$OUT" 2>&1 | grep -v Warn | tail -n 24 ;;
   s10c)  # why the padded baseline compiled matches the packed graph on fixed budgets (EViT fixed, batch 256:
     # 89,745 against 87,549 images/s in frontier -193806): kernel by kernel, packed against padded compiled
     PYTHONPATH=src:benchmarks timeout 300 python3 benchmarks/profile_forward.py --settings 0,1 --batches 256 \

@@ -10,7 +10,8 @@ each choice at every batch size in one run, so the policy rests on numbers from 
 ``_pos_embed``); ``auto-cublas-full``: ``auto`` with ``AUTO_MIN_ROWS_FULL`` unreachable (buffers without unused
 rows, fixed stages and before pruning, run qkv / proj on cuBLAS: no dead rows to skip there, the GEMM quality
 decides); ``auto-cublas-all``: both thresholds unreachable (every buffer's qkv / proj on cuBLAS, dead rows
-computed). Usage:
+computed); ``auto-triton-uniform``: ``auto`` with ``forward.UNIFORM_SDPA`` off (stages without unused rows
+attended by the Triton kernel instead of SDPA). Usage:
 ``PYTHONPATH=src python benchmarks/live_rows_ab.py [--batches 1,8,64,256] [--settings 0,1] [--modes auto,off]
 [--out DIR]``.
 """
@@ -34,7 +35,8 @@ from raggedvit.models.graph import capture
 from raggedvit.runtime.device import environment
 
 SETTINGS = [("evit", dict(variant="adaptive")), ("threshold_l2", dict(variant="adaptive", calibrate=0.85)),
-            ("ats", dict(variant="adaptive")), ("evit", dict(variant="fixed")), ("tome", dict(variant="fixed"))]
+            ("ats", dict(variant="adaptive")), ("evit", dict(variant="fixed")), ("tome", dict(variant="fixed")),
+            ("none", {})]
 NEVER = 1 << 62  # a row threshold no buffer reaches
 # mode: (the live_rows argument, the module switches it sets for its run; see the docstring)
 MODES = {"auto": ("auto", {}), "on": (True, {}), "off": (False, {}),
@@ -44,7 +46,8 @@ MODES = {"auto": ("auto", {}), "on": (True, {}), "off": (False, {}),
          "auto-fc2-triton": ("auto", {(live_rows, "CUBLAS_NARROWING"): False}),
          "auto-slow-embed": ("auto", {(forward, "FAST_EMBED"): False}),
          "auto-cublas-full": ("auto", {(live_rows, "AUTO_MIN_ROWS_FULL"): NEVER}),
-         "auto-cublas-all": ("auto", {(live_rows, "AUTO_MIN_ROWS_FULL"): NEVER, (live_rows, "AUTO_MIN_ROWS"): NEVER})}
+         "auto-cublas-all": ("auto", {(live_rows, "AUTO_MIN_ROWS_FULL"): NEVER, (live_rows, "AUTO_MIN_ROWS"): NEVER}),
+         "auto-triton-uniform": ("auto", {(forward, "UNIFORM_SDPA"): False})}
 
 
 def kernels_per_replay(g, reps: int = 5) -> tuple[float, float]:

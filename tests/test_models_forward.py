@@ -57,3 +57,36 @@ def test_embed_tokens_leaves_other_classes_and_training_dropout_to_timm(monkeypa
     got = embed_tokens(model.train(), model, x)  # training-mode dropout: timm's (random) version
     torch.manual_seed(0)
     assert torch.equal(got, model._pos_embed(x))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_uniform_stages_attend_with_sdpa(dtype, monkeypatch):
+    """attention="triton": a stage without unused rows runs SDPA on its (B, L) grid (no kernel launch), equal
+    to the Triton kernel; ragged stages, a key bias and other backends still run as asked."""
+    from raggedvit.models import forward
+    from raggedvit.ops.attention import launcher
+    from raggedvit.ops.backends import get_backend
+    from raggedvit.pruning.ragged import meta_from_counts, uniform_meta
+
+    def launches():
+        return sum(launcher.stats.values())
+
+    B, L, H, D = 3, 13, 2, 16
+    q, k, v = (torch.randn(B * L, H, D, device=DEVICE).to(dtype) for _ in range(3))
+    tol = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else dict(atol=2e-3, rtol=2e-3)
+    meta = uniform_meta(B, L, DEVICE)
+    attend = forward.attend_packed(get_backend("triton"))
+    before = launches()
+    got = attend(q, k, v, meta, 0.25)
+    assert launches() == before  # SDPA, not the kernel
+    monkeypatch.setattr(forward, "UNIFORM_SDPA", False)
+    want = attend(q, k, v, meta, 0.25)
+    assert launches() == before + 1
+    torch.testing.assert_close(got, want, **tol)
+    monkeypatch.setattr(forward, "UNIFORM_SDPA", True)
+    ragged = meta_from_counts(torch.tensor([13, 4, 9], device=DEVICE), L)
+    attend(q, k, v, ragged, 0.25)
+    attend(q, k, v, meta, 0.25, torch.zeros(B * L, device=DEVICE))  # a key bias (ToMe)
+    assert launches() == before + 3
+    ref = forward.attend_packed(get_backend("reference"))(q, k, v, meta, 0.25)  # not replaced either
+    torch.testing.assert_close(ref, want, **tol)

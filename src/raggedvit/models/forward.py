@@ -30,6 +30,9 @@ from .live_rows import LiveRows, live_rows_for
 from .stats import PruneStats
 
 FAST_EMBED = True  # patch_embed's patchify kernel (CUDA) and embed_tokens' one-buffer add; False: torch / timm
+# attention="triton": stages without unused rows (fixed budgets, every stage before the first pruning) are a
+# dense (B, L) grid, attended by SDPA (cuDNN / flash on the GPU); False: the Triton kernel there too
+UNIFORM_SDPA = True
 Attend = Callable[..., torch.Tensor]
 """``attend(q, k, v, meta, scale[, bias]) -> (rows, H, D)``; ``bias``: ``(capacity,)`` fp32 per-key logit bias
 (natural log units, after the scale), passed only when there is one."""
@@ -95,8 +98,14 @@ def embed_tokens(model, params, x: torch.Tensor) -> torch.Tensor:
 
 def attend_packed(backend) -> Attend:
     """Packed attention through a :mod:`raggedvit.ops.backends` backend (a ``bias`` goes to its ``key_bias``:
-    backends without one raise)."""
+    backends without one raise). For the ``triton`` backend, a stage without unused rows and without a bias
+    is a dense ``(B, L)`` grid (rows ``b * L + l``) and runs SDPA instead (:func:`attend_padded`, no mask;
+    ``UNIFORM_SDPA``); other backends always run as asked."""
+    dense_ok = backend.name == "triton"
+
     def attend(q, k, v, meta: RaggedMeta, scale: float, bias: torch.Tensor | None = None) -> torch.Tensor:
+        if dense_ok and UNIFORM_SDPA and meta.uniform and bias is None:
+            return attend_padded(q, k, v, meta, scale, static_width=True)
         return backend(q, k, v, meta.cu_seqlens, meta.max_seqlen, scale=scale, key_bias=bias)
     return attend
 
