@@ -281,6 +281,13 @@ case "$1" in
   s11f)  # eleventh session, last 300 s: the batch 256 column of the fixed-count methods after the compaction change
     timeout 240 python3 -m raggedvit bench frontier --quick --batches 256 --methods evit,ats --out "$OUT" 2>&1 \
       | grep -v "it/s\]" | tail -n 8 ;;
+  s12c)  # twelfth session, kind nvidia-h200-x2: s12a (uniform stages on SDPA, A/B) on GPU 0 and s12b (ToMe's kernel
+    # sweep at batch 256) on GPU 1 at the same time; outputs tarred (the device tool returns at most 8 files)
+    mkdir -p "$OUT/s12a" "$OUT/s12b"
+    CUDA_VISIBLE_DEVICES=0 OUT="$OUT/s12a" bash "$0" s12a > "$OUT/s12a/s12a.log" 2>&1 &
+    CUDA_VISIBLE_DEVICES=1 OUT="$OUT/s12b" bash "$0" s12b > "$OUT/s12b/s12b.log" 2>&1 &
+    wait; tail -n 30 "$OUT/s12b/s12b.log"; tail -n 60 "$OUT/s12a/s12a.log"
+    tar czf "$OUT/s12c.tgz" -C "$OUT" s12a s12b && rm -rf "$OUT/s12a" "$OUT/s12b" ;;
   s12b)  # next session: ToMe's kernels at batch 256, where they take 68 (match) and 55 (apply) us per block
     # (profile-forward-compact-ab-...-0013) against 17 / 17 at batch 64: the earlier sweep never reached 256
     timeout 300 python3 benchmarks/tome_kernels_sweep.py --batches 256 --precisions tf32x3,ieee --out "$OUT" 2>&1 \
@@ -292,7 +299,7 @@ case "$1" in
       tests/test_models_live_rows.py tests/test_compile.py 2>&1 | tail -n 3
     timeout 220 python3 benchmarks/live_rows_ab.py --settings 3,1,2,5 --modes auto,auto-triton-uniform \
       --out "$OUT/uniform" 2>&1 | grep -v Warn | tee "$OUT/live-rows-ab-uniform.log" | tail -n 32
-    PYTHONPATH=src:benchmarks timeout $((570 - SECONDS)) python3 benchmarks/profile_forward.py --settings 1 \
+    PYTHONPATH=src:benchmarks timeout $((540 - SECONDS)) python3 benchmarks/profile_forward.py --settings 1 \
       --batches 256 --out "$OUT" 2>&1 | grep -v Warn | tail -n 24 ;;
   s10c)  # why the padded baseline compiled matches the packed graph on fixed budgets (EViT fixed, batch 256:
     # 89,745 against 87,549 images/s in frontier -193806): kernel by kernel, packed against padded compiled
