@@ -281,6 +281,40 @@ case "$1" in
   s11f)  # eleventh session, last 300 s: the batch 256 column of the fixed-count methods after the compaction change
     timeout 240 python3 -m raggedvit bench frontier --quick --batches 256 --methods evit,ats --out "$OUT" 2>&1 \
       | grep -v "it/s\]" | tail -n 8 ;;
+  s12d)  # twelfth session, kind nvidia-h200-x2, after the uniform-SDPA (from 16,384 rows) and ToMe big-batch tile
+    # changes: GPU tests of both, then the README table's columns (GPU 0: 256; GPU 1: 64 then 1), tarred
+    mkdir -p "$OUT/f"
+    timeout 60 python3 -m pytest -q -p no:cacheprovider tests/test_models_forward.py tests/test_ops_tome.py 2>&1 \
+      | tail -n 12 | tee "$OUT/f/gpu-tests-s12d.log"
+    ( export CUDA_VISIBLE_DEVICES=0
+      timeout $((565 - SECONDS)) python3 -m raggedvit bench frontier --quick --batches 256 --out "$OUT/f/b256" \
+        > "$OUT/f/frontier-b256.log" 2>&1 ) &
+    ( export CUDA_VISIBLE_DEVICES=1
+      timeout 400 python3 -m raggedvit bench frontier --quick --batches 64 --out "$OUT/f/b64" > "$OUT/f/frontier-b64.log" 2>&1
+      timeout $((565 - SECONDS)) python3 -m raggedvit bench frontier --quick --batches 1 --out "$OUT/f/b1" \
+        > "$OUT/f/frontier-b1.log" 2>&1 ) &
+    wait; for B in 256 64 1; do grep -v "it/s\]" "$OUT/f/frontier-b$B.log" | tail -n 13; done
+    tar czf "$OUT/s12d.tgz" -C "$OUT" f && rm -rf "$OUT/f" ;;
+  s12e)  # twelfth session, kind nvidia-h200-x2: GPU 0 the batch 8 column; GPU 1 eval of both layouts on the GPU and
+    # exactness (fp32, fp16), on the same code as s12d
+    mkdir -p "$OUT/f"
+    ( export CUDA_VISIBLE_DEVICES=0
+      timeout 560 python3 -m raggedvit bench frontier --quick --batches 8 --out "$OUT/f/b8" > "$OUT/f/frontier-b8.log" 2>&1 ) &
+    ( export CUDA_VISIBLE_DEVICES=1
+      for L in packed padded; do
+        timeout 150 python3 -m raggedvit eval --data .data/imagenet-sample --checkpoint .data/weights/$W.safetensors \
+          --model vit_tiny_patch16_224 --method all --layout $L --batch-size 250 --workers 8 \
+          --json "$OUT/f/eval-gpu-$L.json" > "$OUT/f/eval-gpu-$L.log" 2>&1
+      done
+      for dt in float32 float16; do
+        timeout $(((560 - SECONDS) / 2)) python3 -m raggedvit bench exactness --sample-data --models $W \
+          --checkpoint .data/weights/$W.safetensors --num-images 436 --calib-images 64 --batch-size 128 --dtype $dt \
+          --out "$OUT/f" > "$OUT/f/exactness-$dt.log" 2>&1
+      done ) &
+    wait; grep -v "it/s\]" "$OUT/f/frontier-b8.log" | tail -n 13
+    for f in eval-gpu-packed eval-gpu-padded exactness-float32 exactness-float16; do
+      grep -v "it/s\]" "$OUT/f/$f.log" | tail -n 14; done
+    tar czf "$OUT/s12e.tgz" -C "$OUT" f && rm -rf "$OUT/f" ;;
   s12c)  # twelfth session, kind nvidia-h200-x2: s12a (uniform stages on SDPA, A/B) on GPU 0 and s12b (ToMe's kernel
     # sweep at batch 256) on GPU 1 at the same time; outputs tarred (the device tool returns at most 8 files)
     mkdir -p "$OUT/s12a" "$OUT/s12b"

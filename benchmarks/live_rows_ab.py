@@ -11,7 +11,8 @@ each choice at every batch size in one run, so the policy rests on numbers from 
 rows, fixed stages and before pruning, run qkv / proj on cuBLAS: no dead rows to skip there, the GEMM quality
 decides); ``auto-cublas-all``: both thresholds unreachable (every buffer's qkv / proj on cuBLAS, dead rows
 computed); ``auto-triton-uniform``: ``auto`` with ``forward.UNIFORM_SDPA`` off (stages without unused rows
-attended by the Triton kernel instead of SDPA). Usage:
+attended by the Triton kernel instead of SDPA); ``auto-uniform-sdpa-all``: ``auto`` with
+``forward.UNIFORM_SDPA_MIN_ROWS`` 0 (every such stage on SDPA, whatever its size). Usage:
 ``PYTHONPATH=src python benchmarks/live_rows_ab.py [--batches 1,8,64,256] [--settings 0,1] [--modes auto,off]
 [--out DIR]``.
 """
@@ -47,7 +48,8 @@ MODES = {"auto": ("auto", {}), "on": (True, {}), "off": (False, {}),
          "auto-slow-embed": ("auto", {(forward, "FAST_EMBED"): False}),
          "auto-cublas-full": ("auto", {(live_rows, "AUTO_MIN_ROWS_FULL"): NEVER}),
          "auto-cublas-all": ("auto", {(live_rows, "AUTO_MIN_ROWS_FULL"): NEVER, (live_rows, "AUTO_MIN_ROWS"): NEVER}),
-         "auto-triton-uniform": ("auto", {(forward, "UNIFORM_SDPA"): False})}
+         "auto-triton-uniform": ("auto", {(forward, "UNIFORM_SDPA"): False}),
+         "auto-uniform-sdpa-all": ("auto", {(forward, "UNIFORM_SDPA_MIN_ROWS"): 0})}
 
 
 def kernels_per_replay(g, reps: int = 5) -> tuple[float, float]:

@@ -62,19 +62,22 @@ def test_embed_tokens_leaves_other_classes_and_training_dropout_to_timm(monkeypa
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_uniform_stages_attend_with_sdpa(dtype, monkeypatch):
     """attention="triton": a stage without unused rows runs SDPA on its (B, L) grid (no kernel launch), equal
-    to the Triton kernel; ragged stages, a key bias and other backends still run as asked."""
+    to the Triton kernel; ragged stages, a key bias, grids below UNIFORM_SDPA_MIN_ROWS and other backends still
+    run as asked."""
     from raggedvit.models import forward
     from raggedvit.ops.attention import launcher
     from raggedvit.ops.backends import get_backend
     from raggedvit.pruning.ragged import meta_from_counts, uniform_meta
 
-    def launches():
-        return sum(launcher.stats.values())
+    def launches():  # kernel launches, direct or through Triton's JIT (compiled_keys counts compiles)
+        stats = launcher.stats
+        return stats["direct"] + stats.get("jit", 0)
 
     B, L, H, D = 3, 13, 2, 16
     q, k, v = (torch.randn(B * L, H, D, device=DEVICE).to(dtype) for _ in range(3))
     tol = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else dict(atol=2e-3, rtol=2e-3)
     meta = uniform_meta(B, L, DEVICE)
+    monkeypatch.setattr(forward, "UNIFORM_SDPA_MIN_ROWS", B * L)
     attend = forward.attend_packed(get_backend("triton"))
     before = launches()
     got = attend(q, k, v, meta, 0.25)
@@ -90,3 +93,6 @@ def test_uniform_stages_attend_with_sdpa(dtype, monkeypatch):
     assert launches() == before + 3
     ref = forward.attend_packed(get_backend("reference"))(q, k, v, meta, 0.25)  # not replaced either
     torch.testing.assert_close(ref, want, **tol)
+    monkeypatch.setattr(forward, "UNIFORM_SDPA_MIN_ROWS", B * L + 1)  # below the row bound: the kernel
+    torch.testing.assert_close(attend(q, k, v, meta, 0.25), want, **tol)
+    assert launches() == before + 4

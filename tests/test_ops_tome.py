@@ -118,3 +118,15 @@ def test_token_row_strides():
         metric = torch.randn(2, 17, 16 + pad, device=DEVICE)[..., :16]
         x = torch.randn(2, 17, 24 + pad, device=DEVICE)[..., :24]
         _compare(metric, x, None, None, 1, r=4)
+
+
+@pytest.mark.parametrize("lengths", [None, [150, 97, 3]])
+def test_big_batch_tiles(lengths, monkeypatch):
+    """The tiles used from batch ``_BIG_BATCH`` on (128 A rows per match tile, 8 x 64 per merge tile), here at
+    batch 3 with the bound lowered: same results as the reference, with more A rows than one tile holds."""
+    from raggedvit.ops import tome as ops_tome
+
+    monkeypatch.setattr(ops_tome, "_BIG_BATCH", 1)
+    ln = None if lengths is None else torch.tensor(lengths, device=DEVICE)
+    _compare(torch.randn(3, 300, 32, device=DEVICE), torch.randn(3, 300, 24, device=DEVICE, dtype=torch.float16),
+             torch.rand(3, 300, device=DEVICE) + 1, ln, 1, r=40)

@@ -30,9 +30,13 @@ from .live_rows import LiveRows, live_rows_for
 from .stats import PruneStats
 
 FAST_EMBED = True  # patch_embed's patchify kernel (CUDA) and embed_tokens' one-buffer add; False: torch / timm
-# attention="triton": stages without unused rows (fixed budgets, every stage before the first pruning) are a
-# dense (B, L) grid, attended by SDPA (cuDNN / flash on the GPU); False: the Triton kernel there too
+# attention="triton": stages without unused rows (fixed budgets, every stage before the first pruning) and at
+# least UNIFORM_SDPA_MIN_ROWS rows are a dense (B, L) grid, attended by SDPA (cuDNN on the H200); False: the
+# Triton kernel there too. H200, ViT-Tiny fp16, whole forward in the CUDA graph, SDPA against the kernel on those
+# stages: 1-5 % faster at batch 256, even or up to 3 % slower at 64, 3-10 % slower at 1 / 8
+# (benchmarks/results/live-rows-ab-uniform-nvidia-h200-20261201-0210.*)
 UNIFORM_SDPA = True
+UNIFORM_SDPA_MIN_ROWS = 16384
 Attend = Callable[..., torch.Tensor]
 """``attend(q, k, v, meta, scale[, bias]) -> (rows, H, D)``; ``bias``: ``(capacity,)`` fp32 per-key logit bias
 (natural log units, after the scale), passed only when there is one."""
@@ -99,12 +103,13 @@ def embed_tokens(model, params, x: torch.Tensor) -> torch.Tensor:
 def attend_packed(backend) -> Attend:
     """Packed attention through a :mod:`raggedvit.ops.backends` backend (a ``bias`` goes to its ``key_bias``:
     backends without one raise). For the ``triton`` backend, a stage without unused rows and without a bias
-    is a dense ``(B, L)`` grid (rows ``b * L + l``) and runs SDPA instead (:func:`attend_padded`, no mask;
-    ``UNIFORM_SDPA``); other backends always run as asked."""
+    is a dense ``(B, L)`` grid (rows ``b * L + l``) and, from ``UNIFORM_SDPA_MIN_ROWS`` rows on, runs SDPA
+    instead (:func:`attend_padded`, no mask; ``UNIFORM_SDPA``); other backends always run as asked."""
     dense_ok = backend.name == "triton"
 
     def attend(q, k, v, meta: RaggedMeta, scale: float, bias: torch.Tensor | None = None) -> torch.Tensor:
-        if dense_ok and UNIFORM_SDPA and meta.uniform and bias is None:
+        if (dense_ok and UNIFORM_SDPA and meta.uniform and bias is None
+                and meta.batch * meta.max_seqlen >= UNIFORM_SDPA_MIN_ROWS):
             return attend_padded(q, k, v, meta, scale, static_width=True)
         return backend(q, k, v, meta.cu_seqlens, meta.max_seqlen, scale=scale, key_bias=bias)
     return attend

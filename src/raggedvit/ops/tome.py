@@ -21,9 +21,14 @@ decide_launcher = DirectLauncher(tome_decide_fwd, "tome_decide")
 apply_launcher = DirectLauncher(tome_apply_fwd, "tome_apply")
 launchers = (match_launcher, decide_launcher, apply_launcher)
 launcher = match_launcher  # the one the interpreter check and the tests' launch counts look at
-# match: 64 A rows x 32 B columns per tile (the fastest in tome-kernels-sweep-nvidia-h200-20261130.log at batch 64);
-# apply: 16 pairs x 32 A rows
-_BLOCK_M, _BLOCK_J, _BLOCK_P, _BLOCK_I = 64, 32, 16, 32
+# Tiles (H200 sweeps, benchmarks/results/tome-kernels-sweep-nvidia-h200-*): match 64 A rows x 32 B columns per
+# tile, 4 warps; apply 16 pairs x 32 A rows, 4 warps (the fastest at batch 64, 20261130.log). From batch 128
+# (_BIG_BATCH) the grid fills the GPU with fewer, larger tiles: match 128 A rows (8 warps), apply 8 pairs x 64
+# A rows (2 warps): at batch 256 41.3 / 50.4 us against 81.8 / 61.9 (20261201-*.log)
+_BLOCK_J = 32
+_SMALL = dict(block_m=64, match_warps=4, block_p=16, block_i=32, apply_warps=4)
+_BIG = dict(block_m=128, match_warps=8, block_p=8, block_i=64, apply_warps=2)
+_BIG_BATCH = 128
 
 
 def _fail(msg: str, kind: type[Exception] = ValueError) -> None:
@@ -103,11 +108,12 @@ def tome_merge(metric: torch.Tensor, x: torch.Tensor, size: torch.Tensor | None,
     ptrs = (metric.data_ptr(), ln.data_ptr(), node_max.data_ptr(), best_j.data_ptr())
     ints = (L, num_prefix, metric.stride(0), metric.stride(1))
     wide = block_d > 64
-    block_m = 16 if wide else _BLOCK_M  # D > 64: the small tile (no register spills up to D = 256)
+    tile = _BIG if B >= _BIG_BATCH else _SMALL
+    block_m = 16 if wide else tile["block_m"]  # D > 64: the small tile (no register spills up to D = 256)
+    warps = 8 if wide else tile["match_warps"]
     const = (D, lengths is not None, lda, block_m, block_d, _BLOCK_J // 2 if wide else _BLOCK_J)
-    match_launcher.launch((metric.dtype, dev, *const) if aligned else None, dev, (B, -(-LA // block_m), 1),
-                          ptrs, ints, lambda: (metric, ln, node_max, best_j, *ints, *const),
-                          num_warps=8 if wide else 4)
+    match_launcher.launch((metric.dtype, dev, warps, *const) if aligned else None, dev, (B, -(-LA // block_m), 1),
+                          ptrs, ints, lambda: (metric, ln, node_max, best_j, *ints, *const), num_warps=warps)
     # 2. decision and output order
     ptrs = (ln.data_ptr(), node_max.data_ptr(), best_j.data_ptr(), dst.data_ptr(), index.data_ptr(),
             count.data_ptr())
@@ -119,9 +125,10 @@ def tome_merge(metric: torch.Tensor, x: torch.Tensor, size: torch.Tensor | None,
     # 3. the size-weighted merge
     ptrs = (x.data_ptr(), s.data_ptr(), dst.data_ptr(), values.data_ptr(), new_size.data_ptr())
     ints = (L, x.stride(0), x.stride(1), s.stride(0), values.stride(0), values.stride(1))
-    const = (C, size is not None, lda, _BLOCK_P, _BLOCK_I, block_c)
-    apply_launcher.launch((x.dtype, dev, *const) if aligned else None, dev, (B, -(-LA // _BLOCK_P), 1),
-                          ptrs, ints, lambda: (x, s, dst, values, new_size, *ints, *const), num_warps=4)
+    const = (C, size is not None, lda, tile["block_p"], tile["block_i"], block_c)
+    warps = tile["apply_warps"]
+    apply_launcher.launch((x.dtype, dev, warps, *const) if aligned else None, dev, (B, -(-LA // tile["block_p"]), 1),
+                          ptrs, ints, lambda: (x, s, dst, values, new_size, *ints, *const), num_warps=warps)
     return index, count, values, new_size
 
 
