@@ -310,6 +310,16 @@ case "$1" in
     wait; for B in 8 1; do grep -v "it/s\]" "$OUT/f/frontier-b$B.log" | tail -n 13; done
     for dt in float32 float16; do grep -v "it/s\]" "$OUT/f/exactness-$dt.log" | tail -n 14; done
     tar czf "$OUT/s12e.tgz" -C "$OUT" f && rm -rf "$OUT/f" ;;
+  s12f)  # twelfth session, kind nvidia-h200-x2, same code as s12d: eval of both layouts on the GPU, one GPU each
+    mkdir -p "$OUT/f"; G=0
+    for L in packed padded; do
+      CUDA_VISIBLE_DEVICES=$G timeout 280 python3 -m raggedvit eval --data .data/imagenet-sample \
+        --checkpoint .data/weights/$W.safetensors --model vit_tiny_patch16_224 --method all --layout $L \
+        --batch-size 250 --workers 8 --json "$OUT/f/eval-gpu-$L.json" > "$OUT/f/eval-gpu-$L.log" 2>&1 &
+      G=$((G + 1))
+    done
+    wait; for L in packed padded; do grep -v "it/s\]" "$OUT/f/eval-gpu-$L.log" | tail -n 16; done
+    tar czf "$OUT/s12f.tgz" -C "$OUT" f && rm -rf "$OUT/f" ;;
   s12c)  # twelfth session, kind nvidia-h200-x2: s12a (uniform stages on SDPA, A/B) on GPU 0 and s12b (ToMe's kernel
     # sweep at batch 256) on GPU 1 at the same time; outputs tarred (the device tool returns at most 8 files)
     mkdir -p "$OUT/s12a" "$OUT/s12b"
