@@ -320,6 +320,16 @@ case "$1" in
     done
     wait; for L in packed padded; do grep -v "it/s\]" "$OUT/f/eval-gpu-$L.log" | tail -n 16; done
     tar czf "$OUT/s12f.tgz" -C "$OUT" f && rm -rf "$OUT/f" ;;
+  s12g)  # twelfth session, kind nvidia-h200-x2: s9d at last (is reduce-overhead the dense reference's best mode?),
+    # batch 256 on GPU 0 and 64 on GPU 1
+    mkdir -p "$OUT/f"; G=0
+    for B in 256 64; do
+      CUDA_VISIBLE_DEVICES=$G PYTHONPATH=src:benchmarks timeout 360 python3 benchmarks/dense_compile_modes_ab.py \
+        --batches $B --formats channels_last --out "$OUT/f/b$B" > "$OUT/f/dense-modes-b$B.log" 2>&1 &
+      G=$((G + 1))
+    done
+    wait; for B in 256 64; do grep -v Warn "$OUT/f/dense-modes-b$B.log" | tail -n 8; done
+    tar czf "$OUT/s12g.tgz" -C "$OUT" f && rm -rf "$OUT/f" ;;
   s12c)  # twelfth session, kind nvidia-h200-x2: s12a (uniform stages on SDPA, A/B) on GPU 0 and s12b (ToMe's kernel
     # sweep at batch 256) on GPU 1 at the same time; outputs tarred (the device tool returns at most 8 files)
     mkdir -p "$OUT/s12a" "$OUT/s12b"
