@@ -33,7 +33,7 @@ FAST_EMBED = True  # patch_embed's patchify kernel (CUDA) and embed_tokens' one-
 # attention="triton": stages without unused rows (fixed budgets, every stage before the first pruning) and at
 # least UNIFORM_SDPA_MIN_ROWS rows are a dense (B, L) grid, attended by SDPA (cuDNN on the H200); False: the
 # Triton kernel there too. H200, ViT-Tiny fp16, whole forward in the CUDA graph, SDPA against the kernel on those
-# stages: 1-5 % faster at batch 256, even or up to 3 % slower at 64, 3-10 % slower at 1 / 8
+# stages: 1-5 % faster at batch 256, even or up to 3 % slower at 64, 2-10 % slower at 1 / 8
 # (benchmarks/results/live-rows-ab-uniform-nvidia-h200-20261201-0210.*)
 UNIFORM_SDPA = True
 UNIFORM_SDPA_MIN_ROWS = 16384
