@@ -8,6 +8,8 @@ set -uo pipefail
 export PYTHONPATH=src PYTHONUNBUFFERED=1 RAGGEDVIT_DATA=${RAGGEDVIT_DATA:-$PWD/.data}
 OUT=${OUT:-benchmarks/results}; mkdir -p "$OUT"
 W=vit_tiny_patch16_224.augreg_in21k_ft_in1k
+# one README table column: column BATCH SECONDS DIR (JSON / md / png under DIR/bBATCH, log DIR/frontier-bBATCH.log)
+column() { timeout "$2" python3 -m raggedvit bench frontier --quick --batches "$1" --out "$3/b$1" > "$3/frontier-b$1.log" 2>&1; }
 case "$1" in
   part1)
     timeout 230 python3 -m pytest -q -n 4 -p no:cacheprovider tests/test_pruning_tome.py tests/test_ops_attention.py \
@@ -210,13 +212,11 @@ case "$1" in
   s10e)  # tenth 2026-11-30 session, kind nvidia-h200-x2: GPU 0 the table's batch 256 column; GPU 1 first the
     # kernel profile of packed against padded compiled (s10c), then the batch 64 column (each column's ratios from
     # one GPU; the JSON is written after every setting, so a column cut by the limit keeps its settings)
-    CUDA_VISIBLE_DEVICES=0 timeout 560 python3 -m raggedvit bench frontier --quick --batches 256 --out "$OUT/b256" \
-      > "$OUT/frontier-b256.log" 2>&1 &
+    CUDA_VISIBLE_DEVICES=0 column 256 560 "$OUT" &
     ( export CUDA_VISIBLE_DEVICES=1
       PYTHONPATH=src:benchmarks timeout 200 python3 benchmarks/profile_forward.py --settings 0,1,5 --batches 256 \
         --padded-compiled --out "$OUT" > "$OUT/profile-forward-padded-compiled.log" 2>&1
-      timeout $((560 - SECONDS)) python3 -m raggedvit bench frontier --quick --batches 64 --out "$OUT/b64" \
-        > "$OUT/frontier-b64.log" 2>&1 ) &
+      column 64 $((560 - SECONDS)) "$OUT" ) &
     wait; grep -v Warn "$OUT/profile-forward-padded-compiled.log" | grep -v "^ *[0-9.]* us .*calls" | tail -n 30
     for B in 256 64; do grep -v "it/s\]" "$OUT/frontier-b$B.log" | tail -n 13; ls "$OUT/b$B"; done ;;
   # s10f (branch fusedmlp): GPU tests of the fused MLP kernel, benchmarks/mlp_sweep.py, live_rows_ab auto vs auto-nomlp
@@ -252,13 +252,11 @@ case "$1" in
   s11c)  # eleventh session, kind nvidia-h200-x2, after the patchify / cuBLAS-qkv changes: the README table's
     # columns, one GPU each (GPU 0: 256 then 8, GPU 1: 64 then 1; a column cut by the limit keeps its settings)
     ( export CUDA_VISIBLE_DEVICES=0
-      timeout 540 python3 -m raggedvit bench frontier --quick --batches 256 --out "$OUT/b256" > "$OUT/frontier-b256.log" 2>&1
-      timeout $((560 - SECONDS)) python3 -m raggedvit bench frontier --quick --batches 8 --out "$OUT/b8" \
-        > "$OUT/frontier-b8.log" 2>&1 ) &
+      column 256 540 "$OUT"
+      column 8 $((560 - SECONDS)) "$OUT" ) &
     ( export CUDA_VISIBLE_DEVICES=1
-      timeout 540 python3 -m raggedvit bench frontier --quick --batches 64 --out "$OUT/b64" > "$OUT/frontier-b64.log" 2>&1
-      timeout $((560 - SECONDS)) python3 -m raggedvit bench frontier --quick --batches 1 --out "$OUT/b1" \
-        > "$OUT/frontier-b1.log" 2>&1 ) &
+      column 64 540 "$OUT"
+      column 1 $((560 - SECONDS)) "$OUT" ) &
     wait; for B in 256 64 8 1; do grep -v "it/s\]" "$OUT/frontier-b$B.log" | tail -n 13; done ;;
   s11d)  # eleventh session, kind nvidia-h200-x2: the batch 64 and 8 columns again (s11c's b64 JSON did not come back,
     # the device tool returns at most 8 files: tar them; its b8 column was cut by the limit)
@@ -287,21 +285,19 @@ case "$1" in
     timeout 60 python3 -m pytest -q -p no:cacheprovider tests/test_models_forward.py tests/test_ops_tome.py 2>&1 \
       | tail -n 12 | tee "$OUT/f/gpu-tests-s12d.log"
     ( export CUDA_VISIBLE_DEVICES=0
-      timeout $((565 - SECONDS)) python3 -m raggedvit bench frontier --quick --batches 256 --out "$OUT/f/b256" \
-        > "$OUT/f/frontier-b256.log" 2>&1 ) &
+      column 256 $((565 - SECONDS)) "$OUT/f" ) &
     ( export CUDA_VISIBLE_DEVICES=1
-      timeout 400 python3 -m raggedvit bench frontier --quick --batches 64 --out "$OUT/f/b64" > "$OUT/f/frontier-b64.log" 2>&1
-      timeout $((565 - SECONDS)) python3 -m raggedvit bench frontier --quick --batches 1 --out "$OUT/f/b1" \
-        > "$OUT/f/frontier-b1.log" 2>&1 ) &
+      column 64 400 "$OUT/f"
+      column 1 $((565 - SECONDS)) "$OUT/f" ) &
     wait; for B in 256 64 1; do grep -v "it/s\]" "$OUT/f/frontier-b$B.log" | tail -n 13; done
     tar czf "$OUT/s12d.tgz" -C "$OUT" f && rm -rf "$OUT/f" ;;
   s12e)  # twelfth session, kind nvidia-h200-x2, same code as s12d: GPU 0 the batch 8 column; GPU 1 the batch 1 column
     # (cut by s12d's limit), then exactness (fp32, fp16)
     mkdir -p "$OUT/f"
     ( export CUDA_VISIBLE_DEVICES=0
-      timeout 560 python3 -m raggedvit bench frontier --quick --batches 8 --out "$OUT/f/b8" > "$OUT/f/frontier-b8.log" 2>&1 ) &
+      column 8 560 "$OUT/f" ) &
     ( export CUDA_VISIBLE_DEVICES=1
-      timeout 330 python3 -m raggedvit bench frontier --quick --batches 1 --out "$OUT/f/b1" > "$OUT/f/frontier-b1.log" 2>&1
+      column 1 330 "$OUT/f"
       for dt in float32 float16; do
         timeout $(((565 - SECONDS) / 2)) python3 -m raggedvit bench exactness --sample-data --models $W \
           --checkpoint .data/weights/$W.safetensors --num-images 436 --calib-images 64 --batch-size 128 --dtype $dt \
