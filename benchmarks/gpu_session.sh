@@ -326,6 +326,10 @@ case "$1" in
     done
     wait; for B in 256 64; do grep -v Warn "$OUT/f/dense-modes-b$B.log" | tail -n 8; done
     tar czf "$OUT/s12g.tgz" -C "$OUT" f && rm -rf "$OUT/f" ;;
+  s12h)  # twelfth session, last device minutes: where the padded baseline compiled keeps up with the packed graph
+    # on fixed budgets at batch 64 (EViT fixed 1.09x, ATS fixed 1.10x in frontier -023349): kernel by kernel
+    PYTHONPATH=src:benchmarks timeout 200 python3 benchmarks/profile_forward.py --settings 1,2 --batches 64 \
+      --padded-compiled --out "$OUT" 2>&1 | grep -v Warn | tee "$OUT/profile-forward-padded-compiled-b64.log" | tail -n 70 ;;
   s12c)  # twelfth session, kind nvidia-h200-x2: s12a (uniform stages on SDPA, A/B) on GPU 0 and s12b (ToMe's kernel
     # sweep at batch 256) on GPU 1 at the same time; outputs tarred (the device tool returns at most 8 files)
     mkdir -p "$OUT/s12a" "$OUT/s12b"
