@@ -26,12 +26,22 @@ import triton
 from triton.testing import do_bench_cudagraph
 
 from raggedvit.kernels import tome as shipped
+from raggedvit.ops import tome as ops_tome
 from raggedvit.ops.tome import tome_merge
 from raggedvit.pruning.tome import bipartite_merge
 from raggedvit.runtime.device import environment
 
-SHIPPED = {"match": dict(precision="tf32x3", nonorm=False, block_m=64, block_j=32, warps=4), "decide": dict(warps=4),
-           "apply": dict(precision="ieee", block_p=16, block_i=32, block_c=64, warps=4)}  # ops.tome's configuration
+
+def shipped_config(batch: int) -> dict:
+    """ops.tome's configuration at ``batch`` (metric width <= 64), in the sweep's row keys."""
+    t = ops_tome._BIG if batch >= ops_tome._BIG_BATCH else ops_tome._SMALL
+    return {"match": dict(precision="tf32x3", nonorm=False, block_m=t["block_m"], block_j=ops_tome._BLOCK_J,
+                          warps=t["match_warps"]),
+            "decide": dict(warps=4),
+            "apply": dict(precision="ieee", block_p=t["block_p"], block_i=t["block_i"], block_c=64,
+                          warps=t["apply_warps"])}
+
+
 NORM_LINE = "        mb = mb / tl.sqrt(tl.sum(mb * mb, axis=1))[:, None]\n"
 
 
@@ -124,7 +134,7 @@ def sweep_shape(B: int, L: int, mods: dict, rows: list, dev: torch.device, gen: 
         got.sort(key=lambda x_: x_["us"])
         for g in got[:4]:
             print(f"  {k:6s} {g['us']:7.1f} us  {dict((a, b) for a, b in g.items() if a not in shape)}")
-        cur = [g for g in got if all(g.get(a) == v for a, v in SHIPPED[k].items())]
+        cur = [g for g in got if all(g.get(a) == v for a, v in shipped_config(B)[k].items())]
         if cur:
             print(f"  {k:6s} {cur[0]['us']:7.1f} us  (shipped config)")
 
