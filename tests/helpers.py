@@ -43,3 +43,10 @@ def assert_close_report(actual: torch.Tensor, expected: torch.Tensor, atol: floa
         raise AssertionError(f"{what}: max |diff| {worst:.3g} > {atol:.3g} at {idx}; {bad}/{err.numel()} elements "
                              f"over tolerance")
     return worst
+
+
+def launch_count(launcher) -> int:
+    """Kernel launches of a :class:`raggedvit.ops.launch.DirectLauncher`, direct or through Triton's JIT (its
+    ``compiled_keys`` counts compiles, not launches)."""
+    stats = launcher.stats
+    return stats["direct"] + stats.get("jit", 0)

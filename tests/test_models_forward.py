@@ -9,6 +9,7 @@ import torch
 from raggedvit.models.forward import embed_tokens, patch_embed
 
 from conftest import DEVICE, ON_GPU
+from helpers import launch_count
 
 
 @pytest.mark.parametrize("name,size", [("deit_tiny_patch16_224", 224), ("deit_base_patch16_384", 384)])
@@ -69,9 +70,8 @@ def test_uniform_stages_attend_with_sdpa(dtype, monkeypatch):
     from raggedvit.ops.backends import get_backend
     from raggedvit.pruning.ragged import meta_from_counts, uniform_meta
 
-    def launches():  # kernel launches, direct or through Triton's JIT (compiled_keys counts compiles)
-        stats = launcher.stats
-        return stats["direct"] + stats.get("jit", 0)
+    def launches():
+        return launch_count(launcher)
 
     B, L, H, D = 3, 13, 2, 16
     q, k, v = (torch.randn(B * L, H, D, device=DEVICE).to(dtype) for _ in range(3))

@@ -10,6 +10,7 @@ import raggedvit
 from raggedvit.models.live_rows import live_rows_unsupported
 
 from conftest import DEVICE, ON_GPU
+from helpers import launch_count
 
 
 def _tiny_vit(**kw) -> VisionTransformer:
@@ -74,9 +75,6 @@ def test_auto_picks_stages_by_buffer_rows(narrowing, monkeypatch):
     from raggedvit.ops.layernorm import launcher as ln_launcher
     from raggedvit.ops.linear import launcher as gemm_launcher
 
-    def launches(lau):
-        return lau.stats["direct"] + lau.stats.get("jit", 0)
-
     monkeypatch.setattr(pruned, "_auto_applies", lambda images: True)  # CPU: the interpreter
 
     model = _tiny_vit()
@@ -93,10 +91,10 @@ def test_auto_picks_stages_by_buffer_rows(narrowing, monkeypatch):
             monkeypatch.setattr(live_rows, "AUTO_MIN_ROWS", min_rows)
             monkeypatch.setattr(live_rows, "AUTO_MIN_ROWS_FULL", min_full)
             monkeypatch.setattr(live_rows, "TRITON_GELU", False)  # fc1 on cuBLAS too (see test_triton_gelu)
-            before = launches(ln_launcher), launches(gemm_launcher)
+            before = launch_count(ln_launcher), launch_count(gemm_launcher)
             got = auto(x)
-            assert launches(ln_launcher) - before[0] == 4 * 2  # 2 LayerNorms per block, always the kernel
-            assert launches(gemm_launcher) - before[1] == gemms
+            assert launch_count(ln_launcher) - before[0] == 4 * 2  # 2 LayerNorms per block, always the kernel
+            assert launch_count(gemm_launcher) - before[1] == gemms
             torch.testing.assert_close(got, want, rtol=0, atol=1e-4 if ON_GPU else 1e-5)
 
 
