@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call of the 2026-11-30 session: GPU tests of the new parts, eval on the GPU, exactness (fp32, fp16).
-# Usage on the GPU machine: RAGGEDVIT_DATA=$PWD/.data OUT=... bash benchmarks/gpu_session.sh part1|part2|part3|probe|probe2|s4a|s4b|s4c|aoti1|aoti2|s5a|s5b|s6a|s6b|s6c|s6d|s6e|s7b|s7c|s8a|s8c|s8d|s8e|s9a|s9b|s9c|s9c2|s9d|s10a|s10b|s10ab|s10c|s10d|s10e|s10g|s11a|s11b|s11c|s11d|s11e|s11f|s12a|s12b
+# Usage on the GPU machine: RAGGEDVIT_DATA=$PWD/.data OUT=... bash benchmarks/gpu_session.sh part1|part2|part3|probe|probe2|s4a|s4b|s4c|aoti1|aoti2|s5a|s5b|s6a|s6b|s6c|s6d|s6e|s7b|s7c|s8a|s8c|s8d|s8e|s9a|s9b|s9c|s9c2|s9d|s10a|s10b|s10ab|s10c|s10d|s10e|s10g|s11a|s11b|s11c|s11d|s11e|s11f|s12a|s12b|s12c..s12h|s13a
 # part3 (next session, about 8 minutes): what the second 2026-11-30 session could not re-run for lack of device
 # time: the AOTInductor package on the GPU after the lifted-constants fix, torch.compile of both layouts on the
 # GPU (tests/test_compile.py), and the live_rows policy A/B.
@@ -279,6 +279,10 @@ case "$1" in
   s11f)  # eleventh session, last 300 s: the batch 256 column of the fixed-count methods after the compaction change
     timeout 240 python3 -m raggedvit bench frontier --quick --batches 256 --methods evit,ats --out "$OUT" 2>&1 \
       | grep -v "it/s\]" | tail -n 8 ;;
+  s13a)  # thirteenth session: fc1's GELU epilogue (rational A&S erf, libdevice erff, the folded A&S form with a
+    # division or with rcp / ex2 asm, no GELU as the bound), per config
+    timeout 300 python3 benchmarks/gelu_epilogue_ab.py --out "$OUT" 2>&1 | grep -v Warn \
+      | tee "$OUT/gelu-epilogue-ab.log" | tail -n 14 ;;
   s12d)  # twelfth session, kind nvidia-h200-x2, after the uniform-SDPA (from 16,384 rows) and ToMe big-batch tile
     # changes: GPU tests of both, then the README table's columns (GPU 0: 256; GPU 1: 64 then 1), tarred
     mkdir -p "$OUT/f"
