@@ -1,13 +1,17 @@
-"""A/B of the erf in ``ragged_linear``'s GELU epilogue (fc1 + GELU, the one token-wise GEMM that runs as our
-Triton kernel on every packed buffer): the shipped rational erf (Abramowitz & Stegun 7.1.26: one exp and one
-division per element, both on the SM's special-function units) against ``tl.erf`` (libdevice ``erff``), with
-the same GEMM and no GELU at all as the bound, at each launch configuration of a short list.
+"""A/B of the GELU epilogue of ``ragged_linear`` (fc1 + GELU, the one token-wise GEMM that runs as our Triton
+kernel on every packed buffer): the shipped one (:func:`raggedvit.kernels.linear._gelu`: Abramowitz & Stegun's
+erf folded into ``Phi``, PTX approximate reciprocal and exp2) against the one before it (``0.5 x (1 + erf(x /
+sqrt 2))`` with the same erf, one exp and one division: ``rational``), that form with ``tl.erf`` (libdevice
+``erff``) and no GELU at all (the GEMM + bias: the bound), at each launch configuration of a short list.
 
-Each variant is the shipped kernel source with the erf call replaced, imported from a file under ``--out``
-and launched through ``ragged_linear`` itself (its launcher and ``_config`` swapped), so everything else is
-the shipped code. Times are CUDA-graph replays of one call (``triton.testing.do_bench_cudagraph``); errors
-are against the fp32 GELU of the fp32 product. Usage: ``PYTHONPATH=src python benchmarks/gelu_epilogue_ab.py
-[--batches 8,64,256] [--widths 192,384] [--out DIR]``.
+Each variant but the shipped one is the shipped kernel source with its GELU line replaced, imported from a
+file under ``--out`` and launched through ``ragged_linear`` itself (its launcher and ``_config`` swapped), so
+everything else is the shipped code. Times are CUDA-graph replays of one call
+(``triton.testing.do_bench_cudagraph``); errors are against the fp32 GELU of the fp32 product. Usage:
+``PYTHONPATH=src python benchmarks/gelu_epilogue_ab.py [--batches 8,64,256] [--widths 192,384] [--out DIR]``.
+``rational_launcher()`` serves whole-forward A/Bs (``benchmarks/live_rows_ab.py``, mode ``auto-rational-gelu``).
+(Run ``-032130`` of 2026-12-01 measured, before the change, ``folded`` = the shipped form with ``/`` and
+``tl.exp2``, and ``folded-asm`` = the shipped form.)
 """
 
 from __future__ import annotations
@@ -28,34 +32,20 @@ from raggedvit.ops import linear as L
 from raggedvit.ops.launch import DirectLauncher
 from raggedvit.runtime.device import environment
 
-LINE = "acc = 0.5 * acc * (1.0 + _erf(acc * 0.7071067811865476))"
-# GELU(x) = x Phi(x) with the same erf (A&S 7.1.26) folded: h = 0.5 P(t) exp(-x^2 / 2) with t = 1 / (1 + p |x| / sqrt 2)
-# is Phi(-|x|), so GELU = x - x h for x >= 0 and x h below (no 1 + erf cancellation, ~15 ALU ops instead of ~25)
-FOLDED = """
+LINE = "acc = _gelu(acc, FAST_MATH)"
+ERF = """
 
 @triton.jit
-def _gelu_folded(x):
-    t = 1.0 / (1.0 + 0.2316418882663604 * tl.abs(x))
-    p = ((((0.5307027145 * t - 0.7265760135) * t + 0.7107068705) * t - 0.142248368) * t + 0.127414796) * t
-    xh = x * (p * tl.exp2(x * x * -0.7213475204444817))
-    return tl.where(x >= 0, x - xh, xh)
+def _erf(x):
+    a = tl.abs(x)
+    t = tl.fdiv(tl.full(a.shape, 1.0, tl.float32), 1.0 + 0.3275911 * a)
+    p = ((((1.061405429 * t - 1.453152027) * t + 1.421413741) * t - 0.284496736) * t + 0.254829592) * t
+    y = 1.0 - p * tl.exp(-a * a)
+    return tl.where(x >= 0, y, -y)
 """
-RCP = """
-
-@triton.jit
-def _gelu_folded_rcp(x):
-    d = 1.0 + 0.2316418882663604 * tl.abs(x)
-    t = tl.inline_asm_elementwise("rcp.approx.ftz.f32 $0, $1;", "=r,r", [d], dtype=tl.float32, is_pure=True,
-                                  pack=1)
-    p = ((((0.5307027145 * t - 0.7265760135) * t + 0.7107068705) * t - 0.142248368) * t + 0.127414796) * t
-    e = tl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=r,r", [x * x * -0.7213475204444817],
-                                  dtype=tl.float32, is_pure=True, pack=1)
-    xh = x * (p * e)
-    return tl.where(x >= 0, x - xh, xh)
-"""
-# name -> (replacement of LINE, helper source appended to the module)
-VARIANTS = {"rational": (LINE, ""), "libdevice": (LINE.replace("_erf(", "tl.erf("), ""),
-            "folded": ("acc = _gelu_folded(acc)", FOLDED), "folded-asm": ("acc = _gelu_folded_rcp(acc)", RCP)}
+# name -> (replacement of LINE, helper source appended to the module); None: the shipped kernel
+VARIANTS = {"shipped": None, "rational": ("acc = 0.5 * acc * (1.0 + _erf(acc * 0.7071067811865476))", ERF),
+            "libdevice": ("acc = 0.5 * acc * (1.0 + tl.erf(acc * 0.7071067811865476))", "")}
 C = L.Config
 CONFIGS = {
     "128x128x64 w8 s4 tma p1": C(128, 128, 64, 8, 4, 1, True),
@@ -65,13 +55,18 @@ CONFIGS = {
 }
 
 
-def variant_launchers(out: Path) -> dict[str, DirectLauncher]:
-    """One launcher per erf variant, from a copy of the shipped kernel module with the call replaced."""
+def variant_launchers(out: Path, names=None) -> dict[str, DirectLauncher]:
+    """One launcher per GELU variant (``names``, default all), from a copy of the shipped kernel module with its
+    GELU line replaced (the shipped one: ``ragged_linear``'s own launcher)."""
     src = inspect.getsource(K)
     if src.count(LINE) != 1:
         raise RuntimeError(f"expected one {LINE!r} in raggedvit.kernels.linear")
     launchers = {}
-    for name, (line, helper) in VARIANTS.items():
+    for name in names or VARIANTS:
+        if VARIANTS[name] is None:
+            launchers[name] = L.launcher
+            continue
+        line, helper = VARIANTS[name]
         path = out / f"_gelu_variant_{name.replace('-', '_')}.py"
         path.write_text(src.replace(LINE, line) + helper)
         spec = importlib.util.spec_from_file_location(path.stem, path)
@@ -79,6 +74,11 @@ def variant_launchers(out: Path) -> dict[str, DirectLauncher]:
         spec.loader.exec_module(mod)
         launchers[name] = DirectLauncher(mod.ragged_linear_fwd, "ragged_linear")
     return launchers
+
+
+def rational_launcher(out: Path) -> DirectLauncher:
+    """A ``ragged_linear`` launcher whose GELU is the previous ``0.5 x (1 + erf(x / sqrt 2))`` (files under ``out``)."""
+    return variant_launchers(out, ["rational"])["rational"]
 
 
 def bench_shape(c: int, b: int, share: float, launchers: dict[str, DirectLauncher]) -> tuple[list[dict], str]:
@@ -100,7 +100,7 @@ def bench_shape(c: int, b: int, share: float, launchers: dict[str, DirectLaunche
             L._config = shipped_config if cfg is None else (lambda *a, _c=cfg: _c)
             label = f"default {shipped_config(dt, M, n, k, True)}" if cfg is None else cname
             for vname in list(VARIANTS) + ["no gelu"]:
-                L.launcher = launchers.get(vname, launchers["rational"])
+                L.launcher = launchers.get(vname, launchers["shipped"])
                 gelu = vname != "no gelu"
 
                 def fn(gelu=gelu):

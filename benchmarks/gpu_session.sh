@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call of the 2026-11-30 session: GPU tests of the new parts, eval on the GPU, exactness (fp32, fp16).
-# Usage on the GPU machine: RAGGEDVIT_DATA=$PWD/.data OUT=... bash benchmarks/gpu_session.sh part1|part2|part3|probe|probe2|s4a|s4b|s4c|aoti1|aoti2|s5a|s5b|s6a|s6b|s6c|s6d|s6e|s7b|s7c|s8a|s8c|s8d|s8e|s9a|s9b|s9c|s9c2|s9d|s10a|s10b|s10ab|s10c|s10d|s10e|s10g|s11a|s11b|s11c|s11d|s11e|s11f|s12a|s12b|s12c..s12h|s13a
+# Usage on the GPU machine: RAGGEDVIT_DATA=$PWD/.data OUT=... bash benchmarks/gpu_session.sh part1|part2|part3|probe|probe2|s4a|s4b|s4c|aoti1|aoti2|s5a|s5b|s6a|s6b|s6c|s6d|s6e|s7b|s7c|s8a|s8c|s8d|s8e|s9a|s9b|s9c|s9c2|s9d|s10a|s10b|s10ab|s10c|s10d|s10e|s10g|s11a|s11b|s11c|s11d|s11e|s11f|s12a|s12b|s12c..s12h|s13a|s13b|s13c|s13d
 # part3 (next session, about 8 minutes): what the second 2026-11-30 session could not re-run for lack of device
 # time: the AOTInductor package on the GPU after the lifted-constants fix, torch.compile of both layouts on the
 # GPU (tests/test_compile.py), and the live_rows policy A/B.
@@ -283,6 +283,39 @@ case "$1" in
     # division or with rcp / ex2 asm, no GELU as the bound), per config
     timeout 300 python3 benchmarks/gelu_epilogue_ab.py --out "$OUT" 2>&1 | grep -v Warn \
       | tee "$OUT/gelu-epilogue-ab.log" | tail -n 14 ;;
+  s13b)  # thirteenth session, after the folded GELU epilogue (kernels/linear._gelu): GPU tests of the kernel and the
+    # models, the whole-forward A/B against the previous epilogue (same run), fp32 exactness on trained weights
+    mkdir -p "$OUT/f"
+    timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_ops_linear.py tests/test_models_live_rows.py \
+      tests/test_models_forward.py tests/test_trained_weights.py 2>&1 | tail -n 8 | tee "$OUT/f/gpu-tests-s13b.log"
+    timeout 240 python3 benchmarks/live_rows_ab.py --settings 3,0,1,2,5 --modes auto,auto-rational-gelu \
+      --out "$OUT/f/ab" 2>&1 | grep -v Warn | tee "$OUT/f/live-rows-ab-gelu.log" | tail -n 40
+    timeout $((560 - SECONDS)) python3 -m raggedvit bench exactness --sample-data --models $W \
+      --checkpoint .data/weights/$W.safetensors --num-images 436 --calib-images 64 --batch-size 128 \
+      --dtype float32 --out "$OUT/f" > "$OUT/f/exactness-float32.log" 2>&1
+    grep -v "it/s\]" "$OUT/f/exactness-float32.log" | tail -n 14 | cut -c1-400
+    tar czf "$OUT/s13b.tgz" -C "$OUT" f && rm -rf "$OUT/f" ;;
+  s13c)  # thirteenth session: fp32 GELU epilogue as PyTorch's (erff) after s13b's fp32 exactness lost ATS fixed
+    # (435/436) and ToMe adaptive (435/436) with the folded form; GPU tests, exactness fp32 and fp16
+    mkdir -p "$OUT/f"
+    timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_ops_linear.py tests/test_models_live_rows.py \
+      tests/test_trained_weights.py 2>&1 | tail -n 6 | tee "$OUT/f/gpu-tests-s13c.log"
+    for dt in float32 float16; do
+      timeout $(((560 - SECONDS) / 2)) python3 -m raggedvit bench exactness --sample-data --models $W \
+        --checkpoint .data/weights/$W.safetensors --num-images 436 --calib-images 64 --batch-size 128 --dtype $dt \
+        --out "$OUT/f" > "$OUT/f/exactness-$dt.log" 2>&1
+      grep -v "it/s\]" "$OUT/f/exactness-$dt.log" | tail -n 13 | cut -c1-330
+    done
+    tar czf "$OUT/s13c.tgz" -C "$OUT" f && rm -rf "$OUT/f" ;;
+  s13d)  # thirteenth session, after s13c: the GELU test on the GPU (fp32 bit for bit F.gelu?), then the batch 64
+    # column of the README table for the pruning methods (ToMe left out for time), to compare with -021509-b64
+    mkdir -p "$OUT/f"
+    timeout 60 python3 -m pytest -q -p no:cacheprovider tests/test_ops_linear.py -k gelu 2>&1 | grep -E \
+      "passed|failed|differ|Error|assert" | head -n 12 | tee "$OUT/f/gpu-tests-s13d.log"
+    timeout $((590 - SECONDS)) python3 -m raggedvit bench frontier --quick --batches 64 \
+      --methods evit,threshold_l2,ats --out "$OUT/f/b64" > "$OUT/f/frontier-b64.log" 2>&1
+    grep -v "it/s\]" "$OUT/f/frontier-b64.log" | tail -n 10
+    tar czf "$OUT/s13d.tgz" -C "$OUT" f && rm -rf "$OUT/f" ;;
   s12d)  # twelfth session, kind nvidia-h200-x2, after the uniform-SDPA (from 16,384 rows) and ToMe big-batch tile
     # changes: GPU tests of both, then the README table's columns (GPU 0: 256; GPU 1: 64 then 1), tarred
     mkdir -p "$OUT/f"

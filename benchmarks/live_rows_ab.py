@@ -12,7 +12,9 @@ rows, fixed stages and before pruning, run qkv / proj on cuBLAS: no dead rows to
 decides); ``auto-cublas-all``: both thresholds unreachable (every buffer's qkv / proj on cuBLAS, dead rows
 computed); ``auto-triton-uniform``: ``auto`` with ``forward.UNIFORM_SDPA`` off (stages without unused rows
 attended by the Triton kernel instead of SDPA); ``auto-uniform-sdpa-all``: ``auto`` with
-``forward.UNIFORM_SDPA_MIN_ROWS`` 0 (every such stage on SDPA, whatever its size). Usage:
+``forward.UNIFORM_SDPA_MIN_ROWS`` 0 (every such stage on SDPA, whatever its size); ``auto-rational-gelu``:
+``auto`` with the fc1 GELU epilogue before 2026-12-01 (``0.5 x (1 + erf(x / sqrt 2))``, see
+``benchmarks/gelu_epilogue_ab.py``). Usage:
 ``PYTHONPATH=src python benchmarks/live_rows_ab.py [--batches 1,8,64,256] [--settings 0,1] [--modes auto,off]
 [--out DIR]``.
 """
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import tempfile
 from pathlib import Path
 from unittest import mock
 
@@ -33,6 +36,7 @@ from raggedvit import sample_data
 from raggedvit.bench.timing import graph_replay_us
 from raggedvit.models import calibrate_thresholds, forward, live_rows
 from raggedvit.models.graph import capture
+from raggedvit.ops import linear as linear_op
 from raggedvit.runtime.device import environment
 
 SETTINGS = [("evit", dict(variant="adaptive")), ("threshold_l2", dict(variant="adaptive", calibrate=0.85)),
@@ -49,7 +53,8 @@ MODES = {"auto": ("auto", {}), "on": (True, {}), "off": (False, {}),
          "auto-cublas-full": ("auto", {(live_rows, "AUTO_MIN_ROWS_FULL"): NEVER}),
          "auto-cublas-all": ("auto", {(live_rows, "AUTO_MIN_ROWS_FULL"): NEVER, (live_rows, "AUTO_MIN_ROWS"): NEVER}),
          "auto-triton-uniform": ("auto", {(forward, "UNIFORM_SDPA"): False}),
-         "auto-uniform-sdpa-all": ("auto", {(forward, "UNIFORM_SDPA_MIN_ROWS"): 0})}
+         "auto-uniform-sdpa-all": ("auto", {(forward, "UNIFORM_SDPA_MIN_ROWS"): 0}),
+         "auto-rational-gelu": ("auto", {(linear_op, "launcher"): "rational"})}  # built in main()
 
 
 def kernels_per_replay(g, reps: int = 5) -> tuple[float, float]:
@@ -90,6 +95,9 @@ def main() -> None:
     args, dev, model, images = gpu_sample("1,8,64,256", 320, ap)
     settings = [SETTINGS[int(i)] for i in args.settings.split(",")]
     modes = {m: MODES[m] for m in args.modes.split(",")}
+    if "auto-rational-gelu" in modes:  # the previous GELU epilogue: a kernel variant built from the shipped source
+        from gelu_epilogue_ab import rational_launcher
+        modes["auto-rational-gelu"] = ("auto", {(linear_op, "launcher"): rational_launcher(Path(tempfile.mkdtemp()))})
     calib, images = images[:64].to(dev, torch.float16), images[64:].to(dev, torch.float16)
     rows = []
     for method, opts in settings:

@@ -178,9 +178,10 @@ def ragged_linear(
         programs = tiles
     if cfg.tma and dev >= 0:
         _ensure_allocator()
+    fast_math = dev >= 0 and not launcher.interpreted and torch.version.hip is None  # PTX in the GELU
     rest = (x.stride(0), weight.stride(0), r.stride(0), out.stride(0), N, K, bias is not None, gelu,
             residual is not None, x.dtype == torch.float32, launcher.interpreted and x.dtype == torch.bfloat16,
-            cfg.tma, cfg.block_m, cfg.block_n, cfg.block_k, 8)  # determined by the key
+            fast_math, cfg.tma, cfg.block_m, cfg.block_n, cfg.block_k, 8)  # determined by the key
     key = (x.dtype, dev, N, K, cfg, x.stride(0), r.stride(0), out.stride(0), bias is not None, gelu,
            residual is not None) if all(p % 16 == 0 for p in ptrs[:5]) and ptrs[5] % 4 == 0 else None
     launcher.launch(key, dev, (programs, 1, 1), ptrs, (M, programs),
