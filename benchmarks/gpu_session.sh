@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call of the 2026-11-30 session: GPU tests of the new parts, eval on the GPU, exactness (fp32, fp16).
-# Usage on the GPU machine: RAGGEDVIT_DATA=$PWD/.data OUT=... bash benchmarks/gpu_session.sh part1|part2|part3|probe|probe2|s4a|s4b|s4c|aoti1|aoti2|s5a|s5b|s6a|s6b|s6c|s6d|s6e|s7b|s7c|s8a|s8c|s8d|s8e|s9a|s9b|s9c|s9c2|s9d|s10a|s10b|s10ab|s10c|s10d|s10e|s10g|s11a|s11b|s11c|s11d|s11e|s11f|s12a|s12b|s12c..s12h|s13a|s13b|s13c|s13d
+# Usage on the GPU machine: RAGGEDVIT_DATA=$PWD/.data OUT=... bash benchmarks/gpu_session.sh part1|part2|part3|probe|probe2|s4a|s4b|s4c|aoti1|aoti2|s5a|s5b|s6a|s6b|s6c|s6d|s6e|s7b|s7c|s8a|s8c|s8d|s8e|s9a|s9b|s9c|s9c2|s9d|s10a|s10b|s10ab|s10c|s10d|s10e|s10g|s11a|s11b|s11c|s11d|s11e|s11f|s12a|s12b|s12c..s12h|s13a|s13b|s13c|s13d|s13e|s13f
 # part3 (next session, about 8 minutes): what the second 2026-11-30 session could not re-run for lack of device
 # time: the AOTInductor package on the GPU after the lifted-constants fix, torch.compile of both layouts on the
 # GPU (tests/test_compile.py), and the live_rows policy A/B.
@@ -316,6 +316,27 @@ case "$1" in
       --methods evit,threshold_l2,ats --out "$OUT/f/b64" > "$OUT/f/frontier-b64.log" 2>&1
     grep -v "it/s\]" "$OUT/f/frontier-b64.log" | tail -n 10
     tar czf "$OUT/s13d.tgz" -C "$OUT" f && rm -rf "$OUT/f" ;;
+  s13e)  # thirteenth session, branch clsfused: the CLS attention kernel with the head mean and ATS's value norms in one launch
+    # (two launches fewer per ATS stage, one per EViT stage): GPU tests, A/B against the norms apart (same run;
+    # the head mean apart is the code of s13b's A/B), exactness fp32 and fp16
+    mkdir -p "$OUT/f"
+    timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_ops_cls_attention.py tests/test_ops_select.py \
+      tests/test_trained_weights.py tests/test_models_forward.py 2>&1 | tail -n 6 | tee "$OUT/f/gpu-tests-s13e.log"
+    timeout 150 python3 benchmarks/live_rows_ab.py --settings 2,6,3,5 --modes auto,auto-ats-norm-apart \
+      --out "$OUT/f/ab" 2>&1 | grep -v Warn | tee "$OUT/f/live-rows-ab-ats-norm.log" | grep "img/s" | cut -c1-100
+    for dt in float32 float16; do
+      timeout $(((570 - SECONDS) / 2)) python3 -m raggedvit bench exactness --sample-data --models $W \
+        --checkpoint .data/weights/$W.safetensors --num-images 436 --calib-images 64 --batch-size 128 --dtype $dt \
+        --out "$OUT/f" > "$OUT/f/exactness-$dt.log" 2>&1
+      grep -v "it/s\]" "$OUT/f/exactness-$dt.log" | tail -n 13 | cut -c1-200
+    done
+    tar czf "$OUT/s13e.tgz" -C "$OUT" f && rm -rf "$OUT/f" ;;
+  s13f)  # thirteenth session, branch clsfused: the new CLS attention op (head mean, ATS's value norms, one launch) against the one
+    # before (per-head programs + a mean kernel, norms apart) in one run, with its column split per SM 2 / 1 /
+    # none (one program per sequence)
+    timeout 280 python3 benchmarks/live_rows_ab.py --settings 2,6,3,0 \
+      --modes auto,auto-cls-before,auto-cls-1-per-sm,auto-cls-no-split --out "$OUT/ab" 2>&1 | grep -v Warn \
+      | tee "$OUT/live-rows-ab-cls.log" | grep "img/s" | cut -c1-120 ;;
   s12d)  # twelfth session, kind nvidia-h200-x2, after the uniform-SDPA (from 16,384 rows) and ToMe big-batch tile
     # changes: GPU tests of both, then the README table's columns (GPU 0: 256; GPU 1: 64 then 1), tarred
     mkdir -p "$OUT/f"
