@@ -119,7 +119,9 @@ def ragged_linear(
         bias: ``(N,)`` or None.
         live_rows: int32 tensor with one element on the device (e.g. ``cu_seqlens[-1:]``): the number of live
             rows (clamped to ``[0, M]``). Read by the kernel only; the host never waits for it.
-        gelu: apply the exact (erf) GELU, as ``nn.GELU()`` does.
+        gelu: apply the exact (erf) GELU, as ``nn.GELU()`` does (fp32: PyTorch's formula with ``erff``;
+            fp16 / bf16: an erf approximation with absolute error below 5e-7, see
+            :func:`raggedvit.kernels.linear._gelu`).
         residual: optional ``(M, N)`` tensor (last stride 1) added after the bias (not with ``gelu``).
         out: optional ``(M, N)`` output, last stride 1 (may be ``residual`` itself).
         check_lengths: validate ``live_rows`` on the device first (``ValueError`` outside ``[0, M]``; one host
