@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call of the 2026-11-30 session: GPU tests of the new parts, eval on the GPU, exactness (fp32, fp16).
-# Usage on the GPU machine: RAGGEDVIT_DATA=$PWD/.data OUT=... bash benchmarks/gpu_session.sh part1|part2|part3|probe|probe2|s4a|s4b|s4c|aoti1|aoti2|s5a|s5b|s6a|s6b|s6c|s6d|s6e|s7b|s7c|s8a|s8c|s8d|s8e|s9a|s9b|s9c|s9c2|s9d|s10a|s10b|s10ab|s10c|s10d|s10e|s10g|s11a|s11b|s11c|s11d|s11e|s11f|s12a|s12b|s12c..s12h|s13a|s13b|s13c|s13d|s13e|s13f
+# Usage on the GPU machine: RAGGEDVIT_DATA=$PWD/.data OUT=... bash benchmarks/gpu_session.sh part1|part2|part3|probe|probe2|s4a|s4b|s4c|aoti1|aoti2|s5a|s5b|s6a|s6b|s6c|s6d|s6e|s7b|s7c|s8a|s8c|s8d|s8e|s9a|s9b|s9c|s9c2|s9d|s10a|s10b|s10ab|s10c|s10d|s10e|s10g|s11a|s11b|s11c|s11d|s11e|s11f|s12a|s12b|s12c..s12h|s13a|s13b|s13c|s13d|s13e|s13f|s14a
 # part3 (next session, about 8 minutes): what the second 2026-11-30 session could not re-run for lack of device
 # time: the AOTInductor package on the GPU after the lifted-constants fix, torch.compile of both layouts on the
 # GPU (tests/test_compile.py), and the live_rows policy A/B.
@@ -279,6 +279,16 @@ case "$1" in
   s11f)  # eleventh session, last 300 s: the batch 256 column of the fixed-count methods after the compaction change
     timeout 240 python3 -m raggedvit bench frontier --quick --batches 256 --methods evit,ats --out "$OUT" 2>&1 \
       | grep -v "it/s\]" | tail -n 8 ;;
+  s14a)  # next session (not run yet): eval of both layouts with --passes 3 on one GPU (speed from passes 2-3,
+    # after compilation and capture), the e2e figures of the padded layout then comparable
+    mkdir -p "$OUT/f"
+    for L in packed padded; do
+      timeout 270 python3 -m raggedvit eval --data .data/imagenet-sample --checkpoint .data/weights/$W.safetensors \
+        --model vit_tiny_patch16_224 --method all --layout $L --batch-size 250 --workers 8 --passes 3 \
+        --json "$OUT/f/eval-gpu-$L.json" > "$OUT/f/eval-gpu-$L.log" 2>&1
+      grep -v "it/s\]" "$OUT/f/eval-gpu-$L.log" | tail -n 16
+    done
+    tar czf "$OUT/s14a.tgz" -C "$OUT" f && rm -rf "$OUT/f" ;;
   s13a)  # thirteenth session: fc1's GELU epilogue (rational A&S erf, libdevice erff, the folded A&S form with a
     # division or with rcp / ex2 asm, no GELU as the bound), per config
     timeout 300 python3 benchmarks/gelu_epilogue_ab.py --out "$OUT" 2>&1 | grep -v Warn \

@@ -52,6 +52,33 @@ def test_eval_imagenet_folder_json(tmp_path, capsys):
     assert evit["kept_min"][0] == evit["kept_max"][0] == 155
 
 
+@pytest.mark.timeout(180)
+def test_eval_passes_time_the_later_passes_and_count_the_first(tmp_path, capsys):
+    """``--passes 3``: accuracy and kept tokens from the first pass (the same as one pass), speed over the two
+    later passes (every image twice, no batch left out as a warm-up)."""
+    rng = np.random.default_rng(1)
+    _write_images(tmp_path / "data" / "n01440764", 3, rng)
+    runs = {}
+    for passes in (1, 3):
+        torch.manual_seed(0)  # the same random weights in both runs
+        out = tmp_path / f"res{passes}.json"
+        rc = main(["eval", "--data", str(tmp_path / "data"), *TINY, "--workers", "0", "--method", "evit",
+                   "--passes", str(passes), "--json", str(out)])
+        text = capsys.readouterr().out
+        assert rc == 0, text
+        runs[passes] = (text, json.loads(out.read_text()))
+    text, res = runs[3]
+    assert "over passes 2-3 of the data" in text and res["config"]["passes"] == 3
+    one = {r["pipeline"]: r for r in runs[1][1]["rows"]}
+    for r in res["rows"]:
+        assert r["images"] == 3 and r["timed_images"] == 6  # 3 images counted once, timed in passes 2 and 3
+        assert one[r["pipeline"]]["timed_images"] == 1  # one pass: the last batch (1 image) after the warm-up
+        for key in ("top1", "agreement", "kept_mean", "kept_min", "kept_max", "patches_kept_mean"):
+            assert r[key] == one[r["pipeline"]][key], key
+    assert main(["eval", "--data", str(tmp_path / "data"), *TINY, "--passes", "0"]) == 2
+    assert "--passes 0: must be at least 1" in capsys.readouterr().err
+
+
 def test_eval_flat_folder_agreement_only_and_unreadable(tmp_path, capsys):
     rng = np.random.default_rng(1)
     _write_images(tmp_path, 3, rng)

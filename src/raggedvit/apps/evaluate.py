@@ -21,7 +21,9 @@ timm's eval transform for the model on the GPU (:class:`~raggedvit.apps.images.T
 resize of the short side to ``size / crop_pct``, centre crop, the model's mean/std). ``--decode cpu`` (the
 default on the CPU) decodes with PIL and applies timm's own transform in the worker processes.
 
-Speed, two figures per pipeline (the first batch is a warm-up and is not timed when there is more than one):
+Speed, two figures per pipeline (the first batch is a warm-up and is not timed when there is more than one;
+with ``--passes N`` the data is read N times, the first pass is the warm-up and passes 2..N are timed: steady
+figures from a small folder, with compilation, capture and the loader's start-up all behind):
 
 * model: seconds inside the model calls only (input copy + replay, or the eager forward), synchronized before
   and after each call;
@@ -83,6 +85,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--decode", default="auto", choices=DECODES,
                         help="gpu: nvJPEG decoding + timm's eval transform on the GPU; cpu: PIL + timm's transform in "
                              "the loader workers; auto (default): gpu on CUDA when torchvision can, else cpu")
+    parser.add_argument("--passes", type=int, default=1, metavar="N",
+                        help="read the data N times: accuracy from the first pass, speed from passes 2..N (default "
+                             "1: speed from every batch but the first)")
     parser.add_argument("--json", metavar="OUT", help="also write the results as JSON")
 
 
@@ -148,6 +153,8 @@ def _check_args(args) -> None:
         raise UsageError(f"--batch-size {args.batch_size}: must be at least 1")
     if args.workers < 0:
         raise UsageError(f"--workers {args.workers}: must be 0 or more")
+    if args.passes < 1:
+        raise UsageError(f"--passes {args.passes}: must be at least 1")
     if args.json:
         parent = Path(args.json).resolve().parent
         if not parent.is_dir():
@@ -281,41 +288,42 @@ def _run(args) -> int:
     runners: list = []
     skipped: list[str] = []
     timed_from = 1 if len(images) > 1 else 0
-    bar = tqdm(total=len(index.paths), desc="eval", unit="img", dynamic_ncols=True)
+    bar = tqdm(total=len(index.paths) * args.passes, desc="eval", unit="img", dynamic_ncols=True)
     with torch.inference_mode():
-        t_data = time.perf_counter()
-        for step, (x, batch) in enumerate(images):
-            if batch.errors:
-                if not args.skip_unreadable:
-                    raise UsageError(f"cannot read image {batch.errors[0]}. Remove the file or pass "
-                                     "--skip-unreadable to skip such files")
-                skipped += batch.errors
-            bar.update(len(batch.labels) + len(batch.errors))
-            if x is None:
-                t_data = time.perf_counter()
-                continue
-            synchronize(device)
-            data_s = time.perf_counter() - t_data
-            if not runners:
-                runners = _build_runners(args, loaded, methods, tallies, attention, x, device, dtype, tqdm.write)
-            timed = step >= timed_from
-            dense_top1 = None
-            for tally, run in zip(tallies, runners):
-                if isinstance(run, BatchGraphs):
-                    before = run.capture_s
-                    run.prepare(x)  # a new batch size: capture outside the timed region
-                    tally.capture_seconds += run.capture_s - before
-                top1 = _step(tally, run, x, batch.labels, dense_top1, device, timed)
-                if timed:
-                    tally.data_seconds += data_s
-                dense_top1 = top1 if dense_top1 is None else dense_top1
-            bar.set_postfix_str(_speeds(tallies), refresh=False)
+        for p in range(args.passes):
             t_data = time.perf_counter()
+            for step, (x, batch) in enumerate(images):
+                if batch.errors and p == 0:
+                    if not args.skip_unreadable:
+                        raise UsageError(f"cannot read image {batch.errors[0]}. Remove the file or pass "
+                                         "--skip-unreadable to skip such files")
+                    skipped += batch.errors
+                bar.update(len(batch.labels) + len(batch.errors))
+                if x is None:
+                    t_data = time.perf_counter()
+                    continue
+                synchronize(device)
+                data_s = time.perf_counter() - t_data
+                if not runners:
+                    runners = _build_runners(args, loaded, methods, tallies, attention, x, device, dtype, tqdm.write)
+                timed = p >= 1 if args.passes > 1 else step >= timed_from
+                dense_top1 = None
+                for tally, run in zip(tallies, runners):
+                    if isinstance(run, BatchGraphs):
+                        before = run.capture_s
+                        run.prepare(x)  # a new batch size: capture outside the timed region
+                        tally.capture_seconds += run.capture_s - before
+                    top1 = _step(tally, run, x, batch.labels, dense_top1, device, timed, counted=p == 0)
+                    if timed:
+                        tally.data_seconds += data_s
+                    dense_top1 = top1 if dense_top1 is None else dense_top1
+                bar.set_postfix_str(_speeds(tallies), refresh=False)
+                t_data = time.perf_counter()
     bar.close()
     if tallies[0].images == 0:
         raise UsageError(f"--data {args.data}: none of the {len(index.paths)} image files could be read")
     rows = [t.row(labelled) for t in tallies]
-    _print_table(rows, labelled, timed_from, decode, args.workers)
+    _print_table(rows, labelled, timed_from, decode, args.workers, args.passes)
     if skipped:
         print(f"skipped {len(skipped)} unreadable file(s), e.g. {skipped[0]}")
     if args.json:
@@ -325,11 +333,13 @@ def _run(args) -> int:
                   "attention": attention, "device": str(device), "dtype": str(dtype).removeprefix("torch."),
                   "batch_size": args.batch_size, "workers": args.workers, "images": tallies[0].images,
                   "labelled": labelled, "skipped": len(skipped), "notes": index.notes + method_notes,
-                  "mode": args.mode, "dense": args.dense, "decode": decode, "data_seconds": data_s,
+                  "mode": args.mode, "dense": args.dense, "decode": decode, "passes": args.passes,
+                  "data_seconds": data_s,
                   "data_images_per_s": tallies[0].timed_images / data_s if data_s > 0 else None,
                   "timing": "images_per_s: model calls only (synchronized); images_per_s_e2e: model + loader wait, "
-                            "host->device transfer, decoding and transform; first batch untimed when more than one; "
-                            "graph capture excluded (capture_seconds)"}
+                            "host->device transfer, decoding and transform; first batch untimed when more than one "
+                            "(passes > 1: the first pass untimed, accuracy from it); graph capture excluded "
+                            "(capture_seconds)"}
         Path(args.json).write_text(json.dumps({"kind": "eval", "env": environment(device), "config": config,
                                                "rows": rows}, indent=2))
         print(f"wrote {args.json}")
@@ -369,7 +379,8 @@ def _build_runners(args, loaded, methods, tallies, attention, x, device, dtype, 
     return runners
 
 
-def _step(tally: Tally, fn, x, labels, dense_top1, device, timed: bool) -> torch.Tensor:
+def _step(tally: Tally, fn, x, labels, dense_top1, device, timed: bool, counted: bool = True) -> torch.Tensor:
+    """One model call on ``x``: timed (``timed``) and counted towards accuracy and kept tokens (``counted``)."""
     synchronize(device)
     t0 = time.perf_counter()
     logits = fn(x)
@@ -378,6 +389,8 @@ def _step(tally: Tally, fn, x, labels, dense_top1, device, timed: bool) -> torch
         tally.seconds += time.perf_counter() - t0
         tally.timed_images += x.shape[0]
     top1 = logits.float().argmax(-1).cpu()
+    if not counted:
+        return top1
     tally.images += x.shape[0]
     tally.correct += int((top1 == labels).sum())
     if dense_top1 is not None:
@@ -390,8 +403,10 @@ def _speeds(tallies: list[Tally]) -> str:
     return " ".join(f"{t.method} {t.timed_images / t.seconds:.0f}" for t in tallies[:4] if t.seconds > 0)
 
 
-def _print_table(rows: list[dict], labelled: bool, timed_from: int, decode: str = "cpu", workers: int = 0) -> None:
-    note = "after a 1-batch warm-up" if timed_from else "single batch, includes warm-up"
+def _print_table(rows: list[dict], labelled: bool, timed_from: int, decode: str = "cpu", workers: int = 0,
+                 passes: int = 1) -> None:
+    note = (f"over passes 2-{passes} of the data, after a warm-up pass" if passes > 1
+            else "after a 1-batch warm-up" if timed_from else "single batch, includes warm-up")
     dense, dense_e2e = rows[0]["images_per_s"], rows[0]["images_per_s_e2e"]
     print(f"\n{'pipeline':<22}{'mode':>9}{'top-1':>8}{'agree':>8}{'model img/s':>13}{'vs dense':>9}"
           f"{'e2e img/s':>11}{'vs dense':>9}  {'patches kept':>12}  kept tokens per stage (mean[min-max])")
