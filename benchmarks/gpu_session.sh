@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call of the 2026-11-30 session: GPU tests of the new parts, eval on the GPU, exactness (fp32, fp16).
-# Usage on the GPU machine: RAGGEDVIT_DATA=$PWD/.data OUT=... bash benchmarks/gpu_session.sh part1|part2|part3|probe|probe2|s4a|s4b|s4c|aoti1|aoti2|s5a|s5b|s6a|s6b|s6c|s6d|s6e|s7b|s7c|s8a|s8c|s8d|s8e|s9a|s9b|s9c|s9c2|s9d|s10a|s10b|s10ab|s10c|s10d|s10e|s10g|s11a|s11b|s11c|s11d|s11e|s11f|s12a|s12b|s12c..s12h|s13a|s13b|s13c|s13d|s13e|s13f|s14a
+# Usage on the GPU machine: RAGGEDVIT_DATA=$PWD/.data OUT=... bash benchmarks/gpu_session.sh part1|part2|part3|probe|probe2|s4a|s4b|s4c|aoti1|aoti2|s5a|s5b|s6a|s6b|s6c|s6d|s6e|s7b|s7c|s8a|s8c|s8d|s8e|s9a|s9b|s9c|s9c2|s9d|s10a|s10b|s10ab|s10c|s10d|s10e|s10g|s11a|s11b|s11c|s11d|s11e|s11f|s12a|s12b|s12c..s12h|s13a|s13b|s13c|s13d|s13e|s13f|s14a|s14b
 # part3 (next session, about 8 minutes): what the second 2026-11-30 session could not re-run for lack of device
 # time: the AOTInductor package on the GPU after the lifted-constants fix, torch.compile of both layouts on the
 # GPU (tests/test_compile.py), and the live_rows policy A/B.
@@ -289,6 +289,19 @@ case "$1" in
       grep -v "it/s\]" "$OUT/f/eval-gpu-$L.log" | tail -n 16
     done
     tar czf "$OUT/s14a.tgz" -C "$OUT" f && rm -rf "$OUT/f" ;;
+  s14b)  # next session, branch atsnorm (not run yet): main's per-head CLS kernel, then one kernel for the head mean
+    # and ATS's value norms (one launch fewer per ATS stage than main, the same count for EViT; clsfused's single
+    # kernel lost on EViT): GPU tests, the A/B against main's op in one run, exactness fp32
+    mkdir -p "$OUT/f"
+    timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_ops_cls_attention.py tests/test_ops_select.py \
+      tests/test_trained_weights.py tests/test_models_forward.py 2>&1 | tail -n 6 | tee "$OUT/f/gpu-tests-s14b.log"
+    timeout 240 python3 benchmarks/live_rows_ab.py --settings 2,6,3,0 --modes auto,auto-cls-before \
+      --out "$OUT/f/ab" 2>&1 | grep -v Warn | tee "$OUT/f/live-rows-ab-atsnorm.log" | grep "img/s" | cut -c1-120
+    timeout $((570 - SECONDS)) python3 -m raggedvit bench exactness --sample-data --models $W \
+      --checkpoint .data/weights/$W.safetensors --num-images 436 --calib-images 64 --batch-size 128 \
+      --dtype float32 --out "$OUT/f" > "$OUT/f/exactness-float32.log" 2>&1
+    grep -v "it/s\]" "$OUT/f/exactness-float32.log" | tail -n 13 | cut -c1-200
+    tar czf "$OUT/s14b.tgz" -C "$OUT" f && rm -rf "$OUT/f" ;;
   s13a)  # thirteenth session: fc1's GELU epilogue (rational A&S erf, libdevice erff, the folded A&S form with a
     # division or with rcp / ex2 asm, no GELU as the bound), per config
     timeout 300 python3 benchmarks/gelu_epilogue_ab.py --out "$OUT" 2>&1 | grep -v Warn \
