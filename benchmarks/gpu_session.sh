@@ -10,6 +10,12 @@ OUT=${OUT:-benchmarks/results}; mkdir -p "$OUT"
 W=vit_tiny_patch16_224.augreg_in21k_ft_in1k
 # one README table column: column BATCH SECONDS DIR (JSON / md / png under DIR/bBATCH, log DIR/frontier-bBATCH.log)
 column() { timeout "$2" python3 -m raggedvit bench frontier --quick --batches "$1" --out "$3/b$1" > "$3/frontier-b$1.log" 2>&1; }
+# exactness on the trained ViT-Tiny: exactness DTYPE SECONDS DIR (log DIR/exactness-DTYPE.log; prints its table)
+exactness() {
+  timeout "$2" python3 -m raggedvit bench exactness --sample-data --models $W --checkpoint .data/weights/$W.safetensors \
+    --num-images 436 --calib-images 64 --batch-size 128 --dtype "$1" --out "$3" > "$3/exactness-$1.log" 2>&1
+  grep -v "it/s\]" "$3/exactness-$1.log" | tail -n 13 | cut -c1-300
+}
 case "$1" in
   part1)
     timeout 230 python3 -m pytest -q -n 4 -p no:cacheprovider tests/test_pruning_tome.py tests/test_ops_attention.py \
@@ -297,10 +303,7 @@ case "$1" in
       tests/test_trained_weights.py tests/test_models_forward.py 2>&1 | tail -n 6 | tee "$OUT/f/gpu-tests-s14b.log"
     timeout 240 python3 benchmarks/live_rows_ab.py --settings 2,6,3,0 --modes auto,auto-cls-before \
       --out "$OUT/f/ab" 2>&1 | grep -v Warn | tee "$OUT/f/live-rows-ab-atsnorm.log" | grep "img/s" | cut -c1-120
-    timeout $((570 - SECONDS)) python3 -m raggedvit bench exactness --sample-data --models $W \
-      --checkpoint .data/weights/$W.safetensors --num-images 436 --calib-images 64 --batch-size 128 \
-      --dtype float32 --out "$OUT/f" > "$OUT/f/exactness-float32.log" 2>&1
-    grep -v "it/s\]" "$OUT/f/exactness-float32.log" | tail -n 13 | cut -c1-200
+    exactness float32 $((570 - SECONDS)) "$OUT/f"
     tar czf "$OUT/s14b.tgz" -C "$OUT" f && rm -rf "$OUT/f" ;;
   s13a)  # thirteenth session: fc1's GELU epilogue (rational A&S erf, libdevice erff, the folded A&S form with a
     # division or with rcp / ex2 asm, no GELU as the bound), per config
@@ -313,22 +316,14 @@ case "$1" in
       tests/test_models_forward.py tests/test_trained_weights.py 2>&1 | tail -n 8 | tee "$OUT/f/gpu-tests-s13b.log"
     timeout 240 python3 benchmarks/live_rows_ab.py --settings 3,0,1,2,5 --modes auto,auto-rational-gelu \
       --out "$OUT/f/ab" 2>&1 | grep -v Warn | tee "$OUT/f/live-rows-ab-gelu.log" | tail -n 40
-    timeout $((560 - SECONDS)) python3 -m raggedvit bench exactness --sample-data --models $W \
-      --checkpoint .data/weights/$W.safetensors --num-images 436 --calib-images 64 --batch-size 128 \
-      --dtype float32 --out "$OUT/f" > "$OUT/f/exactness-float32.log" 2>&1
-    grep -v "it/s\]" "$OUT/f/exactness-float32.log" | tail -n 14 | cut -c1-400
+    exactness float32 $((560 - SECONDS)) "$OUT/f"
     tar czf "$OUT/s13b.tgz" -C "$OUT" f && rm -rf "$OUT/f" ;;
   s13c)  # thirteenth session: fp32 GELU epilogue as PyTorch's (erff) after s13b's fp32 exactness lost ATS fixed
     # (435/436) and ToMe adaptive (435/436) with the folded form; GPU tests, exactness fp32 and fp16
     mkdir -p "$OUT/f"
     timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_ops_linear.py tests/test_models_live_rows.py \
       tests/test_trained_weights.py 2>&1 | tail -n 6 | tee "$OUT/f/gpu-tests-s13c.log"
-    for dt in float32 float16; do
-      timeout $(((560 - SECONDS) / 2)) python3 -m raggedvit bench exactness --sample-data --models $W \
-        --checkpoint .data/weights/$W.safetensors --num-images 436 --calib-images 64 --batch-size 128 --dtype $dt \
-        --out "$OUT/f" > "$OUT/f/exactness-$dt.log" 2>&1
-      grep -v "it/s\]" "$OUT/f/exactness-$dt.log" | tail -n 13 | cut -c1-330
-    done
+    for dt in float32 float16; do exactness $dt $(((560 - SECONDS) / 2)) "$OUT/f"; done
     tar czf "$OUT/s13c.tgz" -C "$OUT" f && rm -rf "$OUT/f" ;;
   s13d)  # thirteenth session, after s13c: the GELU test on the GPU (fp32 bit for bit F.gelu?), then the batch 64
     # column of the README table for the pruning methods (ToMe left out for time), to compare with -021509-b64
@@ -347,12 +342,7 @@ case "$1" in
       tests/test_trained_weights.py tests/test_models_forward.py 2>&1 | tail -n 6 | tee "$OUT/f/gpu-tests-s13e.log"
     timeout 150 python3 benchmarks/live_rows_ab.py --settings 2,6,3,5 --modes auto,auto-ats-norm-apart \
       --out "$OUT/f/ab" 2>&1 | grep -v Warn | tee "$OUT/f/live-rows-ab-ats-norm.log" | grep "img/s" | cut -c1-100
-    for dt in float32 float16; do
-      timeout $(((570 - SECONDS) / 2)) python3 -m raggedvit bench exactness --sample-data --models $W \
-        --checkpoint .data/weights/$W.safetensors --num-images 436 --calib-images 64 --batch-size 128 --dtype $dt \
-        --out "$OUT/f" > "$OUT/f/exactness-$dt.log" 2>&1
-      grep -v "it/s\]" "$OUT/f/exactness-$dt.log" | tail -n 13 | cut -c1-200
-    done
+    for dt in float32 float16; do exactness $dt $(((570 - SECONDS) / 2)) "$OUT/f"; done
     tar czf "$OUT/s13e.tgz" -C "$OUT" f && rm -rf "$OUT/f" ;;
   s13f)  # thirteenth session, branch clsfused: the new CLS attention op (head mean, ATS's value norms, one launch) against the one
     # before (per-head programs + a mean kernel, norms apart) in one run, with its column split per SM 2 / 1 /
