@@ -23,7 +23,8 @@ default on the CPU) decodes with PIL and applies timm's own transform in the wor
 
 Speed, two figures per pipeline (the first batch is a warm-up and is not timed when there is more than one;
 with ``--passes N`` the data is read N times, the first pass is the warm-up and passes 2..N are timed: steady
-figures from a small folder, with compilation, capture and the loader's start-up all behind):
+figures from a small folder, with compilation, capture and the loader workers' start-up behind; each pass
+still waits for its first batch, as at any epoch boundary):
 
 * model: seconds inside the model calls only (input copy + replay, or the eager forward), synchronized before
   and after each call;
@@ -219,7 +220,8 @@ class _Images:
         self.paths = index.paths
         self.loader = torch.utils.data.DataLoader(
             dataset, batch_size=args.batch_size, shuffle=False, num_workers=args.workers, collate_fn=collate,
-            pin_memory=device.type == "cuda" and decode == "cpu")
+            pin_memory=device.type == "cuda" and decode == "cpu",
+            persistent_workers=args.workers > 0 and args.passes > 1)  # later passes: no worker start-up
 
     def __len__(self) -> int:
         return len(self.loader)
