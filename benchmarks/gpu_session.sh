@@ -297,13 +297,14 @@ case "$1" in
     tar czf "$OUT/s14a.tgz" -C "$OUT" f && rm -rf "$OUT/f" ;;
   s14b)  # next session, branch atsnorm (not run yet): main's per-head CLS kernel, then one kernel for the head mean
     # and ATS's value norms (one launch fewer per ATS stage than main, the same count for EViT; clsfused's single
-    # kernel lost on EViT): GPU tests, the A/B against main's op in one run, exactness fp32
+    # kernel lost on EViT): GPU tests, the A/B against main's op in one run, exactness fp32 (and fp16 if time is left)
     mkdir -p "$OUT/f"
     timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_ops_cls_attention.py tests/test_ops_select.py \
       tests/test_trained_weights.py tests/test_models_forward.py 2>&1 | tail -n 6 | tee "$OUT/f/gpu-tests-s14b.log"
     timeout 240 python3 benchmarks/live_rows_ab.py --settings 2,6,3,0 --modes auto,auto-cls-before \
       --out "$OUT/f/ab" 2>&1 | grep -v Warn | tee "$OUT/f/live-rows-ab-atsnorm.log" | grep "img/s" | cut -c1-120
     exactness float32 $((570 - SECONDS)) "$OUT/f"
+    [ $SECONDS -lt 470 ] && exactness float16 $((580 - SECONDS)) "$OUT/f"
     tar czf "$OUT/s14b.tgz" -C "$OUT" f && rm -rf "$OUT/f" ;;
   s13a)  # thirteenth session: fc1's GELU epilogue (rational A&S erf, libdevice erff, the folded A&S form with a
     # division or with rcp / ex2 asm, no GELU as the bound), per config
