@@ -14,7 +14,10 @@ computed); ``auto-triton-uniform``: ``auto`` with ``forward.UNIFORM_SDPA`` off (
 attended by the Triton kernel instead of SDPA); ``auto-uniform-sdpa-all``: ``auto`` with
 ``forward.UNIFORM_SDPA_MIN_ROWS`` 0 (every such stage on SDPA, whatever its size); ``auto-rational-gelu``:
 ``auto`` with the fc1 GELU epilogue before 2026-12-01 (``0.5 x (1 + erf(x / sqrt 2))``, see
-``benchmarks/gelu_epilogue_ab.py``). Usage:
+``benchmarks/gelu_epilogue_ab.py``); ``auto-ats-norm-apart``: ``auto`` with ATS's value norms as on main (a
+norm kernel of their own, multiplied in by the selection kernel) instead of in the CLS op's head-mean
+kernel; ``auto-cls-before``: ``auto`` with the CLS attention op of main (one program per (sequence, head),
+then ``torch.mean`` over heads; ``benchmarks/cls_attention_before.py``) and the value norms apart. Usage:
 ``PYTHONPATH=src python benchmarks/live_rows_ab.py [--batches 1,8,64,256] [--settings 0,1] [--modes auto,off]
 [--out DIR]``.
 """
@@ -29,6 +32,7 @@ from pathlib import Path
 from unittest import mock
 
 import torch
+from cls_attention_before import cls_mean_before
 from torch.profiler import ProfilerActivity, profile
 
 import raggedvit
@@ -37,11 +41,17 @@ from raggedvit.bench.timing import graph_replay_us
 from raggedvit.models import calibrate_thresholds, forward, live_rows
 from raggedvit.models.graph import capture
 from raggedvit.ops import linear as linear_op
+from raggedvit.ops.select import ats_select, best_first_select
+from raggedvit.pruning import ATS
+from raggedvit.pruning.ragged import Selection
+from raggedvit.pruning.selection import fixed_count
+from raggedvit.pruning.stage import StageInput
+from raggedvit.pruning.threshold_l2 import l2_scores
 from raggedvit.runtime.device import environment
 
 SETTINGS = [("evit", dict(variant="adaptive")), ("threshold_l2", dict(variant="adaptive", calibrate=0.85)),
             ("ats", dict(variant="adaptive")), ("evit", dict(variant="fixed")), ("tome", dict(variant="fixed")),
-            ("none", {})]
+            ("none", {}), ("ats", dict(variant="fixed"))]
 NEVER = 1 << 62  # a row threshold no buffer reaches
 # mode: (the live_rows argument, the module switches it sets for its run; see the docstring)
 MODES = {"auto": ("auto", {}), "on": (True, {}), "off": (False, {}),
@@ -54,7 +64,27 @@ MODES = {"auto": ("auto", {}), "on": (True, {}), "off": (False, {}),
          "auto-cublas-all": ("auto", {(live_rows, "AUTO_MIN_ROWS_FULL"): NEVER, (live_rows, "AUTO_MIN_ROWS"): NEVER}),
          "auto-triton-uniform": ("auto", {(forward, "UNIFORM_SDPA"): False}),
          "auto-uniform-sdpa-all": ("auto", {(forward, "UNIFORM_SDPA_MIN_ROWS"): 0}),
-         "auto-rational-gelu": ("auto", {(linear_op, "launcher"): "rational"})}  # built in main()
+         "auto-rational-gelu": ("auto", {(linear_op, "launcher"): "rational"}),  # built in main()
+         "auto-ats-norm-apart": ("auto", {(ATS, "select"): None})}  # set below
+
+
+def _ats_select_norm_apart(self, inp):
+    """ATS's selection with the value norms in a kernel of their own (the code before 2026-12-01)."""
+    plan, y, meta, P = inp.plan, inp.x, inp.meta, inp.num_prefix
+    score = inp.cls_mean()
+    v = inp.qkv[2]
+    v_norm = l2_scores(v.reshape(v.shape[0], -1))
+    if self.fixed:
+        index, _, _ = best_first_select(score, y, meta.dense_rows, meta.lengths, P, plan.width_out, k=plan.keep,
+                                        row_weight=v_norm, ascending=True)
+        return Selection(index, fixed_count(meta.batch, plan.width_out, y.device), plan.width_out, True)
+    index, count = ats_select(score, v_norm, meta.dense_rows, meta.lengths, P, plan.width_out, self.num_samples)
+    return Selection(index, count, plan.width_out, False)
+
+
+MODES["auto-ats-norm-apart"] = ("auto", {(ATS, "select"): _ats_select_norm_apart})
+MODES["auto-cls-before"] = ("auto", {(ATS, "select"): _ats_select_norm_apart,
+                                     (StageInput, "cls_mean"): cls_mean_before})
 
 
 def kernels_per_replay(g, reps: int = 5) -> tuple[float, float]:

@@ -11,13 +11,15 @@ from conftest import DEVICE
 from helpers import assert_close_report, make_cu_seqlens
 
 
-def _loop_reference(q, k, lengths, width, scale):
+def _loop_reference(q, k, lengths, width, scale, v=None):
     out = torch.zeros(len(lengths), width, dtype=torch.float64)
     start = 0
     for b, n in enumerate(lengths):
         if n:
             s = torch.einsum("hd,nhd->nh", q[start].double().cpu(), k[start:start + n].double().cpu()) * scale
             out[b, :n] = torch.softmax(s, dim=0).mean(1)
+            if v is not None:
+                out[b, :n] *= v[start:start + n].double().cpu().flatten(1).norm(dim=1)
         start += n
     return out
 
@@ -37,6 +39,41 @@ def test_matches_fp64_loop(dtype, heads, head_dim):
                         "reference")
     torch.testing.assert_close(got.sum(1).cpu(), torch.tensor([1.0 if n else 0.0 for n in lengths]), rtol=0,
                                atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("heads,head_dim", [(3, 64), (12, 64), (2, 72), (1, 128), (4, 32)])
+def test_value_norms_multiply_each_column(dtype, heads, head_dim):
+    """``v``: every column times its key's value norm over all heads (ATS's significance); q, k, v as strided
+    views of one fused qkv tensor, lengths 0 / 1 / 577 / ragged; a sequence alone gives the same bits."""
+    lengths = [577, 1, 0, 70, 130]
+    qkv = torch.randn(sum(lengths) + 2, 3, heads, head_dim, device=DEVICE).to(dtype)
+    q, k, v = qkv.unbind(1)
+    cu = make_cu_seqlens(lengths, DEVICE)
+    width = 580
+    out = torch.full((len(lengths), width), float("nan"), device=DEVICE)
+    got = cls_attention_mean(q, k, cu[:-1], cu[1:], width, scale=head_dim**-0.5, v=v, out=out)
+    want = _loop_reference(q, k, lengths, width, head_dim**-0.5, v)
+    tol = 1e-5 * float(want.abs().max())
+    assert_close_report(got, want, tol, f"{dtype}")
+    ref = cls_attention_mean_reference(q, k, cu[:-1], cu[1:], width, scale=head_dim**-0.5, v=v)
+    assert_close_report(ref, want, tol, "reference")
+    plain = cls_attention_mean(q, k, cu[:-1], cu[1:], width, scale=head_dim**-0.5)  # the same probabilities
+    norms = torch.zeros(len(lengths), width, device=DEVICE)
+    for b, n in enumerate(lengths):
+        norms[b, :n] = torch.linalg.vector_norm(v[cu[b]:cu[b] + n].float().flatten(1), dim=1)
+    torch.testing.assert_close(got, plain * norms, rtol=2e-6, atol=0)
+    alone = cls_attention_mean(q, k, cu[:1], cu[1:2], width, scale=head_dim**-0.5, v=v)
+    assert torch.equal(alone, got[:1])
+
+
+def test_value_norms_bad_input():
+    q = torch.randn(6, 2, 16, device=DEVICE)
+    se = torch.tensor([0], dtype=torch.int32, device=DEVICE), torch.tensor([6], dtype=torch.int32, device=DEVICE)
+    with pytest.raises(ValueError, match="cls_attention_mean: q, k \\(and v\\) must be matching"):
+        cls_attention_mean(q, q, *se, 6, scale=1.0, v=q[:, :1])
+    with pytest.raises(TypeError, match="v must match q's dtype"):
+        cls_attention_mean(q, q, *se, 6, scale=1.0, v=q.double())
 
 
 def test_padded_rows_via_starts_and_ends():

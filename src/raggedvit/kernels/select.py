@@ -189,18 +189,19 @@ _BIG = tl.constexpr(1 << 62)  # int64 sentinel above every scaled CDF value and 
 
 @triton.jit(do_not_specialize=["L", "P", "R", "stride_s", "stride_dr", "Q"])
 def ats_rank_fwd(SCORE, WEIGHT, DENSE_ROWS, LENGTHS, QS, PS, L, P, R, stride_s, stride_dr, Q,
-                 BLOCK_I: tl.constexpr, BLOCK_L: tl.constexpr):
+                 HAS_WEIGHT: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_L: tl.constexpr):
     """Candidates in ascending significance order: ``QS[b, r]`` (int64) the integer significance and
     ``PS[b, r]`` (int32) the position of the candidate of rank ``r`` (ties: lower position first), for
     ``r < n`` (``n`` candidates; later ranks are not written). One (image, slice of BLOCK_I positions) program
     ranks its slice against all positions in one (BLOCK_I x BLOCK_L) fp32 tile, an int32 count per row.
 
-    Significance ``SCORE[b, l] * WEIGHT[row]`` (fp32), as an integer ``floor(s * 2 ** (Q - E))``,
-    ``2 ** (E - 1) <= max s < 2 ** E`` (exact steps: :func:`raggedvit.pruning.ats.fixed_point`). The integer is
-    a non-decreasing function of ``s``, so ``QS[b, :n]`` is non-decreasing (:func:`ats_sample_fwd` uses it)."""
+    Significance ``SCORE[b, l] * WEIGHT[row]`` (fp32; ``SCORE[b, l]`` without ``HAS_WEIGHT``), as an integer
+    ``floor(s * 2 ** (Q - E))``, ``2 ** (E - 1) <= max s < 2 ** E`` (exact steps:
+    :func:`raggedvit.pruning.ats.fixed_point`). The integer is a non-decreasing function of ``s``, so
+    ``QS[b, :n]`` is non-decreasing (:func:`ats_sample_fwd` uses it)."""
     b, ii, js, ci, cj = _slice(LENGTHS, L, P, BLOCK_I, BLOCK_L)
-    si = _scores(SCORE, WEIGHT, DENSE_ROWS, b, ii, ci, stride_s, stride_dr, R, False, True)
-    sj = _scores(SCORE, WEIGHT, DENSE_ROWS, b, js, cj, stride_s, stride_dr, R, False, True)
+    si = _scores(SCORE, WEIGHT, DENSE_ROWS, b, ii, ci, stride_s, stride_dr, R, False, HAS_WEIGHT)
+    sj = _scores(SCORE, WEIGHT, DENSE_ROWS, b, js, cj, stride_s, stride_dr, R, False, HAS_WEIGHT)
     lower = ((sj[None, :] < si[:, None]) | ((sj[None, :] == si[:, None]) & (js[None, :] < ii[:, None]))) & cj[None, :]
     rank = tl.sum(lower.to(tl.int32), axis=1)
     s_max = tl.max(tl.where(cj, sj, 0.0), axis=0)

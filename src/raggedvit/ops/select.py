@@ -231,7 +231,7 @@ def best_first_select(score: torch.Tensor, y: torch.Tensor, dense_rows: torch.Te
     return index, count, extra
 
 
-def ats_select(score: torch.Tensor, v_norm: torch.Tensor, dense_rows: torch.Tensor, lengths: torch.Tensor,
+def ats_select(score: torch.Tensor, v_norm: torch.Tensor | None, dense_rows: torch.Tensor, lengths: torch.Tensor,
                num_prefix: int, width: int, num_samples: int, *, check_lengths: bool = False
                ) -> tuple[torch.Tensor, torch.Tensor]:
     """ATS inverse-transform sampling (:func:`raggedvit.pruning.ats.select_sampling`) in two launches: the
@@ -240,7 +240,8 @@ def ats_select(score: torch.Tensor, v_norm: torch.Tensor, dense_rows: torch.Tens
 
     Args:
         score: ``(B, L)`` fp32 head-mean CLS attention (last stride 1); ``v_norm``: fp32 ``(rows,)`` value
-            norm per buffer row (contiguous): the significance is their product.
+            norm per buffer row (contiguous): the significance is their product; or None: ``score`` is the
+            significance (e.g. :func:`raggedvit.ops.cls_attention.cls_attention_mean` with ``v``).
         dense_rows: ``(B, L)`` int64 row of every position (last stride 1); ``lengths``: ``(B,)`` int64.
         num_prefix: prefix tokens ``P`` (kept first); ``width``: ``P + min(L - P, num_samples)``.
         num_samples: sample points ``M``.
@@ -259,16 +260,18 @@ def ats_select(score: torch.Tensor, v_norm: torch.Tensor, dense_rows: torch.Tens
     if dev < 0 and not ats_launchers[0].interpreted:
         raise ValueError("ats_select: CPU tensors need the Triton interpreter (TRITON_INTERPRET=1); use "
                          "raggedvit.pruning.ats")
-    if score.dtype != torch.float32 or v_norm.dtype != torch.float32 or score.stride(1) != 1 \
-            or not v_norm.is_contiguous() or dense_rows.stride(1) != 1 or dense_rows.dtype != torch.int64 \
+    weighted = v_norm is not None
+    if score.dtype != torch.float32 or (weighted and (v_norm.dtype != torch.float32 or not v_norm.is_contiguous())) \
+            or score.stride(1) != 1 or dense_rows.stride(1) != 1 or dense_rows.dtype != torch.int64 \
             or lengths.dtype != torch.int64 or not lengths.is_contiguous() or num_samples < 1:
         raise ValueError("ats_select: fp32 score (last stride 1) and v_norm, int64 dense_rows and lengths, "
                          "num_samples >= 1")
-    if v_norm.dim() != 1 or score.dim() != 2 or score.shape[0] != dense_rows.shape[0] \
+    if (weighted and v_norm.dim() != 1) or score.dim() != 2 or score.shape[0] != dense_rows.shape[0] \
             or score.shape[1] < dense_rows.shape[1]:
         raise ValueError(f"ats_select: need score (B, >= L) and v_norm (rows,) for dense_rows (B, L) = "
-                         f"{tuple(dense_rows.shape)}, got {tuple(score.shape)} and {tuple(v_norm.shape)}")
-    rows = v_norm.shape[0]
+                         f"{tuple(dense_rows.shape)}, got {tuple(score.shape)} and "
+                         f"{None if v_norm is None else tuple(v_norm.shape)}")
+    rows = v_norm.shape[0] if weighted else dense_rows.numel()  # without v_norm no row is read
     batch, L = _check_meta("ats_select", dense_rows, lengths, num_prefix, width, rows, check_lengths)
     bits = ats_cdf_bits(num_samples)
     if L > ATS_MAX_TOKENS or bits < 16:
@@ -287,8 +290,10 @@ def ats_select(score: torch.Tensor, v_norm: torch.Tensor, dense_rows: torch.Tens
     # the interpreter runs each program in Python: one program per image (the same integers, ~4x faster)
     block_i = block_l if ats_launchers[0].interpreted else max(1, min(64, _PAIRS // block_l))
     rank_k, sample_k = ats_launchers
-    _launch(rank_k, dev, (batch, -(-L // block_i)), (score, v_norm, dense_rows, lengths, qs, ps),
-            (L, num_prefix, rows, score.stride(0), dense_rows.stride(0), bits), (block_i, block_l), score.dtype)
+    weight = v_norm if weighted else score  # not read without v_norm
+    _launch(rank_k, dev, (batch, -(-L // block_i)), (score, weight, dense_rows, lengths, qs, ps),
+            (L, num_prefix, rows, score.stride(0), dense_rows.stride(0), bits), (weighted, block_i, block_l),
+            score.dtype)
     _launch(sample_k, dev, (batch, 1), (qs, ps, lengths, index, count), (L, width, num_prefix, num_samples),
             (block_l,), score.dtype)
     return index, count
@@ -336,8 +341,8 @@ def _(score, y, dense_rows, lengths, num_prefix, width, k, mass, threshold, fuse
 
 
 @torch.library.custom_op("raggedvit::ats_select", mutates_args=())
-def _ats_select_op(score: Tensor, v_norm: Tensor, dense_rows: Tensor, lengths: Tensor, num_prefix: int, width: int,
-                   num_samples: int) -> tuple[Tensor, Tensor]:
+def _ats_select_op(score: Tensor, v_norm: Tensor | None, dense_rows: Tensor, lengths: Tensor, num_prefix: int,
+                   width: int, num_samples: int) -> tuple[Tensor, Tensor]:
     return ats_select(score, v_norm, dense_rows, lengths, num_prefix, width, num_samples)
 
 

@@ -83,19 +83,16 @@ class ATS(Pruner):
 
     def select(self, inp: StageInput) -> Selection:
         plan, y, meta, P = inp.plan, inp.x, inp.meta, inp.num_prefix
-        # significance up to a positive per-image factor (the head mean; normalisation cancels in the CDF)
-        score = inp.cls_mean()
-        v = inp.qkv[2]
-        v_norm = l2_scores(v.reshape(v.shape[0], -1))
+        # significance up to a positive per-image factor (the head mean; normalisation cancels in the CDF): one
+        # op in both layouts, so both compute the same bits from the same rows
+        sig = inp.cls_mean(values=True)
         if inp.kernels:
             if self.fixed:
-                index, _, _ = best_first_select(score, y, meta.dense_rows, meta.lengths, P, plan.width_out,
-                                                k=plan.keep, row_weight=v_norm, ascending=True)
+                index, _, _ = best_first_select(sig, y, meta.dense_rows, meta.lengths, P, plan.width_out,
+                                                k=plan.keep, ascending=True)
                 return Selection(index, fixed_count(meta.batch, plan.width_out, y.device), plan.width_out, True)
-            index, count = ats_select(score, v_norm, meta.dense_rows, meta.lengths, P, plan.width_out,
-                                      self.num_samples)
+            index, count = ats_select(sig, None, meta.dense_rows, meta.lengths, P, plan.width_out, self.num_samples)
             return Selection(index, count, plan.width_out, False)
-        sig = score * dense_view(v_norm, meta)
         if self.fixed:
             return select_topk(sig, inp.valid, P, plan.keep)
         return select_sampling(sig, inp.valid, P, num_samples=self.num_samples)

@@ -113,8 +113,9 @@ class StageInput:
             return cached(key, lambda: candidates(meta.dense_valid, P))
         return candidates(meta.dense_valid, P)
 
-    def cls_mean(self) -> torch.Tensor:
-        """``(B, L)`` fp32 head-mean CLS attention row of every image (MID stages; one fused op on the GPU)."""
+    def cls_mean(self, values: bool = False) -> torch.Tensor:
+        """``(B, L)`` fp32 head-mean CLS attention row of every image (MID stages; one fused op on the GPU);
+        ``values``: times each token's value norm over all heads (ATS's significance up to a factor per image)."""
         q, k, _ = self.qkv
         meta = self.meta
         if meta.padded:
@@ -127,7 +128,8 @@ class StageInput:
                 ends = (starts + meta.lengths).int()
         else:
             starts, ends = meta.cu_seqlens[:-1], meta.cu_seqlens[1:]
-        return cls_attention_mean(q, k, starts, ends, meta.max_seqlen, scale=self.scale)
+        return cls_attention_mean(q, k, starts, ends, meta.max_seqlen, scale=self.scale,
+                                  v=self.qkv[2] if values else None)
 
 
 def uses_kernels(meta: RaggedMeta, t: torch.Tensor) -> bool:
