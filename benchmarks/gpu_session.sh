@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call of the 2026-11-30 session: GPU tests of the new parts, eval on the GPU, exactness (fp32, fp16).
-# Usage on the GPU machine: RAGGEDVIT_DATA=$PWD/.data OUT=... bash benchmarks/gpu_session.sh part1|part2|part3|probe|probe2|s4a|s4b|s4c|aoti1|aoti2|s5a|s5b|s6a|s6b|s6c|s6d|s6e|s7b|s7c|s8a|s8c|s8d|s8e|s9a|s9b|s9c|s9c2|s9d|s10a|s10b|s10ab|s10c|s10d|s10e|s10g|s11a|s11b|s11c|s11d|s11e|s11f|s12a|s12b|s12c..s12h|s13a|s13b|s13c|s13d|s13e|s13f|s14a|s14b|s14c|s14d|s14e
+# Usage on the GPU machine: RAGGEDVIT_DATA=$PWD/.data OUT=... bash benchmarks/gpu_session.sh part1|part2|part3|probe|probe2|s4a|s4b|s4c|aoti1|aoti2|s5a|s5b|s6a|s6b|s6c|s6d|s6e|s7b|s7c|s8a|s8c|s8d|s8e|s9a|s9b|s9c|s9c2|s9d|s10a|s10b|s10ab|s10c|s10d|s10e|s10g|s11a|s11b|s11c|s11d|s11e|s11f|s12a|s12b|s12c..s12h|s13a|s13b|s13c|s13d|s13e|s13f|s14a|s14b|s14c|s14d|s14e|s14f|s14g
 # part3 (next session, about 8 minutes): what the second 2026-11-30 session could not re-run for lack of device
 # time: the AOTInductor package on the GPU after the lifted-constants fix, torch.compile of both layouts on the
 # GPU (tests/test_compile.py), and the live_rows policy A/B.
@@ -294,8 +294,20 @@ case "$1" in
     for B in 64 1; do grep -v "it/s\]" "$OUT/f/frontier-b$B.log" | tail -n 13; done
     tar czf "$OUT/s14d.tgz" -C "$OUT" f && rm -rf "$OUT/f" ;;
   s14e)
-    mkdir -p "$OUT/f"; column 8 585 "$OUT/f"; grep -v "it/s\]" "$OUT/f/frontier-b8.log" | tail -n 13
+    mkdir -p "$OUT/f"; column 8 ${S14E:-585} "$OUT/f"; grep -v "it/s\]" "$OUT/f/frontier-b8.log" | tail -n 13
     tar czf "$OUT/s14e.tgz" -C "$OUT" f && rm -rf "$OUT/f" ;;
+  s14f)  # fourteenth session: the batch 1 column again (s14d's was cut by the call's limit; on the warm machine,
+    # with Inductor's cache from s14d, it took 69 s)
+    mkdir -p "$OUT/f"; column 1 285 "$OUT/f"; grep -v "it/s\]" "$OUT/f/frontier-b1.log" | tail -n 13
+    tar czf "$OUT/s14f.tgz" -C "$OUT" f && rm -rf "$OUT/f" ;;
+  s14g)  # fourteenth session, last device minutes: s14a's packed half (the padded half, s14h, was cut at 170 s
+    # while compiling)
+    mkdir -p "$OUT/f"
+    timeout 225 python3 -m raggedvit eval --data .data/imagenet-sample --checkpoint .data/weights/$W.safetensors \
+      --model vit_tiny_patch16_224 --method all --layout packed --batch-size 250 --workers 8 --passes 3 \
+      --json "$OUT/f/eval-gpu-packed.json" > "$OUT/f/eval-gpu-packed.log" 2>&1
+    grep -v "it/s\]" "$OUT/f/eval-gpu-packed.log" | tail -n 18
+    tar czf "$OUT/s14g.tgz" -C "$OUT" f && rm -rf "$OUT/f" ;;
   s14a)  # next session (not run yet): eval of both layouts with --passes 3 on one GPU (speed from passes 2-3,
     # after compilation and capture), the e2e figures of the padded layout then comparable
     mkdir -p "$OUT/f"
