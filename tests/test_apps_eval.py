@@ -63,7 +63,7 @@ def test_eval_passes_time_the_later_passes_and_count_the_first(tmp_path, capsys)
         torch.manual_seed(0)  # the same random weights in both runs
         out = tmp_path / f"res{passes}.json"
         rc = main(["eval", "--data", str(tmp_path / "data"), *TINY, "--workers", "1", "--method", "evit",
-                   "--passes", str(passes), "--json", str(out)])  # a worker process, kept for the later passes
+                   "--passes", str(passes), "--json", str(out)])  # a worker process reads ahead across passes
         text = capsys.readouterr().out
         assert rc == 0, text
         runs[passes] = (text, json.loads(out.read_text()))

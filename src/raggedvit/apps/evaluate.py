@@ -22,9 +22,9 @@ resize of the short side to ``size / crop_pct``, centre crop, the model's mean/s
 default on the CPU) decodes with PIL and applies timm's own transform in the worker processes.
 
 Speed, two figures per pipeline (the first batch is a warm-up and is not timed when there is more than one;
-with ``--passes N`` the data is read N times, the first pass is the warm-up and passes 2..N are timed: steady
-figures from a small folder, with compilation, capture and the loader workers' start-up behind; each pass
-still waits for its first batch, as at any epoch boundary):
+with ``--passes N`` the data is read N times as one stream, the first pass is the warm-up and passes 2..N are
+timed: steady figures from a small folder, with compilation, capture and the loader workers' start-up behind,
+and the workers reading ahead across the pass boundaries as they would in a larger folder):
 
 * model: seconds inside the model calls only (input copy + replay, or the eager forward), synchronized before
   and after each call;
@@ -218,17 +218,21 @@ class _Images:
         else:
             dataset, collate = ImageFiles(index.paths, index.labels, create_transform(**cfg)), collate_images
         self.paths = index.paths
+        n, size = len(index.paths), args.batch_size
+        self.batches = [list(range(i, min(i + size, n))) for i in range(0, n, size)]  # one pass, in order
+        # every pass's batches in one loader iteration: the workers read ahead across pass boundaries
         self.loader = torch.utils.data.DataLoader(
-            dataset, batch_size=args.batch_size, shuffle=False, num_workers=args.workers, collate_fn=collate,
-            pin_memory=device.type == "cuda" and decode == "cpu",
-            persistent_workers=args.workers > 0 and args.passes > 1)  # later passes: no worker start-up
+            dataset, batch_sampler=self.batches * args.passes, num_workers=args.workers, collate_fn=collate,
+            pin_memory=device.type == "cuda" and decode == "cpu")
 
     def __len__(self) -> int:
-        return len(self.loader)
+        """Batches per pass."""
+        return len(self.batches)
 
     def __iter__(self):
-        for batch in self.loader:
-            yield self._prepare(batch)
+        """``(pass, step within the pass, (images on device or None, batch))`` over every pass."""
+        for k, batch in enumerate(self.loader):
+            yield k // len(self.batches), k % len(self.batches), self._prepare(batch)
 
     def _prepare(self, batch):
         if self.decode == "cpu":
@@ -292,35 +296,34 @@ def _run(args) -> int:
     timed_from = 1 if len(images) > 1 else 0
     bar = tqdm(total=len(index.paths) * args.passes, desc="eval", unit="img", dynamic_ncols=True)
     with torch.inference_mode():
-        for p in range(args.passes):
-            t_data = time.perf_counter()
-            for step, (x, batch) in enumerate(images):
-                if batch.errors and p == 0:
-                    if not args.skip_unreadable:
-                        raise UsageError(f"cannot read image {batch.errors[0]}. Remove the file or pass "
-                                         "--skip-unreadable to skip such files")
-                    skipped += batch.errors
-                bar.update(len(batch.labels) + len(batch.errors))
-                if x is None:
-                    t_data = time.perf_counter()
-                    continue
-                synchronize(device)
-                data_s = time.perf_counter() - t_data
-                if not runners:
-                    runners = _build_runners(args, loaded, methods, tallies, attention, x, device, dtype, tqdm.write)
-                timed = p >= 1 if args.passes > 1 else step >= timed_from
-                dense_top1 = None
-                for tally, run in zip(tallies, runners):
-                    if isinstance(run, BatchGraphs):
-                        before = run.capture_s
-                        run.prepare(x)  # a new batch size: capture outside the timed region
-                        tally.capture_seconds += run.capture_s - before
-                    top1 = _step(tally, run, x, batch.labels, dense_top1, device, timed, counted=p == 0)
-                    if timed:
-                        tally.data_seconds += data_s
-                    dense_top1 = top1 if dense_top1 is None else dense_top1
-                bar.set_postfix_str(_speeds(tallies), refresh=False)
+        t_data = time.perf_counter()
+        for p, step, (x, batch) in images:
+            if batch.errors and p == 0:
+                if not args.skip_unreadable:
+                    raise UsageError(f"cannot read image {batch.errors[0]}. Remove the file or pass "
+                                     "--skip-unreadable to skip such files")
+                skipped += batch.errors
+            bar.update(len(batch.labels) + len(batch.errors))
+            if x is None:
                 t_data = time.perf_counter()
+                continue
+            synchronize(device)
+            data_s = time.perf_counter() - t_data
+            if not runners:
+                runners = _build_runners(args, loaded, methods, tallies, attention, x, device, dtype, tqdm.write)
+            timed = p >= 1 if args.passes > 1 else step >= timed_from
+            dense_top1 = None
+            for tally, run in zip(tallies, runners):
+                if isinstance(run, BatchGraphs):
+                    before = run.capture_s
+                    run.prepare(x)  # a new batch size: capture outside the timed region
+                    tally.capture_seconds += run.capture_s - before
+                top1 = _step(tally, run, x, batch.labels, dense_top1, device, timed, counted=p == 0)
+                if timed:
+                    tally.data_seconds += data_s
+                dense_top1 = top1 if dense_top1 is None else dense_top1
+            bar.set_postfix_str(_speeds(tallies), refresh=False)
+            t_data = time.perf_counter()
     bar.close()
     if tallies[0].images == 0:
         raise UsageError(f"--data {args.data}: none of the {len(index.paths)} image files could be read")
