@@ -318,7 +318,8 @@ case "$1" in
       grep -v "it/s\]" "$OUT/f/eval-gpu-$L.log" | tail -n 16
     done
     tar czf "$OUT/s14a.tgz" -C "$OUT" f && rm -rf "$OUT/f" ;;
-  s14b)  # next session, branch atsnorm (not run yet): main's per-head CLS kernel, then one kernel for the head mean
+  s14b)  # fourteenth session, branch atsnorm at 13a3744 (its benchmarks/cls_attention_before.py, removed after the
+    # merge, held the previous op): main's per-head CLS kernel, then one kernel for the head mean
     # and ATS's value norms (one launch fewer per ATS stage than main, the same count for EViT; clsfused's single
     # kernel lost on EViT): GPU tests, the A/B against main's op in one run, exactness fp32 (and fp16 if time is left)
     mkdir -p "$OUT/f"

@@ -14,10 +14,10 @@ computed); ``auto-triton-uniform``: ``auto`` with ``forward.UNIFORM_SDPA`` off (
 attended by the Triton kernel instead of SDPA); ``auto-uniform-sdpa-all``: ``auto`` with
 ``forward.UNIFORM_SDPA_MIN_ROWS`` 0 (every such stage on SDPA, whatever its size); ``auto-rational-gelu``:
 ``auto`` with the fc1 GELU epilogue before 2026-12-01 (``0.5 x (1 + erf(x / sqrt 2))``, see
-``benchmarks/gelu_epilogue_ab.py``); ``auto-ats-norm-apart``: ``auto`` with ATS's value norms as on main (a
-norm kernel of their own, multiplied in by the selection kernel) instead of in the CLS op's head-mean
-kernel; ``auto-cls-before``: ``auto`` with the CLS attention op of main (one program per (sequence, head),
-then ``torch.mean`` over heads; ``benchmarks/cls_attention_before.py``) and the value norms apart. Usage:
+``benchmarks/gelu_epilogue_ab.py``); ``auto-ats-norm-apart``: ``auto`` with ATS's value norms as before the
+merge of branch atsnorm (a norm kernel of their own, multiplied in by the selection kernel) instead of in the
+CLS op's head-mean kernel. (The A/B of that merge, ``auto-cls-before``, ran at commit 13a3744 with a copy of
+the previous CLS attention op, ``benchmarks/cls_attention_before.py``, removed since.) Usage:
 ``PYTHONPATH=src python benchmarks/live_rows_ab.py [--batches 1,8,64,256] [--settings 0,1] [--modes auto,off]
 [--out DIR]``.
 """
@@ -32,7 +32,6 @@ from pathlib import Path
 from unittest import mock
 
 import torch
-from cls_attention_before import cls_mean_before
 from torch.profiler import ProfilerActivity, profile
 
 import raggedvit
@@ -45,7 +44,6 @@ from raggedvit.ops.select import ats_select, best_first_select
 from raggedvit.pruning import ATS
 from raggedvit.pruning.ragged import Selection
 from raggedvit.pruning.selection import fixed_count
-from raggedvit.pruning.stage import StageInput
 from raggedvit.pruning.threshold_l2 import l2_scores
 from raggedvit.runtime.device import environment
 
@@ -83,8 +81,6 @@ def _ats_select_norm_apart(self, inp):
 
 
 MODES["auto-ats-norm-apart"] = ("auto", {(ATS, "select"): _ats_select_norm_apart})
-MODES["auto-cls-before"] = ("auto", {(ATS, "select"): _ats_select_norm_apart,
-                                     (StageInput, "cls_mean"): cls_mean_before})
 
 
 def kernels_per_replay(g, reps: int = 5) -> tuple[float, float]:
