@@ -6,6 +6,8 @@ each choice at every batch size in one run, so the policy rests on numbers from 
 ``auto-sep-add``: ``auto`` with ``RESIDUAL_IN_NORM`` off (cuBLAS buffers add the residual in a kernel of its own);
 ``auto-cublas-fc1``: with ``TRITON_GELU`` off (fc1 on cuBLAS, then a GELU kernel); ``auto-before``: both off;
 ``auto-fc2-triton``: ``auto`` with ``CUBLAS_NARROWING`` off (fc2 on the Triton GEMM where the others are);
+``auto-fc2-triton-ragged``: with ``CUBLAS_NARROWING_RAGGED`` off (the same on buffers with unused rows only,
+where cuBLAS computes the unused rows too);
 ``auto-slow-embed``: ``auto`` with ``forward.FAST_EMBED`` off (the patch matrix by reshape / permute, timm's
 ``_pos_embed``); ``auto-cublas-full``: ``auto`` with ``AUTO_MIN_ROWS_FULL`` unreachable (buffers without unused
 rows, fixed stages and before pruning, run qkv / proj on cuBLAS: no dead rows to skip there, the GEMM quality
@@ -57,6 +59,7 @@ MODES = {"auto": ("auto", {}), "on": (True, {}), "off": (False, {}),
          "auto-cublas-fc1": ("auto", {(live_rows, "TRITON_GELU"): False}),
          "auto-before": ("auto", {(live_rows, "RESIDUAL_IN_NORM"): False, (live_rows, "TRITON_GELU"): False}),
          "auto-fc2-triton": ("auto", {(live_rows, "CUBLAS_NARROWING"): False}),
+         "auto-fc2-triton-ragged": ("auto", {(live_rows, "CUBLAS_NARROWING_RAGGED"): False}),
          "auto-slow-embed": ("auto", {(forward, "FAST_EMBED"): False}),
          "auto-cublas-full": ("auto", {(live_rows, "AUTO_MIN_ROWS_FULL"): NEVER}),
          "auto-cublas-all": ("auto", {(live_rows, "AUTO_MIN_ROWS_FULL"): NEVER, (live_rows, "AUTO_MIN_ROWS"): NEVER}),

@@ -27,7 +27,8 @@ from raggedvit.models import calibrate_thresholds
 
 SETTINGS = [("none", {}), ("evit", dict(variant="fixed", keep_rate=0.8)), ("ats", dict(variant="fixed", keep_rate=0.9)),
             ("ats", dict(variant="adaptive")), ("evit", dict(variant="adaptive", mass=0.9)),
-            ("threshold_l2", dict(variant="adaptive", calibrate=0.85)), ("tome", dict(variant="fixed", r=4))]
+            ("threshold_l2", dict(variant="adaptive", calibrate=0.85)), ("tome", dict(variant="fixed", r=4)),
+            ("evit", dict(variant="fixed")), ("evit", dict(variant="adaptive"))]  # 7, 8: EViT's defaults
 FAMILIES = [("merge", r"tome|merge|match"), ("attention", r"attn|attention|fmha|flash"),
             ("gemm", r"gemm|sm90|cutlass|linear|matmul|nvjet|cublas|addmm|bmm|_mm_|_mm$"),
             ("layernorm", r"layer_norm|layernorm"), ("select", r"select|sample|ats|cdf|topk|sort|cls"),

@@ -66,11 +66,12 @@ def test_live_rows_options_are_checked():
         raggedvit.prune(model, "ats", live_rows=1, stages=(1, 2))
 
 
-@pytest.mark.parametrize("narrowing", [True, False])
-def test_auto_picks_stages_by_buffer_rows(narrowing, monkeypatch):
+@pytest.mark.parametrize("narrowing,ragged", [(True, True), (False, True), (True, False)])
+def test_auto_picks_stages_by_buffer_rows(narrowing, ragged, monkeypatch):
     """``live_rows="auto"`` runs the LayerNorm kernel on every buffer, and the GEMM kernels on buffers of
     >= AUTO_MIN_ROWS rows with unused rows and of >= AUTO_MIN_ROWS_FULL rows without (cuBLAS otherwise), fc2
-    on cuBLAS everywhere under CUBLAS_NARROWING; the results equal timm's modules either way."""
+    on cuBLAS under CUBLAS_NARROWING (on buffers with unused rows only with CUBLAS_NARROWING_RAGGED too); the
+    results equal timm's modules either way."""
     from raggedvit.models import live_rows, pruned
     from raggedvit.ops.layernorm import launcher as ln_launcher
     from raggedvit.ops.linear import launcher as gemm_launcher
@@ -86,8 +87,12 @@ def test_auto_picks_stages_by_buffer_rows(narrowing, monkeypatch):
     with torch.no_grad():
         want = full(x)
         monkeypatch.setattr(live_rows, "CUBLAS_NARROWING", narrowing)
-        per_block = 3 if narrowing else 4  # qkv, proj, fc1 (+ fc2) per block on a Triton-GEMM buffer
-        for min_rows, min_full, gemms in [(10**6, 10**6, 0), (1, 10**6, 3 * per_block), (1, 1, 4 * per_block)]:
+        monkeypatch.setattr(live_rows, "CUBLAS_NARROWING_RAGGED", ragged)
+        # qkv, proj, fc1 (+ fc2) per block on a Triton-GEMM buffer: block 0 has no unused rows, blocks 1-3 do
+        full_block = 3 if narrowing else 4
+        ragged_block = 3 if narrowing and ragged else 4
+        for min_rows, min_full, gemms in [(10**6, 10**6, 0), (1, 10**6, 3 * ragged_block),
+                                          (1, 1, 3 * ragged_block + full_block)]:
             monkeypatch.setattr(live_rows, "AUTO_MIN_ROWS", min_rows)
             monkeypatch.setattr(live_rows, "AUTO_MIN_ROWS_FULL", min_full)
             monkeypatch.setattr(live_rows, "TRITON_GELU", False)  # fc1 on cuBLAS too (see test_triton_gelu)

@@ -11,7 +11,7 @@ from ..ops.linear import ragged_linear
 from ..pruning.ragged import RaggedMeta
 
 __all__ = ["LiveRows", "fusable_mlp", "live_rows_unsupported", "live_rows_for", "AUTO_MIN_ROWS", "AUTO_MIN_ROWS_FULL",
-           "RESIDUAL_IN_NORM", "TRITON_GELU", "CUBLAS_NARROWING"]
+           "RESIDUAL_IN_NORM", "TRITON_GELU", "CUBLAS_NARROWING", "CUBLAS_NARROWING_RAGGED"]
 
 
 class LiveRows:
@@ -31,16 +31,17 @@ class LiveRows:
     (``TRITON_GELU``). Rows past the live count then hold unspecified values (as every cuBLAS output row
     there does)."""
 
-    __slots__ = ("live", "gemm")
+    __slots__ = ("live", "gemm", "narrow_cublas")
 
-    def __init__(self, live: torch.Tensor, gemm: bool = True) -> None:
+    def __init__(self, live: torch.Tensor, gemm: bool = True, narrow_cublas: bool | None = None) -> None:
         self.live = live
         self.gemm = gemm
+        self.narrow_cublas = CUBLAS_NARROWING if narrow_cublas is None else narrow_cublas
 
     def triton(self, mod: torch.nn.Linear) -> bool:
         """Whether ``mod`` runs as the Triton GEMM on this buffer: with ``gemm``, except narrowing layers
-        (more inputs than outputs: fc2) under ``CUBLAS_NARROWING``."""
-        return self.gemm and not (CUBLAS_NARROWING and mod.in_features > mod.out_features)
+        (more inputs than outputs: fc2) when ``narrow_cublas`` (``CUBLAS_NARROWING``)."""
+        return self.gemm and not (self.narrow_cublas and mod.in_features > mod.out_features)
 
     def norm(self, mod: torch.nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
         return ragged_layer_norm(x, mod.weight, mod.bias, self.live, eps=mod.eps)
@@ -104,6 +105,10 @@ TRITON_GELU = True  # cuBLAS buffers: fc1 + GELU still as one Triton kernel (no 
 # 138.8 / 44.9 us for both on Triton at 256 / 64 x 197 rows, all live (mlp-sweep-nvidia-h200-20261130-211420;
 # measured at this width only)
 CUBLAS_NARROWING = True
+# ... also on buffers with unused rows (adaptive stages), where cuBLAS computes every row of the buffer and the
+# Triton GEMM only the live ones (False: the Triton GEMM there; A/B: benchmarks/live_rows_ab.py
+# auto-fc2-triton-ragged)
+CUBLAS_NARROWING_RAGGED = True
 
 AUTO_MIN_ROWS = 1024  # live_rows="auto": buffers with unused rows (adaptive stages) from this many rows
 # ... and buffers without (fixed stages, before pruning); None: never. There the Triton GEMMs skip nothing, and
@@ -118,11 +123,13 @@ def live_rows_for(mode: bool | str, meta: RaggedMeta) -> LiveRows | None:
     ``"auto"``: the LayerNorm kernel always, the Triton GEMMs for qkv / proj on buffers with unused rows from
     ``AUTO_MIN_ROWS`` rows (they skip the unused rows; cuBLAS wins on small buffers) and on buffers without
     from ``AUTO_MIN_ROWS_FULL`` (default never: cuBLAS was faster there); fc1 + GELU as one Triton kernel on
-    every buffer (``TRITON_GELU``), fc2 on cuBLAS (``CUBLAS_NARROWING``)."""
+    every buffer (``TRITON_GELU``), fc2 on cuBLAS (``CUBLAS_NARROWING``; on buffers with unused rows only
+    under ``CUBLAS_NARROWING_RAGGED`` too)."""
     if mode is True:
         return LiveRows(meta.cu_seqlens[-1:])
     if mode == "auto":
         least = AUTO_MIN_ROWS_FULL if meta.uniform else AUTO_MIN_ROWS
         gemm = least is not None and meta.capacity >= least
-        return LiveRows(meta.cu_seqlens[-1:], gemm=gemm)
+        narrow = CUBLAS_NARROWING and (meta.uniform or CUBLAS_NARROWING_RAGGED)
+        return LiveRows(meta.cu_seqlens[-1:], gemm=gemm, narrow_cublas=narrow)
     return None
