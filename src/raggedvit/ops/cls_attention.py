@@ -103,7 +103,7 @@ def cls_attention_mean(q: torch.Tensor, k: torch.Tensor, starts: torch.Tensor, e
     constant = (q.stride(0), q.stride(1), k.stride(0), k.stride(1), per_head.stride(0), per_head.stride(1),
                 float(scale) * _LOG2E, head_dim, block_d, block_n)
     ptrs = (q.data_ptr(), k.data_ptr(), starts.data_ptr(), ends.data_ptr(), per_head.data_ptr())
-    key = (q.dtype, dev, constant) if not (ptrs[0] | ptrs[1] | ptrs[4]) & 15 and not (ptrs[2] | ptrs[3]) & 3 else None
+    key = _launch_key(q.dtype, dev, constant, ptrs)
     launcher.launch(key, dev, (batch, heads, 1), ptrs, (out_width, rows),
                     lambda: (q, k, starts, ends, per_head, out_width, rows, *constant), num_warps=4)
     block_h = 1 << (heads - 1).bit_length()
@@ -111,10 +111,16 @@ def cls_attention_mean(q: torch.Tensor, k: torch.Tensor, starts: torch.Tensor, e
     vt = k if v is None else v
     constant = (out.stride(0), vt.stride(0), vt.stride(1), heads, head_dim, block_h, block_d, block_n, v is not None)
     ptrs = (per_head.data_ptr(), vt.data_ptr(), starts.data_ptr(), ends.data_ptr(), out.data_ptr())
-    key = (q.dtype, dev, constant) if not (ptrs[0] | ptrs[1] | ptrs[4]) & 15 and not (ptrs[2] | ptrs[3]) & 3 else None
+    key = _launch_key(q.dtype, dev, constant, ptrs)
     mean_launcher.launch(key, dev, (batch, -(-out_width // block_n), 1), ptrs, (out_width, rows),
                          lambda: (per_head, vt, starts, ends, out, out_width, rows, *constant), num_warps=4)
     return out
+
+
+def _launch_key(dtype: torch.dtype, dev: int, constant: tuple, ptrs: tuple[int, ...]) -> tuple | None:
+    """Both kernels' launch key: ``ptrs`` is (tensor, tensor, starts, ends, out); None (never cached) unless the
+    tensors are 16-byte and the int32 ranges 4-byte aligned (what Triton specializes on)."""
+    return (dtype, dev, constant) if not (ptrs[0] | ptrs[1] | ptrs[4]) & 15 and not (ptrs[2] | ptrs[3]) & 3 else None
 
 
 @torch.library.custom_op("raggedvit::cls_attention_mean", mutates_args=())
