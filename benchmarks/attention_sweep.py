@@ -1,6 +1,7 @@
 """Launch-configuration sweep of ``ragged_attention`` on the GPU (fp16): tile sizes, warps and pipeline
 stages for a head dim, on packed batches whose lengths are those of pruned ViT stages (ViT-Tiny: 3 heads of
-64; DeiT-S: 6 heads of 64), next to cuDNN/flash SDPA on the dense batch at the longest length.
+64; DeiT-S: 6 heads of 64), next to cuDNN/flash SDPA on the dense batch at the longest length and torch's
+FlashAttention-2 varlen kernel on the same packed batch (``fa2_varlen``).
 
 ``raggedvit.ops.attention._config`` picks one configuration per (dtype, head dim), never per length; the
 ``default`` row is its choice. Times are CUDA-graph replays (``triton.testing.do_bench_cudagraph``). Usage:
@@ -18,6 +19,7 @@ from linear_sweep import report, save
 from triton.testing import do_bench_cudagraph
 
 from raggedvit.ops import attention as A
+from raggedvit.ops.backends import get_backend
 
 CANDIDATES = [(64, 64, 4, 2), (64, 64, 4, 3), (64, 32, 4, 2), (128, 64, 8, 2), (128, 64, 4, 2), (128, 32, 8, 2),
               (64, 128, 4, 2), (64, 128, 8, 2), (32, 64, 4, 2), (128, 128, 8, 2), (64, 64, 8, 2), (64, 64, 4, 1)]
@@ -69,6 +71,11 @@ def main() -> None:
                 sdpa_us, _ = time_call(lambda: F.scaled_dot_product_attention(*dense))  # noqa: B023
                 rows.append({"heads": h, "batch": b, "lengths": label, "config": f"sdpa dense at {mx}",
                              "us": sdpa_us})
+                fa2, fa2_us = get_backend("fa2_varlen"), float("nan")
+                if fa2.unavailable_reason(dev) is None:
+                    fa2_us, _ = time_call(lambda: fa2(q, k, v, cu, mx))  # noqa: B023
+                    rows.append({"heads": h, "batch": b, "lengths": label, "config": "fa2_varlen (torch's FA2)",
+                                 "us": fa2_us, "tflops": flop / fa2_us / 1e6})
                 for cfg in [None] + CANDIDATES:
                     set_config(dt, d, cfg)
                     try:
@@ -83,8 +90,10 @@ def main() -> None:
                                      "error": f"{type(e).__name__}: {str(e)[:200]}"})
                     finally:
                         set_config(dt, d, None)
-                mine = [r for r in rows if r["heads"] == h and r["batch"] == b and r["lengths"] == label]
+                mine = [r for r in rows if r["heads"] == h and r["batch"] == b and r["lengths"] == label
+                        and not r["config"].startswith("fa2")]
                 report(t0, f"H={h} b{b} {label:15s}", mine, "sdpa", "sdpa dense", sdpa_us, "err_vs_default")
+                print(f"        fa2_varlen on the packed batch {fa2_us:7.1f} us", flush=True)
     save(args, dev, rows, "attention-sweep")
 
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call of the 2026-11-30 session: GPU tests of the new parts, eval on the GPU, exactness (fp32, fp16).
-# Usage on the GPU machine: RAGGEDVIT_DATA=$PWD/.data OUT=... bash benchmarks/gpu_session.sh part1|part2|part3|probe|probe2|s4a|s4b|s4c|aoti1|aoti2|s5a|s5b|s6a|s6b|s6c|s6d|s6e|s7b|s7c|s8a|s8c|s8d|s8e|s9a|s9b|s9c|s9c2|s9d|s10a|s10b|s10ab|s10c|s10d|s10e|s10g|s11a|s11b|s11c|s11d|s11e|s11f|s12a|s12b|s12c..s12h|s13a|s13b|s13c|s13d|s13e|s13f|s14a|s14b|s14c|s14d|s14e|s14f|s14g|s15b
+# Usage on the GPU machine: RAGGEDVIT_DATA=$PWD/.data OUT=... bash benchmarks/gpu_session.sh part1|part2|part3|probe|probe2|s4a|s4b|s4c|aoti1|aoti2|s5a|s5b|s6a|s6b|s6c|s6d|s6e|s7b|s7c|s8a|s8c|s8d|s8e|s9a|s9b|s9c|s9c2|s9d|s10a|s10b|s10ab|s10c|s10d|s10e|s10g|s11a|s11b|s11c|s11d|s11e|s11f|s12a|s12b|s12c..s12h|s13a|s13b|s13c|s13d|s13e|s13f|s14a|s14b|s14c|s14d|s14e|s14f|s14g|s15b|s15c
 # part3 (next session, about 8 minutes): what the second 2026-11-30 session could not re-run for lack of device
 # time: the AOTInductor package on the GPU after the lifted-constants fix, torch.compile of both layouts on the
 # GPU (tests/test_compile.py), and the live_rows policy A/B.
@@ -285,7 +285,7 @@ case "$1" in
   s11f)  # eleventh session, last 300 s: the batch 256 column of the fixed-count methods after the compaction change
     timeout 240 python3 -m raggedvit bench frontier --quick --batches 256 --methods evit,ats --out "$OUT" 2>&1 \
       | grep -v "it/s\]" | tail -n 8 ;;
-  s15b)  # next session (not run yet; main or branch tomesplit): where the adaptive tax goes. EViT adaptive (mass
+  s15b)  # fifteenth session (ran 06:09 on main): where the adaptive tax goes. EViT adaptive (mass
     # 0.92) keeps about as many tokens as EViT fixed (0.78) but ran 10.6 % slower at batch 256 (2,698 / 2,440 us,
     # live-rows-ab-gelu-...-0327): kernel families of both at 64 / 256, then fc2 on the Triton GEMM on buffers
     # with unused rows only (cuBLAS computes their unused rows too) against auto, for the adaptive defaults
@@ -297,6 +297,16 @@ case "$1" in
       --modes auto,auto-fc2-triton-ragged --out "$OUT/f/ab" 2>&1 | grep -v Warn \
       | tee "$OUT/f/live-rows-ab-fc2-ragged.log" | grep "img/s" | cut -c1-120
     tar czf "$OUT/s15b.tgz" -C "$OUT" f && rm -rf "$OUT/f" ;;
+  s15c)  # fifteenth session: the attention part of the adaptive tax. Our Triton kernel on ragged stages against
+    # torch's FlashAttention-2 varlen kernel: per call (attention_sweep, ViT-Tiny's 3 heads) and in the whole
+    # packed graph of the adaptive defaults (live_rows_ab mode auto-fa2-ragged)
+    mkdir -p "$OUT/f"
+    timeout 150 python3 benchmarks/attention_sweep.py --heads 3 --batches 8,64,256 --out "$OUT/f" 2>&1 \
+      | tee "$OUT/f/attention-sweep-fa2.log" | grep -v "^wrote"
+    timeout 300 python3 benchmarks/live_rows_ab.py --settings 0,1,2 --batches 1,8,64,256 \
+      --modes auto,auto-fa2-ragged --out "$OUT/f/ab" 2>&1 | grep -v Warn \
+      | tee "$OUT/f/live-rows-ab-fa2-ragged.log" | grep "img/s" | cut -c1-120
+    tar czf "$OUT/s15c.tgz" -C "$OUT" f && rm -rf "$OUT/f" ;;
   s14c)  # fourteenth session, after merging atsnorm: the README table's columns on the current code, one GPU, one
     # column per call where it needs most of a call (s14c: 256; s14d: 64 then 1; s14e: 8)
     mkdir -p "$OUT/f"; column 256 585 "$OUT/f"; grep -v "it/s\]" "$OUT/f/frontier-b256.log" | tail -n 13
@@ -320,7 +330,7 @@ case "$1" in
       --json "$OUT/f/eval-gpu-packed.json" > "$OUT/f/eval-gpu-packed.log" 2>&1
     grep -v "it/s\]" "$OUT/f/eval-gpu-packed.log" | tail -n 18
     tar czf "$OUT/s14g.tgz" -C "$OUT" f && rm -rf "$OUT/f" ;;
-  s14a)  # next session (not run yet): eval of both layouts with --passes 3 on one GPU (speed from passes 2-3,
+  s14a)  # fifteenth session (ran 06:14): eval of both layouts with --passes 3 on one GPU (speed from passes 2-3,
     # after compilation and capture), the e2e figures of the padded layout then comparable
     mkdir -p "$OUT/f"
     for L in packed padded; do

@@ -18,8 +18,10 @@ attended by the Triton kernel instead of SDPA); ``auto-uniform-sdpa-all``: ``aut
 ``auto`` with the fc1 GELU epilogue before 2026-12-01 (``0.5 x (1 + erf(x / sqrt 2))``, see
 ``benchmarks/gelu_epilogue_ab.py``); ``auto-ats-norm-apart``: ``auto`` with ATS's value norms as before the
 merge of branch atsnorm (a norm kernel of their own, multiplied in by the selection kernel) instead of in the
-CLS op's head-mean kernel. (The A/B of that merge, ``auto-cls-before``, ran at commit 13a3744 with a copy of
-the previous CLS attention op, ``benchmarks/cls_attention_before.py``, removed since.) Usage:
+CLS op's head-mean kernel; ``auto-fa2-ragged``: ``auto`` with the stages that have unused rows attended by
+torch's FlashAttention-2 varlen kernel (``fa2_varlen`` backend) instead of the Triton kernel. (The A/B of
+the atsnorm merge, ``auto-cls-before``, ran at commit 13a3744 with a copy of the previous CLS attention op,
+``benchmarks/cls_attention_before.py``, removed since.) Usage:
 ``PYTHONPATH=src python benchmarks/live_rows_ab.py [--batches 1,8,64,256] [--settings 0,1] [--modes auto,off]
 [--out DIR]``.
 """
@@ -40,8 +42,10 @@ import raggedvit
 from raggedvit import sample_data
 from raggedvit.bench.timing import graph_replay_us
 from raggedvit.models import calibrate_thresholds, forward, live_rows
+from raggedvit.models import pruned as pruned_module
 from raggedvit.models.graph import capture
 from raggedvit.ops import linear as linear_op
+from raggedvit.ops.backends import get_backend
 from raggedvit.ops.select import ats_select, best_first_select
 from raggedvit.pruning import ATS
 from raggedvit.pruning.ragged import Selection
@@ -84,6 +88,20 @@ def _ats_select_norm_apart(self, inp):
 
 
 MODES["auto-ats-norm-apart"] = ("auto", {(ATS, "select"): _ats_select_norm_apart})
+
+
+def _attend_fa2_ragged(backend):
+    """``forward.attend_packed`` with the stages that have unused rows on the ``fa2_varlen`` backend."""
+    inner, fa2 = forward.attend_packed(backend), get_backend("fa2_varlen")
+
+    def attend(q, k, v, meta, scale, bias=None):
+        if bias is None and not meta.uniform:
+            return fa2(q, k, v, meta.cu_seqlens, meta.max_seqlen, scale=scale)
+        return inner(q, k, v, meta, scale) if bias is None else inner(q, k, v, meta, scale, bias)
+    return attend
+
+
+MODES["auto-fa2-ragged"] = ("auto", {(pruned_module, "attend_packed"): _attend_fa2_ragged})
 
 
 def kernels_per_replay(g, reps: int = 5) -> tuple[float, float]:
