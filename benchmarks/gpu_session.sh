@@ -297,7 +297,7 @@ case "$1" in
       --modes auto,auto-fc2-triton-ragged --out "$OUT/f/ab" 2>&1 | grep -v Warn \
       | tee "$OUT/f/live-rows-ab-fc2-ragged.log" | grep "img/s" | cut -c1-120
     tar czf "$OUT/s15b.tgz" -C "$OUT" f && rm -rf "$OUT/f" ;;
-  s15c)  # fifteenth session: the attention part of the adaptive tax. Our Triton kernel on ragged stages against
+  s15c)  # fifteenth session (ran 06:20): the attention part of the adaptive tax. Our Triton kernel on ragged stages against
     # torch's FlashAttention-2 varlen kernel: per call (attention_sweep, ViT-Tiny's 3 heads) and in the whole
     # packed graph of the adaptive defaults (live_rows_ab mode auto-fa2-ragged)
     mkdir -p "$OUT/f"
