@@ -106,7 +106,8 @@ TRITON_GELU = True  # cuBLAS buffers: fc1 + GELU still as one Triton kernel (no 
 # measured at this width only)
 CUBLAS_NARROWING = True
 # ... also on buffers with unused rows (adaptive stages), where cuBLAS computes every row of the buffer and the
-# Triton GEMM only the live ones (False: the Triton GEMM there; A/B: benchmarks/live_rows_ab.py
+# Triton GEMM only the live ones (False: the Triton GEMM there, 0.7-3.9 % slower per forward for the adaptive
+# defaults at batch 8-256 on an H200: live-rows-ab-fc2-ragged-nvidia-h200-20261201-0609; live_rows_ab.py
 # auto-fc2-triton-ragged)
 CUBLAS_NARROWING_RAGGED = True
 
