@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call of the 2026-11-30 session: GPU tests of the new parts, eval on the GPU, exactness (fp32, fp16).
-# Usage on the GPU machine: RAGGEDVIT_DATA=$PWD/.data OUT=... bash benchmarks/gpu_session.sh part1|part2|part3|probe|probe2|s4a|s4b|s4c|aoti1|aoti2|s5a|s5b|s6a|s6b|s6c|s6d|s6e|s7b|s7c|s8a|s8c|s8d|s8e|s9a|s9b|s9c|s9c2|s9d|s10a|s10b|s10ab|s10c|s10d|s10e|s10g|s11a|s11b|s11c|s11d|s11e|s11f|s12a|s12b|s12c..s12h|s13a|s13b|s13c|s13d|s13e|s13f|s14a|s14b|s14c|s14d|s14e|s14f|s14g|s15b|s15c
+# Usage on the GPU machine: RAGGEDVIT_DATA=$PWD/.data OUT=... bash benchmarks/gpu_session.sh part1|part2|part3|probe|probe2|s4a|s4b|s4c|aoti1|aoti2|s5a|s5b|s6a|s6b|s6c|s6d|s6e|s7b|s7c|s8a|s8c|s8d|s8e|s9a|s9b|s9c|s9c2|s9d|s10a|s10b|s10ab|s10c|s10d|s10e|s10g|s11a|s11b|s11c|s11d|s11e|s11f|s12a|s12b|s12c..s12h|s13a|s13b|s13c|s13d|s13e|s13f|s14a|s14b|s14c|s14d|s14e|s14f|s14g|s15b|s15c|s15d
 # part3 (next session, about 8 minutes): what the second 2026-11-30 session could not re-run for lack of device
 # time: the AOTInductor package on the GPU after the lifted-constants fix, torch.compile of both layouts on the
 # GPU (tests/test_compile.py), and the live_rows policy A/B.
@@ -297,6 +297,19 @@ case "$1" in
       --modes auto,auto-fc2-triton-ragged --out "$OUT/f/ab" 2>&1 | grep -v Warn \
       | tee "$OUT/f/live-rows-ab-fc2-ragged.log" | grep "img/s" | cut -c1-120
     tar czf "$OUT/s15b.tgz" -C "$OUT" f && rm -rf "$OUT/f" ;;
+  s15d)  # fifteenth session: ToMe's merge kernels split into one program per chunk of B columns (matching) and of
+    # channels (merge) below ops.tome.SPLIT_BELOW_BATCH: GPU tests, the whole forward against the unsplit kernels
+    # (auto-tome-whole) and split at every batch (auto-tome-split-all), exactness fp32, the kernel sweep
+    mkdir -p "$OUT/f"
+    timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_ops_tome.py tests/test_pruning_tome.py \
+      tests/test_trained_weights.py 2>&1 | tail -n 4 | tee "$OUT/f/gpu-tests-tomesplit.log"
+    timeout 200 python3 benchmarks/live_rows_ab.py --settings 4,7 --batches 1,8,64,256 \
+      --modes auto,auto-tome-whole,auto-tome-split-all --out "$OUT/f/ab" 2>&1 | grep -v Warn \
+      | tee "$OUT/f/live-rows-ab-tomesplit.log" | grep "img/s" | cut -c1-120
+    exactness float32 70 "$OUT/f"
+    timeout $((590 - SECONDS)) python3 benchmarks/tome_kernels_sweep.py --batches 1,8,64 --precisions tf32x3 \
+      --out "$OUT/f" > "$OUT/f/tome-kernels-sweep.log" 2>&1; grep -v "^ *skipped" "$OUT/f/tome-kernels-sweep.log" | tail -n 40
+    tar czf "$OUT/s15d.tgz" -C "$OUT" f && rm -rf "$OUT/f" ;;
   s15c)  # fifteenth session (ran 06:20): the attention part of the adaptive tax. Our Triton kernel on ragged stages against
     # torch's FlashAttention-2 varlen kernel: per call (attention_sweep, ViT-Tiny's 3 heads) and in the whole
     # packed graph of the adaptive defaults (live_rows_ab mode auto-fa2-ragged)

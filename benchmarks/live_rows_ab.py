@@ -19,7 +19,10 @@ attended by the Triton kernel instead of SDPA); ``auto-uniform-sdpa-all``: ``aut
 ``benchmarks/gelu_epilogue_ab.py``); ``auto-ats-norm-apart``: ``auto`` with ATS's value norms as before the
 merge of branch atsnorm (a norm kernel of their own, multiplied in by the selection kernel) instead of in the
 CLS op's head-mean kernel; ``auto-fa2-ragged``: ``auto`` with the stages that have unused rows attended by
-torch's FlashAttention-2 varlen kernel (``fa2_varlen`` backend) instead of the Triton kernel. (The A/B of
+torch's FlashAttention-2 varlen kernel (``fa2_varlen`` backend) instead of the Triton kernel;
+``auto-tome-whole`` / ``auto-tome-split-all``: ToMe's merge kernels with one program walking every B column
+and channel chunk at every batch size / split into one program per chunk at every batch size (``auto``: split
+below ``ops.tome.SPLIT_BELOW_BATCH``). (The A/B of
 the atsnorm merge, ``auto-cls-before``, ran at commit 13a3744 with a copy of the previous CLS attention op,
 ``benchmarks/cls_attention_before.py``, removed since.) Usage:
 ``PYTHONPATH=src python benchmarks/live_rows_ab.py [--batches 1,8,64,256] [--settings 0,1] [--modes auto,off]
@@ -45,6 +48,7 @@ from raggedvit.models import calibrate_thresholds, forward, live_rows
 from raggedvit.models import pruned as pruned_module
 from raggedvit.models.graph import capture
 from raggedvit.ops import linear as linear_op
+from raggedvit.ops import tome as tome_op
 from raggedvit.ops.backends import get_backend
 from raggedvit.ops.select import ats_select, best_first_select
 from raggedvit.pruning import ATS
@@ -55,7 +59,7 @@ from raggedvit.runtime.device import environment
 
 SETTINGS = [("evit", dict(variant="adaptive")), ("threshold_l2", dict(variant="adaptive", calibrate=0.85)),
             ("ats", dict(variant="adaptive")), ("evit", dict(variant="fixed")), ("tome", dict(variant="fixed")),
-            ("none", {}), ("ats", dict(variant="fixed"))]
+            ("none", {}), ("ats", dict(variant="fixed")), ("tome", dict(variant="adaptive"))]
 NEVER = 1 << 62  # a row threshold no buffer reaches
 # mode: (the live_rows argument, the module switches it sets for its run; see the docstring)
 MODES = {"auto": ("auto", {}), "on": (True, {}), "off": (False, {}),
@@ -70,7 +74,9 @@ MODES = {"auto": ("auto", {}), "on": (True, {}), "off": (False, {}),
          "auto-triton-uniform": ("auto", {(forward, "UNIFORM_SDPA"): False}),
          "auto-uniform-sdpa-all": ("auto", {(forward, "UNIFORM_SDPA_MIN_ROWS"): 0}),
          "auto-rational-gelu": ("auto", {(linear_op, "launcher"): "rational"}),  # built in main()
-         "auto-ats-norm-apart": ("auto", {(ATS, "select"): None})}  # set below
+         "auto-ats-norm-apart": ("auto", {(ATS, "select"): None}),  # set below
+         "auto-tome-whole": ("auto", {(tome_op, "SPLIT_BELOW_BATCH"): 0}),
+         "auto-tome-split-all": ("auto", {(tome_op, "SPLIT_BELOW_BATCH"): NEVER})}
 
 
 def _ats_select_norm_apart(self, inp):

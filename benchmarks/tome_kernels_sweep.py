@@ -6,8 +6,10 @@ Why: in ``profile-forward-tome-nvidia-h200-20261130.log`` the matching kernel ta
 (846 of 2,423 us per forward) for about 1.2 MFLOP per image. Variants: tile sizes and warps, the dot's
 ``input_precision`` (``ieee``, ``tf32``, ``tf32x3``: the match kernel ships ``tf32x3`` since this sweep's first
 run), and ``nonorm`` (the B rows' normalisation removed from the inner loop: what hoisting it would save).
-Variants are the shipped source with those edits, written to a temporary module. Also the whole ``tome_merge``
-and the torch reference ``bipartite_merge``.
+Variants are the shipped source with those edits, written to a temporary module; each at both schedules
+(``split``: one program per chunk of B columns / of channels, as ``ops.tome`` launches below
+``SPLIT_BELOW_BATCH``; else one program walks them all). Also the whole ``tome_merge`` and the torch reference
+``bipartite_merge``.
 Usage: ``PYTHONPATH=src python benchmarks/tome_kernels_sweep.py [--batches 1,64,256] [--precisions ieee,tf32,tf32x3]
 [--out DIR]``.
 """
@@ -35,11 +37,12 @@ from raggedvit.runtime.device import environment
 def shipped_config(batch: int) -> dict:
     """ops.tome's configuration at ``batch`` (metric width <= 64), in the sweep's row keys."""
     t = ops_tome._BIG if batch >= ops_tome._BIG_BATCH else ops_tome._SMALL
+    split = batch < ops_tome.SPLIT_BELOW_BATCH
     return {"match": dict(precision="tf32x3", nonorm=False, block_m=t["block_m"], block_j=ops_tome._BLOCK_J,
-                          warps=t["match_warps"]),
+                          warps=t["match_warps"], split=split),
             "decide": dict(warps=4),
             "apply": dict(precision="ieee", block_p=t["block_p"], block_i=t["block_i"], block_c=64,
-                          warps=t["apply_warps"])}
+                          warps=t["apply_warps"], split=split)}
 
 
 NORM_LINE = "        mb = mb / tl.sqrt(tl.sum(mb * mb, axis=1))[:, None]\n"
@@ -78,8 +81,9 @@ def sweep_shape(B: int, L: int, mods: dict, rows: list, dev: torch.device, gen: 
     x = torch.randn(B, L, C, device=dev, generator=gen, dtype=torch.float16)
     LA = (L + 1) // 2
     lda = max(16, 1 << (LA - 1).bit_length())
-    node_max = torch.empty(B, lda, device=dev)
-    best_j = torch.empty(B, lda, device=dev, dtype=torch.int32)
+    LB = L // 2
+    node_max = torch.empty(B, -(-LB // 16), lda, device=dev)  # room for the most slots (16 columns each)
+    best_j = torch.empty(B, -(-LB // 16), lda, device=dev, dtype=torch.int32)
     dst = torch.empty(B, lda, device=dev, dtype=torch.int32)
     index = torch.empty(B, L, device=dev, dtype=torch.int64)
     count = torch.empty(B, device=dev, dtype=torch.int64)
@@ -93,41 +97,48 @@ def sweep_shape(B: int, L: int, mods: dict, rows: list, dev: torch.device, gen: 
     print(f"B={B} L={L}: tome_merge {t_whole:.1f} us, bipartite_merge {t_ref:.1f} us", flush=True)
     # the shipped outputs, for agreement
     tome_merge(metric, x, None, None, P, r=r)
-    shipped.tome_match_fwd[(B, triton.cdiv(LA, 16))](metric, count, node_max, best_j, L, P, metric.stride(0),
-                                                     metric.stride(1), D, False, lda, 16, 64, 32, num_warps=4)
-    ref_max, ref_j = node_max.clone(), best_j.clone()
+    whole_span = 32 * -(-LB // 32)
+    shipped.tome_match_fwd[(B, triton.cdiv(LA, 16), 1)](metric, count, node_max, best_j, L, P, metric.stride(0),
+                                                        metric.stride(1), whole_span, D, False, lda, 16, 64, 32,
+                                                        num_warps=4)
+    ref_max, ref_j = node_max[:, 0].clone(), best_j[:, 0].clone()
     for (prec, nonorm), mod in mods.items():
-        for bm, bj, w in itertools.product((16, 32, 64, 128), (32, 64, 128), (4, 8)):
+        for bm, bj, w, split in itertools.product((16, 32, 64, 128), (32, 64, 128), (4, 8), (False, True)):
             if bm * bj > 128 * 64 and prec == "ieee":
                 continue
+            slots = -(-LB // bj) if split else 1
             node_max.fill_(float("nan"))
 
-            def run(mod=mod, bm=bm, bj=bj, w=w):
-                mod.tome_match_fwd[(B, triton.cdiv(LA, bm))](metric, count, node_max, best_j, L, P,
-                                                             metric.stride(0), metric.stride(1), D, False, lda,
-                                                             bm, 64, bj, num_warps=w)
+            def run(mod=mod, bm=bm, bj=bj, w=w, slots=slots, split=split):
+                mod.tome_match_fwd[(B, triton.cdiv(LA, bm), slots)](
+                    metric, count, node_max, best_j, L, P, metric.stride(0), metric.stride(1),
+                    bj if split else bj * -(-LB // bj), D, False, lda, bm, 64, bj, num_warps=w)
             t = us(run)
             if t is None:
                 continue
-            same_j = (best_j[:, :LA] == ref_j[:, :LA]).float().mean().item()
-            err = (node_max[:, :LA] - ref_max[:, :LA]).abs().nan_to_num(0).max().item()
+            got_max = node_max[:, :slots, :LA].max(1).values
+            pick = node_max[:, :slots, :LA].argmax(1, keepdim=True)  # the first slot holding the max
+            got_j = best_j[:, :slots, :LA].gather(1, pick)[:, 0]
+            same_j = (got_j == ref_j[:, :LA]).float().mean().item()
+            err = (got_max - ref_max[:, :LA]).abs().nan_to_num(0).max().item()
             rows.append(dict(**shape, kernel="match", precision=prec, nonorm=nonorm, block_m=bm, block_j=bj,
-                             warps=w, us=t, same_best_j=same_j, max_err=err))
+                             warps=w, split=split, us=t, same_best_j=same_j, max_err=err))
     for w in (1, 2, 4, 8):
         def run(w=w):
-            shipped.tome_decide_fwd[(B,)](count, ref_max, ref_j, dst, index, count, L, P, r, r, 0, 0.0, False,
+            shipped.tome_decide_fwd[(B,)](count, ref_max, ref_j, dst, index, count, L, P, r, r, 0, 0.0, 1, False,
                                           False, lda, 32, num_warps=w)
         rows.append(dict(**shape, kernel="decide", warps=w, us=us(run)))
     for (prec, nonorm), mod in mods.items():
         if nonorm:
             continue
-        for bp, bi, bc, w in itertools.product((8, 16, 32), (16, 32, 64), (64,), (2, 4)):
-            def run(mod=mod, bp=bp, bi=bi, bc=bc, w=w):
-                mod.tome_apply_fwd[(B, triton.cdiv(LA, bp))](x, x, dst, values, new_size, L, x.stride(0),
-                                                             x.stride(1), 0, values.stride(0), values.stride(1),
-                                                             C, False, lda, bp, bi, bc, num_warps=w)
+        for bp, bi, bc, w, split in itertools.product((8, 16, 32), (16, 32, 64), (64,), (2, 4), (False, True)):
+            def run(mod=mod, bp=bp, bi=bi, bc=bc, w=w, split=split):
+                span = bc if split else bc * -(-C // bc)
+                mod.tome_apply_fwd[(B, triton.cdiv(LA, bp), -(-C // span))](
+                    x, x, dst, values, new_size, L, x.stride(0), x.stride(1), 0, values.stride(0),
+                    values.stride(1), span, C, False, lda, bp, bi, bc, num_warps=w)
             rows.append(dict(**shape, kernel="apply", precision=prec, block_p=bp, block_i=bi, block_c=bc,
-                             warps=w, us=us(run)))
+                             warps=w, split=split, us=us(run)))
     for k in ("match", "decide", "apply"):
         got = [x_ for x_ in rows if x_["kernel"] == k and x_.get("batch") == B and x_.get("L") == L
                and x_["us"] is not None]

@@ -13,6 +13,16 @@ from conftest import DEVICE
 from helpers import assert_close_report
 
 
+@pytest.fixture(params=["split", "whole"])
+def schedule(request, monkeypatch):
+    """Both launch schedules: ``split`` (below ``SPLIT_BELOW_BATCH``: one program per chunk of B columns in the
+    matching and per chunk of channels in the merge) and ``whole`` (one program walks them all)."""
+    from raggedvit.ops import tome as ops_tome
+
+    monkeypatch.setattr(ops_tome, "SPLIT_BELOW_BATCH", 1 << 30 if request.param == "split" else 0)
+    return request.param
+
+
 def _poison_padding(t, lengths):
     """A copy of ``t`` (B, L, ...) with NaN in every row past its image's length (what a CUDA-graph pool or a
     packed buffer's unused rows may hold)."""
@@ -44,7 +54,7 @@ def _compare(metric, x, size, lengths, P, **rule):
 @pytest.mark.parametrize("L,P,r,lengths", [(17, 1, 4, None), (17, 1, 4, [17, 9, 1]), (20, 2, 3, [20, 11, 0]),
                                            (16, 0, 8, None), (2, 0, 1, None)])
 @pytest.mark.parametrize("sizes", [False, True])
-def test_fixed_matches_the_reference(dtype, L, P, r, lengths, sizes):
+def test_fixed_matches_the_reference(dtype, L, P, r, lengths, sizes, schedule):
     B = 3 if lengths is not None else 2
     metric = torch.randn(B, L, 16, device=DEVICE)
     x = torch.randn(B, L, 24, device=DEVICE).to(dtype)
@@ -63,28 +73,30 @@ def test_adaptive_matches_the_reference(threshold, r_min, lengths):
 
 
 @pytest.mark.parametrize("rule", [dict(r=8), dict(r=16, threshold=0.5, r_min=1)])
-def test_ties_follow_the_reference(rule):
-    """Duplicated, quantised keys: equal similarities everywhere (lowest B column, then lower A position)."""
+@pytest.mark.parametrize("L", [33, 161])
+def test_ties_follow_the_reference(rule, L, schedule):
+    """Duplicated, quantised keys: equal similarities everywhere (lowest B column, then lower A position); at
+    L = 161 the tied columns lie in different chunks of the split matching (80 B columns: 3 chunks)."""
     gen = torch.Generator().manual_seed(1)
     # four +-1 entries out of 8: norm 2, so the normalised keys and every product are exact in any summation
     # order (cuBLAS and the kernel agree on the ties too)
     signs = torch.randint(0, 2, (3, 4, 8), generator=gen).float() * 2 - 1
     keep = torch.rand(3, 4, 8, generator=gen).argsort(-1) < 4
     base = signs * keep
-    metric = base[:, torch.randint(0, 4, (33,), generator=gen)].to(DEVICE)
-    _compare(metric, torch.randn(3, 33, 16, device=DEVICE), None, torch.tensor([33, 20, 7], device=DEVICE), 1,
+    metric = base[:, torch.randint(0, 4, (L,), generator=gen)].to(DEVICE)
+    _compare(metric, torch.randn(3, L, 16, device=DEVICE), None, torch.tensor([L, 20, 7], device=DEVICE), 1,
              **rule)
 
 
 @pytest.mark.parametrize("D,C", [(128, 200), (256, 72)])
-def test_wide_metric_and_tokens(D, C):
+def test_wide_metric_and_tokens(D, C, schedule):
     """Metric widths past 64 (the narrower column chunks) and token widths that end inside a chunk."""
     metric = torch.randn(3, 50, D, device=DEVICE)
     x = torch.randn(3, 50, C, device=DEVICE, dtype=torch.float16)
     _compare(metric, x, torch.rand(3, 50, device=DEVICE) + 1, torch.tensor([50, 31, 2], device=DEVICE), 1, r=12)
 
 
-def test_577_tokens():
+def test_577_tokens(schedule):
     """A 384-pixel ViT's 577 tokens (289 A rows: the wide configuration)."""
     _compare(torch.randn(1, 577, 64, device=DEVICE), torch.randn(1, 577, 16, device=DEVICE), None, None, 1, r=16)
 
@@ -121,7 +133,7 @@ def test_token_row_strides():
 
 
 @pytest.mark.parametrize("lengths", [None, [150, 97, 3]])
-def test_big_batch_tiles(lengths, monkeypatch):
+def test_big_batch_tiles(lengths, monkeypatch, schedule):
     """The tiles used from batch ``_BIG_BATCH`` on (128 A rows per match tile, 8 x 64 per merge tile), here at
     batch 3 with the bound lowered: same results as the reference, with more A rows than one tile holds."""
     from raggedvit.ops import tome as ops_tome

@@ -4,18 +4,22 @@ image over several programs where the work allows.
 
 Per image ``b`` (``len``: its length, ``P``: protected prefix positions; A: even positions, B: odd ones):
 
-1. :func:`tome_match_fwd`, grid ``(B, cdiv(LA, BLOCK_M))``: every A row's best cosine similarity to a B
+1. :func:`tome_match_fwd`, grid ``(B, cdiv(LA, BLOCK_M), S)``: every A row's best cosine similarity to a B
    column (``node_max``) and that column (``best_j``, the lowest on ties), over the L2-normalised ``metric``
-   rows; rows and columns that are prefix or past ``len`` are ``-inf`` (column chunks of ``BLOCK_J``;
+   rows, per *slot*: program ``(b, i, s)`` scans the B columns ``[s * J_SPAN, (s + 1) * J_SPAN)`` (``S = 1``
+   scans them all in one program; small batches split them so that more programs share the work); rows and
+   columns that are prefix or past ``len`` are ``-inf`` (column chunks of ``BLOCK_J``;
    fp32 products on tensor cores as three TF32 products, ``tf32x3``: about fp32 accuracy and 5x faster on the H200
    than the FMA-pipe ``ieee`` dot, ``tome-kernels-sweep-nvidia-h200-20261130.log``);
-2. :func:`tome_decide_fwd`, grid ``(B,)``: the rank of every A row in ``node_max``, descending, ties to the
+2. :func:`tome_decide_fwd`, grid ``(B,)``: the best of the ``S`` slots (the lower slot, so the lower column,
+   on ties), then the rank of every A row in ``node_max``, descending, ties to the
    lower A position (a stable sort, counted: ``rank[i] = #{j: v[j] > v[i] or (v[j] == v[i] and j < i)}``);
    the first ``n`` merge (``dst``: their B column, else -1), with ``n`` the fixed rule
    ``min(r, (len - P) // 2)`` or the adaptive one (the top ``R`` above ``threshold``, at least ``r_min``, at
    most ``(len - P) // 2``); the output order (prefix, kept A tokens, B tokens, then the dropped ones:
    ToMe's ``cat([unm, dst])``) as ``index`` and ``count = len - n``;
-3. :func:`tome_apply_fwd`, grid ``(B, cdiv(LA, BLOCK_P))`` over pairs (A row ``2p``, B row ``2p + 1``): the
+3. :func:`tome_apply_fwd`, grid ``(B, cdiv(LA, BLOCK_P), cdiv(C, C_SPAN))`` over pairs (A row ``2p``, B row
+   ``2p + 1``) and spans of ``C_SPAN`` channels: the
    size-weighted merge (ToMe's ``merge_wavg``): every B row becomes ``sum(size * x) / sum(size)`` over
    itself and the A rows merged into it (one-hot products over the chunks of A rows that hold a merge into
    the tile: deterministic), its size the sum; A rows are copied.
@@ -25,16 +29,17 @@ import triton
 import triton.language as tl
 
 
-@triton.jit(do_not_specialize=["L", "P", "stride_mb", "stride_ml"])  # per-call values of a cached kernel
+@triton.jit(do_not_specialize=["L", "P", "stride_mb", "stride_ml", "J_SPAN"])  # per-call values of a cached kernel
 def tome_match_fwd(
     MET,  # (B, L, D) matching features
     LEN,  # (B,) int64 lengths (HAS_LEN)
-    NODE_MAX,  # (B, LDA) fp32 out: best similarity of every A row
-    BEST_J,  # (B, LDA) int32 out: its B column
+    NODE_MAX,  # (B, S, LDA) fp32 out: best similarity of every A row in each slot's columns
+    BEST_J,  # (B, S, LDA) int32 out: its B column
     L,
     P,
     stride_mb,
     stride_ml,
+    J_SPAN,  # B columns per slot (a multiple of BLOCK_J; >= LB when S = 1)
     D: tl.constexpr,
     HAS_LEN: tl.constexpr,
     LDA: tl.constexpr,  # row stride of the scratch (>= LA = ceil(L / 2))
@@ -44,6 +49,7 @@ def tome_match_fwd(
 ):
     b = tl.program_id(0).to(tl.int64)
     a = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
+    slot = tl.program_id(2)
     LA = (L + 1) // 2
     LB = L // 2
     n_len = L
@@ -59,7 +65,8 @@ def tome_match_fwd(
     row_ok = (pa >= P) & (pa < n_len)
     best = tl.full([BLOCK_M], float("-inf"), tl.float32)
     best_j = tl.zeros([BLOCK_M], tl.int32)
-    for j0 in range(0, LB, BLOCK_J):
+    j_lo = slot * J_SPAN
+    for j0 in range(j_lo, tl.minimum(LB, j_lo + J_SPAN), BLOCK_J):
         j = j0 + tl.arange(0, BLOCK_J)
         pb = 2 * j + 1
         mb = tl.load(m_base + pb[:, None] * stride_ml + dd[None, :], mask=(pb[:, None] < L) & (dd[None, :] < D),
@@ -74,15 +81,29 @@ def tome_match_fwd(
         better = cmax > best  # strictly: an earlier (lower) column keeps a tie
         best_j = tl.where(better, cidx, best_j)
         best = tl.where(better, cmax, best)
-    tl.store(NODE_MAX + b * LDA + a, best, mask=a < LA)
-    tl.store(BEST_J + b * LDA + a, best_j, mask=a < LA)
+    out = (b * tl.num_programs(2) + slot) * LDA + a
+    tl.store(NODE_MAX + out, best, mask=a < LA)
+    tl.store(BEST_J + out, best_j, mask=a < LA)
 
 
-@triton.jit(do_not_specialize=["L", "P", "R", "r", "r_min"])
+@triton.jit
+def _best_of_slots(NODE_MAX, BEST_J, base, i, n, S, LDA: tl.constexpr):
+    """(best value, its column) of A rows ``i`` (``i < n`` valid) over ``S`` slots: the lower slot on ties."""
+    best = tl.load(NODE_MAX + base + i, mask=i < n, other=float("-inf"))
+    best_j = tl.load(BEST_J + base + i, mask=i < n, other=0)
+    for s in range(1, S):
+        v = tl.load(NODE_MAX + base + s * LDA + i, mask=i < n, other=float("-inf"))
+        better = v > best
+        best_j = tl.where(better, tl.load(BEST_J + base + s * LDA + i, mask=i < n, other=0), best_j)
+        best = tl.where(better, v, best)
+    return best, best_j
+
+
+@triton.jit(do_not_specialize=["L", "P", "R", "r", "r_min", "S"])
 def tome_decide_fwd(
     LEN,  # (B,) int64 lengths (HAS_LEN)
-    NODE_MAX,  # (B, LDA) fp32
-    BEST_J,  # (B, LDA) int32
+    NODE_MAX,  # (B, S, LDA) fp32
+    BEST_J,  # (B, S, LDA) int32
     DST,  # (B, LDA) int32 out: the B column an A row merges into, -1 if it stays
     INDEX,  # (B, L) int64 out: output order
     COUNT,  # (B,) int64 out: tokens kept
@@ -92,6 +113,7 @@ def tome_decide_fwd(
     r,
     r_min,
     threshold,
+    S,  # slots of the matching
     HAS_LEN: tl.constexpr,
     ADAPTIVE: tl.constexpr,
     LDA: tl.constexpr,  # a power of two >= LA
@@ -104,14 +126,13 @@ def tome_decide_fwd(
         n_len = tl.minimum(tl.maximum(tl.load(LEN + b), 0), L).to(tl.int32)
     a = tl.arange(0, LDA)
     pa = 2 * a
-    nm_base = NODE_MAX + b * LDA
-    best = tl.load(nm_base + a, mask=a < LA, other=float("-inf"))
-    best_j = tl.load(BEST_J + b * LDA + a, mask=a < LA, other=0)
+    base = b * S * LDA
+    best, best_j = _best_of_slots(NODE_MAX, BEST_J, base, a, LA, S, LDA)
     # stable descending rank, then how many merge
     rank = tl.zeros([LDA], tl.int32)
     for i0 in range(0, LA, BLOCK_J):
         i = i0 + tl.arange(0, BLOCK_J)
-        v = tl.load(nm_base + i, mask=i < LA, other=float("-inf"))
+        v, _ = _best_of_slots(NODE_MAX, BEST_J, base, i, LA, S, LDA)
         before = (v[None, :] > best[:, None]) | ((v[None, :] == best[:, None]) & (i[None, :] < a[:, None]))
         rank += tl.sum((before & (i[None, :] < LA)).to(tl.int32), axis=1)
     most = tl.maximum(n_len - P, 0) // 2
@@ -144,7 +165,7 @@ def tome_decide_fwd(
     tl.store(i_base + slot_b, pbv.to(tl.int64), mask=pbv < L)
 
 
-@triton.jit(do_not_specialize=["L", "stride_xb", "stride_xl", "stride_sb", "stride_vb", "stride_vl"])
+@triton.jit(do_not_specialize=["L", "stride_xb", "stride_xl", "stride_sb", "stride_vb", "stride_vl", "C_SPAN"])
 def tome_apply_fwd(
     X,  # (B, L, C) tokens
     SIZE,  # (B, L) fp32 sizes (HAS_SIZE)
@@ -157,6 +178,7 @@ def tome_apply_fwd(
     stride_sb,
     stride_vb,
     stride_vl,
+    C_SPAN,  # channels per program along grid axis 2 (a multiple of BLOCK_C; >= C for one program)
     C: tl.constexpr,
     HAS_SIZE: tl.constexpr,
     LDA: tl.constexpr,
@@ -166,6 +188,8 @@ def tome_apply_fwd(
 ):
     b = tl.program_id(0).to(tl.int64)
     j = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
+    c_lo = tl.program_id(2) * C_SPAN
+    first = c_lo == 0  # the sizes are written by the programs of the first channel span only
     LA = (L + 1) // 2
     pa = 2 * j
     pb = pa + 1
@@ -178,7 +202,7 @@ def tome_apply_fwd(
     else:
         sa_own = tl.full([BLOCK_P], 1.0, tl.float32)
         sb = tl.full([BLOCK_P], 1.0, tl.float32)
-    tl.store(NEW_SIZE + b * L + pa, sa_own, mask=pa < L)
+    tl.store(NEW_SIZE + b * L + pa, sa_own, mask=(pa < L) & first)
     den = sb
     for i0 in range(0, LA, BLOCK_I):
         i = i0 + tl.arange(0, BLOCK_I)
@@ -188,8 +212,8 @@ def tome_apply_fwd(
         else:
             sa = tl.full([BLOCK_I], 1.0, tl.float32)
         den += tl.sum(tl.where(dst[None, :] == j[:, None], sa[None, :], 0.0), axis=1)
-    tl.store(NEW_SIZE + b * L + pb, den, mask=pb < L)
-    for c0 in range(0, C, BLOCK_C):
+    tl.store(NEW_SIZE + b * L + pb, den, mask=(pb < L) & first)
+    for c0 in range(c_lo, tl.minimum(C, c_lo + C_SPAN), BLOCK_C):
         c = c0 + cc
         cm = c[None, :] < C
         xa_own = tl.load(x_base + pa[:, None] * stride_xl + c[None, :], mask=(pa[:, None] < L) & cm)

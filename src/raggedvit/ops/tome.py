@@ -1,6 +1,6 @@
 """``tome_merge``: ToMe's bipartite matching, merge decision, output order and size-weighted merge for every
-image of a dense batch in three launches (matching over tiles of A rows, the decision per image, the merge
-over tiles of rows).
+image of a dense batch in three launches (matching over tiles of A rows, and below ``SPLIT_BELOW_BATCH`` over
+chunks of B columns too; the decision per image; the merge over tiles of rows, and there chunks of channels).
 
 The torch version (:func:`raggedvit.pruning.tome.bipartite_merge`, the reference) is about 35 small ops per
 block (normalisation, a batched matmul, two sorts, gathers, scatters), a few microseconds each even in a CUDA
@@ -29,6 +29,10 @@ _BLOCK_J = 32
 _SMALL = dict(block_m=64, match_warps=4, block_p=16, block_i=32, apply_warps=4)
 _BIG = dict(block_m=128, match_warps=8, block_p=8, block_i=64, apply_warps=2)
 _BIG_BATCH = 128
+# Below this batch the grid is a few programs per image (2 match tiles and 7 merge tiles at L = 197, batch 1),
+# each walking every B column or every channel chunk in turn; there each program takes one chunk of B columns
+# (the decision kernel then takes the best of the chunks) and one chunk of channels. 0: never.
+SPLIT_BELOW_BATCH = 128
 
 
 def _fail(msg: str, kind: type[Exception] = ValueError) -> None:
@@ -96,8 +100,15 @@ def tome_merge(metric: torch.Tensor, x: torch.Tensor, size: torch.Tensor | None,
     lda = max(16, 1 << (LA - 1).bit_length())
     block_d = max(16, 1 << (D - 1).bit_length())
     block_c = min(64, max(16, 1 << (C - 1).bit_length()))
-    node_max = torch.empty(B, lda, dtype=torch.float32, device=x.device)
-    best_j = torch.empty(B, lda, dtype=torch.int32, device=x.device)
+    wide = block_d > 64
+    block_j = _BLOCK_J // 2 if wide else _BLOCK_J
+    split = B < SPLIT_BELOW_BATCH
+    LB = L // 2
+    slots = max(1, -(-LB // block_j)) if split else 1  # B column chunks of the matching, one program each
+    j_span = block_j if split else block_j * max(1, -(-LB // block_j))
+    c_span = block_c if split else block_c * -(-C // block_c)
+    node_max = torch.empty(B, slots, lda, dtype=torch.float32, device=x.device)
+    best_j = torch.empty(B, slots, lda, dtype=torch.int32, device=x.device)
     dst = torch.empty(B, lda, dtype=torch.int32, device=x.device)
     R = min(r, max(L - num_prefix, 0) // 2)
     s = x if size is None else size
@@ -106,29 +117,30 @@ def tome_merge(metric: torch.Tensor, x: torch.Tensor, size: torch.Tensor | None,
                                                  new_size))
     # 1. matching
     ptrs = (metric.data_ptr(), ln.data_ptr(), node_max.data_ptr(), best_j.data_ptr())
-    ints = (L, num_prefix, metric.stride(0), metric.stride(1))
-    wide = block_d > 64
+    ints = (L, num_prefix, metric.stride(0), metric.stride(1), j_span)
     tile = _BIG if B >= _BIG_BATCH else _SMALL
     block_m = 16 if wide else tile["block_m"]  # D > 64: the small tile (no register spills up to D = 256)
     warps = 8 if wide else tile["match_warps"]
-    const = (D, lengths is not None, lda, block_m, block_d, _BLOCK_J // 2 if wide else _BLOCK_J)
-    match_launcher.launch((metric.dtype, dev, warps, *const) if aligned else None, dev, (B, -(-LA // block_m), 1),
-                          ptrs, ints, lambda: (metric, ln, node_max, best_j, *ints, *const), num_warps=warps)
+    const = (D, lengths is not None, lda, block_m, block_d, block_j)
+    match_launcher.launch((metric.dtype, dev, warps, *const) if aligned else None, dev,
+                          (B, -(-LA // block_m), slots), ptrs, ints,
+                          lambda: (metric, ln, node_max, best_j, *ints, *const), num_warps=warps)
     # 2. decision and output order
     ptrs = (ln.data_ptr(), node_max.data_ptr(), best_j.data_ptr(), dst.data_ptr(), index.data_ptr(),
             count.data_ptr())
-    ints = (L, num_prefix, R, r, r_min, float(0.0 if threshold is None else threshold))
+    ints = (L, num_prefix, R, r, r_min, float(0.0 if threshold is None else threshold), slots)
     const = (lengths is not None, threshold is not None, lda, _BLOCK_J)
     decide_launcher.launch((dev, *const) if aligned else None, dev, (B, 1, 1), ptrs, ints,
                            lambda: (ln, node_max, best_j, dst, index, count, *ints, *const),
                            num_warps=4 if lda <= 128 else 8)
     # 3. the size-weighted merge
     ptrs = (x.data_ptr(), s.data_ptr(), dst.data_ptr(), values.data_ptr(), new_size.data_ptr())
-    ints = (L, x.stride(0), x.stride(1), s.stride(0), values.stride(0), values.stride(1))
+    ints = (L, x.stride(0), x.stride(1), s.stride(0), values.stride(0), values.stride(1), c_span)
     const = (C, size is not None, lda, tile["block_p"], tile["block_i"], block_c)
     warps = tile["apply_warps"]
-    apply_launcher.launch((x.dtype, dev, warps, *const) if aligned else None, dev, (B, -(-LA // tile["block_p"]), 1),
-                          ptrs, ints, lambda: (x, s, dst, values, new_size, *ints, *const), num_warps=warps)
+    apply_launcher.launch((x.dtype, dev, warps, *const) if aligned else None, dev,
+                          (B, -(-LA // tile["block_p"]), -(-C // c_span)), ptrs, ints,
+                          lambda: (x, s, dst, values, new_size, *ints, *const), num_warps=warps)
     return index, count, values, new_size
 
 
