@@ -116,9 +116,10 @@ def sweep_shape(B: int, L: int, mods: dict, rows: list, dev: torch.device, gen: 
             t = us(run)
             if t is None:
                 continue
-            got_max = node_max[:, :slots, :LA].max(1).values
-            pick = node_max[:, :slots, :LA].argmax(1, keepdim=True)  # the first slot holding the max
-            got_j = best_j[:, :slots, :LA].gather(1, pick)[:, 0]
+            nm = node_max.view(-1)[:B * slots * lda].view(B, slots, lda)[:, :, :LA]  # the kernel's (B, S, LDA)
+            got_max = nm.max(1).values
+            pick = nm.argmax(1, keepdim=True)  # the first slot holding the max
+            got_j = best_j.view(-1)[:B * slots * lda].view(B, slots, lda)[:, :, :LA].gather(1, pick)[:, 0]
             same_j = (got_j == ref_j[:, :LA]).float().mean().item()
             err = (got_max - ref_max[:, :LA]).abs().nan_to_num(0).max().item()
             rows.append(dict(**shape, kernel="match", precision=prec, nonorm=nonorm, block_m=bm, block_j=bj,

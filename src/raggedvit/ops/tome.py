@@ -31,8 +31,10 @@ _BIG = dict(block_m=128, match_warps=8, block_p=8, block_i=64, apply_warps=2)
 _BIG_BATCH = 128
 # Below this batch the grid is a few programs per image (2 match tiles and 7 merge tiles at L = 197, batch 1),
 # each walking every B column or every channel chunk in turn; there each program takes one chunk of B columns
-# (the decision kernel then takes the best of the chunks) and one chunk of channels. 0: never.
-SPLIT_BELOW_BATCH = 128
+# (the decision kernel then takes the best of the chunks) and one chunk of channels. 0: never. H200, ViT-Tiny
+# fp16, whole ToMe forward in a CUDA graph, split against not: r = 4 601 / 792 us at batch 1, 747 / 915 at 8,
+# 1,754 / 1,704 at 64; adaptive 820 / 1,025, 1,007 / 1,223, 2,300 / 2,184 (live-rows-ab-tomesplit-*-0629)
+SPLIT_BELOW_BATCH = 64
 
 
 def _fail(msg: str, kind: type[Exception] = ValueError) -> None:
