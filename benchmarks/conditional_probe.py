@@ -52,6 +52,67 @@ def _capture(body) -> torch.cuda.CUDAGraph:
     return g
 
 
+def probe_batch(batch: int, shares: list[float], buckets: list[int], has_if: bool, dev) -> list[dict]:
+    """Time every pipeline at ``batch`` for each live share; print a line per share."""
+    M = batch * 197
+    xs, ws, bs = _layers(M, dev)
+    ys = [torch.empty(M, n, device=dev, dtype=torch.float16) for _, n in SHAPES]
+    live_t = torch.zeros(1, dtype=torch.int32, device=dev)
+
+    def full():
+        for _ in range(BLOCKS):
+            for x, w, b, y in zip(xs, ws, bs, ys):
+                torch.addmm(b, x, w.t(), out=y)
+
+    def triton():
+        for _ in range(BLOCKS):
+            for x, w, b, y in zip(xs, ws, bs, ys):
+                ragged_linear(x, w, b, live_t, out=y)
+
+    def bucketed(caps: list[int], lo: torch.Tensor, hi: torch.Tensor, preds: torch.Tensor):
+        torch.logical_and(live_t > lo, live_t <= hi, out=preds)
+        capturing = torch.cuda.is_current_stream_capturing()  # the warm-up runs every bucket
+        for _ in range(BLOCKS):
+            for i, cap in enumerate(caps):
+                if capturing:
+                    graph = torch.cuda.CUDAGraph.get_currently_capturing_graph()
+                    graph.begin_capture_to_if_node(preds[i])
+                for x, w, b, y in zip(xs, ws, bs, ys):
+                    torch.addmm(b, x[:cap], w.t(), out=y[:cap])
+                if capturing:
+                    graph.end_capture_to_conditional_node()
+
+    graphs = {"full": _capture(full), "triton": _capture(triton)}
+    for nb in buckets if has_if else []:
+        caps = [-(-M * (i + 1) // nb) for i in range(nb)]
+        bounds = (torch.tensor([0] + caps[:-1], device=dev), torch.tensor(caps, device=dev),
+                  torch.zeros(nb, dtype=torch.bool, device=dev))
+        try:
+            graphs[f"buckets-{nb}"] = _capture(lambda caps=caps, bounds=bounds: bucketed(caps, *bounds))
+        except Exception as e:  # noqa: BLE001 - report and go on
+            print(f"  buckets-{nb}: capture failed: {type(e).__name__}: {str(e)[:200]}", flush=True)
+    rows = []
+    for share in shares:
+        live = int(M * share)
+        live_t.fill_(live)
+        graphs["full"].replay()
+        torch.cuda.synchronize()
+        want = [y[:live].clone() for y in ys]
+        line = [f"b{batch:<4d} live {share:.2f}"]
+        for name, g in graphs.items():
+            for y in ys:
+                y.fill_(float("nan"))
+            g.replay()
+            torch.cuda.synchronize()
+            err = max((y[:live].float() - ref.float()).abs().max().item() for y, ref in zip(ys, want))
+            us = graph_replay_us(g, dev, replays=50)
+            rows.append(dict(batch=batch, live_share=share, live_rows=live, rows=M, pipeline=name, us=us,
+                             max_err_vs_full=err))
+            line.append(f"{name} {us:7.1f} us (err {err:.1e})")
+        print("  ".join(line), flush=True)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--batches", default="64,256")
@@ -63,69 +124,13 @@ def main() -> None:
     has_if = hasattr(torch.cuda.CUDAGraph, "begin_capture_to_if_node")
     print(f"torch {torch.__version__}, CUDA {torch.version.cuda}: begin_capture_to_if_node "
           f"{'available' if has_if else 'missing'}", flush=True)
-    rows_out = []
-    for batch in map(int, args.batches.split(",")):
-        M = batch * 197
-        xs, ws, bs = _layers(M, dev)
-        ys = [torch.empty(M, n, device=dev, dtype=torch.float16) for _, n in SHAPES]
-        live_t = torch.zeros(1, dtype=torch.int32, device=dev)
-
-        def full():
-            for _ in range(BLOCKS):
-                for x, w, b, y in zip(xs, ws, bs, ys):
-                    torch.addmm(b, x, w.t(), out=y)
-
-        def triton():
-            for _ in range(BLOCKS):
-                for x, w, b, y in zip(xs, ws, bs, ys):
-                    ragged_linear(x, w, b, live_t, out=y)
-
-        graphs = {"full": _capture(full), "triton": _capture(triton)}
-        if has_if:
-            for nb in map(int, args.buckets.split(",")):
-                caps = [-(-M * (i + 1) // nb) for i in range(nb)]
-                lo = torch.tensor([0] + caps[:-1], device=dev)
-                hi = torch.tensor(caps, device=dev)
-                preds = torch.zeros(nb, dtype=torch.bool, device=dev)
-
-                def bucketed(caps=caps, lo=lo, hi=hi, preds=preds):
-                    torch.logical_and(live_t > lo, live_t <= hi, out=preds)
-                    capturing = torch.cuda.is_current_stream_capturing()
-                    for _ in range(BLOCKS):
-                        for i, cap in enumerate(caps):
-                            if capturing:
-                                graph = torch.cuda.CUDAGraph.get_currently_capturing_graph()
-                                graph.begin_capture_to_if_node(preds[i])
-                            for x, w, b, y in zip(xs, ws, bs, ys):
-                                torch.addmm(b, x[:cap], w.t(), out=y[:cap])
-                            if capturing:
-                                graph.end_capture_to_conditional_node()
-                try:
-                    graphs[f"buckets-{nb}"] = _capture(bucketed)
-                except Exception as e:  # noqa: BLE001 - report and go on
-                    print(f"  buckets-{nb}: capture failed: {type(e).__name__}: {str(e)[:200]}", flush=True)
-        for share in map(float, args.live.split(",")):
-            live = int(M * share)
-            live_t.fill_(live)
-            graphs["full"].replay()
-            torch.cuda.synchronize()
-            want = [y[:live].clone() for y in ys]
-            line = [f"b{batch:<4d} live {share:.2f}"]
-            for name, g in graphs.items():
-                for y in ys:
-                    y.fill_(float("nan"))
-                g.replay()
-                torch.cuda.synchronize()
-                err = max((y[:live].float() - w_.float()).abs().max().item() for y, w_ in zip(ys, want))
-                us = graph_replay_us(g, dev, replays=50)
-                rows_out.append(dict(batch=batch, live_share=share, live_rows=live, rows=M, pipeline=name, us=us,
-                                     max_err_vs_full=err))
-                line.append(f"{name} {us:7.1f} us (err {err:.1e})")
-            print("  ".join(line), flush=True)
+    shares = [float(v) for v in args.live.split(",")]
+    buckets = [int(v) for v in args.buckets.split(",")]
+    rows = [r for b in map(int, args.batches.split(",")) for r in probe_batch(b, shares, buckets, has_if, dev)]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "conditional-probe.json").write_text(json.dumps(dict(env=environment(dev), blocks=BLOCKS,
-                                                                shapes=SHAPES, rows=rows_out), indent=1))
+                                                                shapes=SHAPES, rows=rows), indent=1))
 
 
 if __name__ == "__main__":
