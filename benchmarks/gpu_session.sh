@@ -297,7 +297,7 @@ case "$1" in
       --modes auto,auto-fc2-triton-ragged --out "$OUT/f/ab" 2>&1 | grep -v Warn \
       | tee "$OUT/f/live-rows-ab-fc2-ragged.log" | grep "img/s" | cut -c1-120
     tar czf "$OUT/s15b.tgz" -C "$OUT" f && rm -rf "$OUT/f" ;;
-  s15f)  # fifteenth session: can CUDA-graph conditional nodes let cuBLAS skip an adaptive buffer's unused rows
+  s15f)  # fifteenth session (ran 06:49): can CUDA-graph conditional nodes let cuBLAS skip an adaptive buffer's unused rows
     # (benchmarks/conditional_probe.py); fp16 exactness after ToMe's split merge kernels
     mkdir -p "$OUT/f"
     timeout 240 python3 benchmarks/conditional_probe.py --out "$OUT/f" 2>&1 | grep -v Warn \
