@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call of the 2026-11-30 session: GPU tests of the new parts, eval on the GPU, exactness (fp32, fp16).
-# Usage on the GPU machine: RAGGEDVIT_DATA=$PWD/.data OUT=... bash benchmarks/gpu_session.sh part1|part2|part3|probe|probe2|s4a|s4b|s4c|aoti1|aoti2|s5a|s5b|s6a|s6b|s6c|s6d|s6e|s7b|s7c|s8a|s8c|s8d|s8e|s9a|s9b|s9c|s9c2|s9d|s10a|s10b|s10ab|s10c|s10d|s10e|s10g|s11a|s11b|s11c|s11d|s11e|s11f|s12a|s12b|s12c..s12h|s13a|s13b|s13c|s13d|s13e|s13f|s14a|s14b|s14c|s14d|s14e|s14f|s14g|s15b|s15c|s15d|s15e|s15f
+# Usage on the GPU machine: RAGGEDVIT_DATA=$PWD/.data OUT=... bash benchmarks/gpu_session.sh part1|part2|part3|probe|probe2|s4a|s4b|s4c|aoti1|aoti2|s5a|s5b|s6a|s6b|s6c|s6d|s6e|s7b|s7c|s8a|s8c|s8d|s8e|s9a|s9b|s9c|s9c2|s9d|s10a|s10b|s10ab|s10c|s10d|s10e|s10g|s11a|s11b|s11c|s11d|s11e|s11f|s12a|s12b|s12c..s12h|s13a|s13b|s13c|s13d|s13e|s13f|s14a|s14b|s14c|s14d|s14e|s14f|s14g|s15b|s15c|s15d|s15e|s15f|s15g
 # part3 (next session, about 8 minutes): what the second 2026-11-30 session could not re-run for lack of device
 # time: the AOTInductor package on the GPU after the lifted-constants fix, torch.compile of both layouts on the
 # GPU (tests/test_compile.py), and the live_rows policy A/B.
@@ -297,6 +297,19 @@ case "$1" in
       --modes auto,auto-fc2-triton-ragged --out "$OUT/f/ab" 2>&1 | grep -v Warn \
       | tee "$OUT/f/live-rows-ab-fc2-ragged.log" | grep "img/s" | cut -c1-120
     tar czf "$OUT/s15b.tgz" -C "$OUT" f && rm -rf "$OUT/f" ;;
+  s15g)  # fifteenth session: ToMe's matching reads the per-head keys and adds them (pruning.tome.FOLD_HEADS; one
+    # torch.mean launch less per block): GPU tests, the A/B against the head mean (auto-tome-mean), fp32
+    # exactness, then the README's ToMe rows at batch 1 and 8 with the time left
+    mkdir -p "$OUT/f"
+    timeout 70 python3 -m pytest -q -p no:cacheprovider tests/test_ops_tome.py tests/test_pruning_tome.py \
+      tests/test_trained_weights.py -k "tome or ToMe" 2>&1 | tail -n 3 | tee "$OUT/f/gpu-tests-tomefold.log"
+    timeout 120 python3 benchmarks/live_rows_ab.py --settings 4,7 --batches 1,8,64,256 \
+      --modes auto,auto-tome-mean --out "$OUT/f/ab" 2>&1 | grep -v Warn \
+      | tee "$OUT/f/live-rows-ab-tomefold.log" | grep "img/s" | cut -c1-120
+    exactness float32 60 "$OUT/f" | grep "tome\|rows pass"
+    timeout $((395 - SECONDS)) python3 -m raggedvit bench frontier --quick --methods tome --batches 1,8 \
+      --out "$OUT/f" > "$OUT/f/frontier-tome.log" 2>&1; grep -v "it/s\]" "$OUT/f/frontier-tome.log" | tail -n 6
+    tar czf "$OUT/s15g.tgz" -C "$OUT" f && rm -rf "$OUT/f" ;;
   s15f)  # fifteenth session (ran 06:49): can CUDA-graph conditional nodes let cuBLAS skip an adaptive buffer's unused rows
     # (benchmarks/conditional_probe.py); fp16 exactness after ToMe's split merge kernels
     mkdir -p "$OUT/f"

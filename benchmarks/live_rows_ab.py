@@ -22,7 +22,9 @@ CLS op's head-mean kernel; ``auto-fa2-ragged``: ``auto`` with the stages that ha
 torch's FlashAttention-2 varlen kernel (``fa2_varlen`` backend) instead of the Triton kernel;
 ``auto-tome-whole`` / ``auto-tome-split-all``: ToMe's merge kernels with one program walking every B column
 and channel chunk at every batch size / split into one program per chunk at every batch size (``auto``: split
-below ``ops.tome.SPLIT_BELOW_BATCH``). (The A/B of
+below ``ops.tome.SPLIT_BELOW_BATCH``); ``auto-tome-mean``: ToMe's matching on the fp32 head mean of the keys
+(a ``torch.mean`` launch per block) instead of the per-head keys added in the kernel
+(``pruning.tome.FOLD_HEADS``). (The A/B of
 the atsnorm merge, ``auto-cls-before``, ran at commit 13a3744 with a copy of the previous CLS attention op,
 ``benchmarks/cls_attention_before.py``, removed since.) Usage:
 ``PYTHONPATH=src python benchmarks/live_rows_ab.py [--batches 1,8,64,256] [--settings 0,1] [--modes auto,off]
@@ -52,6 +54,7 @@ from raggedvit.ops import tome as tome_op
 from raggedvit.ops.backends import get_backend
 from raggedvit.ops.select import ats_select, best_first_select
 from raggedvit.pruning import ATS
+from raggedvit.pruning import tome as tome_method
 from raggedvit.pruning.ragged import Selection
 from raggedvit.pruning.selection import fixed_count
 from raggedvit.pruning.threshold_l2 import l2_scores
@@ -76,7 +79,8 @@ MODES = {"auto": ("auto", {}), "on": (True, {}), "off": (False, {}),
          "auto-rational-gelu": ("auto", {(linear_op, "launcher"): "rational"}),  # built in main()
          "auto-ats-norm-apart": ("auto", {(ATS, "select"): None}),  # set below
          "auto-tome-whole": ("auto", {(tome_op, "SPLIT_BELOW_BATCH"): 0}),
-         "auto-tome-split-all": ("auto", {(tome_op, "SPLIT_BELOW_BATCH"): NEVER})}
+         "auto-tome-split-all": ("auto", {(tome_op, "SPLIT_BELOW_BATCH"): NEVER}),
+         "auto-tome-mean": ("auto", {(tome_method, "FOLD_HEADS"): False})}
 
 
 def _ats_select_norm_apart(self, inp):

@@ -99,9 +99,11 @@ def sweep_shape(B: int, L: int, mods: dict, rows: list, dev: torch.device, gen: 
     tome_merge(metric, x, None, None, P, r=r)
     whole_span = 32 * -(-LB // 32)
     shipped.tome_match_fwd[(B, triton.cdiv(LA, 16), 1)](metric, count, node_max, best_j, L, P, metric.stride(0),
-                                                        metric.stride(1), whole_span, D, False, lda, 16, 64, 32,
-                                                        num_warps=4)
-    ref_max, ref_j = node_max[:, 0].clone(), best_j[:, 0].clone()
+                                                        metric.stride(1), 0, whole_span, D, 1, False, lda, 16, 64,
+                                                        32, num_warps=4)
+    # one slot: the kernel's (B, 1, LDA) layout is the first B * LDA entries of the scratch
+    ref_max = node_max.view(-1)[:B * lda].view(B, lda).clone()
+    ref_j = best_j.view(-1)[:B * lda].view(B, lda).clone()
     for (prec, nonorm), mod in mods.items():
         for bm, bj, w, split in itertools.product((16, 32, 64, 128), (32, 64, 128), (4, 8), (False, True)):
             if bm * bj > 128 * 64 and prec == "ieee":
@@ -111,8 +113,8 @@ def sweep_shape(B: int, L: int, mods: dict, rows: list, dev: torch.device, gen: 
 
             def run(mod=mod, bm=bm, bj=bj, w=w, slots=slots, split=split):
                 mod.tome_match_fwd[(B, triton.cdiv(LA, bm), slots)](
-                    metric, count, node_max, best_j, L, P, metric.stride(0), metric.stride(1),
-                    bj if split else bj * -(-LB // bj), D, False, lda, bm, 64, bj, num_warps=w)
+                    metric, count, node_max, best_j, L, P, metric.stride(0), metric.stride(1), 0,
+                    bj if split else bj * -(-LB // bj), D, 1, False, lda, bm, 64, bj, num_warps=w)
             t = us(run)
             if t is None:
                 continue

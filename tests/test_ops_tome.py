@@ -34,9 +34,11 @@ def _poison_padding(t, lengths):
 
 def _compare(metric, x, size, lengths, P, **rule):
     """Same counts, same kept positions in the same order, same merged values and sizes on them; the kernels
-    get NaN in the rows past each image's length (they must not read them into a live row)."""
+    get NaN in the rows past each image's length (they must not read them into a live row). A per-head metric
+    ``(B, L, H, D)``: the reference gets its fp32 head mean."""
     B, L, _ = x.shape
-    want = bipartite_merge(metric, x, size, lengths, P, width=L, **rule)
+    ref_metric = metric.float().mean(2) if metric.dim() == 4 else metric
+    want = bipartite_merge(ref_metric, x, size, lengths, P, width=L, **rule)
     index, count, values, new_size = tome_merge(*(_poison_padding(t, lengths) for t in (metric, x, size)), lengths,
                                                 P, **rule)
     assert torch.equal(count, want.count.expand(B).long())
@@ -96,6 +98,16 @@ def test_wide_metric_and_tokens(D, C, schedule):
     _compare(metric, x, torch.rand(3, 50, device=DEVICE) + 1, torch.tensor([50, 31, 2], device=DEVICE), 1, r=12)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("H", [1, 3, 12])
+def test_per_head_metric(H, dtype, schedule):
+    """``(B, L, H, D)`` keys added over the heads in the kernel, as a strided view of a qkv-like buffer
+    ``(B, L, 3, H, D)`` (the layout the pruning stage hands over): the reference's head mean decides alike."""
+    qkv = torch.randn(3, 61, 3, H, 16, device=DEVICE).to(dtype)
+    _compare(qkv[:, :, 1], torch.randn(3, 61, 24, device=DEVICE), torch.rand(3, 61, device=DEVICE) + 1,
+             torch.tensor([61, 40, 9], device=DEVICE), 1, r=12)
+
+
 def test_577_tokens(schedule):
     """A 384-pixel ViT's 577 tokens (289 A rows: the wide configuration)."""
     _compare(torch.randn(1, 577, 64, device=DEVICE), torch.randn(1, 577, 16, device=DEVICE), None, None, 1, r=16)
@@ -110,6 +122,8 @@ def test_577_tokens(schedule):
     (dict(r=-1), TypeError, "r must be"),
     (dict(P=1.0), TypeError, "num_prefix"),
     (dict(metric=torch.randn(2, 4, 300)), ValueError, "D <= 256"),
+    (dict(metric=torch.randn(2, 4, 17, 8)), ValueError, "H <= 16"),
+    (dict(metric=torch.randn(2, 4, 1, 2, 8)), ValueError, "need metric"),
 ])
 def test_bad_input(bad, exc, msg):
     args = dict(metric=torch.randn(2, 4, 8), x=torch.randn(2, 4, 6), size=None, lengths=None, P=1, r=1)

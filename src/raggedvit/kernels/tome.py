@@ -6,9 +6,10 @@ Per image ``b`` (``len``: its length, ``P``: protected prefix positions; A: even
 
 1. :func:`tome_match_fwd`, grid ``(B, cdiv(LA, BLOCK_M), S)``: every A row's best cosine similarity to a B
    column (``node_max``) and that column (``best_j``, the lowest on ties), over the L2-normalised ``metric``
-   rows, per *slot*: program ``(b, i, s)`` scans the B columns ``[s * J_SPAN, (s + 1) * J_SPAN)`` (``S = 1``
-   scans them all in one program; small batches split them so that more programs share the work); rows and
-   columns that are prefix or past ``len`` are ``-inf`` (column chunks of ``BLOCK_J``;
+   rows (a ``(B, L, H, D)`` metric: each row the sum of its ``H`` heads, added in head order), per *slot*:
+   program ``(b, i, s)`` scans the B columns ``[s * J_SPAN, (s + 1) * J_SPAN)`` (``S = 1`` scans them all in
+   one program; small batches split them so that more programs share the work); rows and columns that are
+   prefix or past ``len`` are ``-inf`` (column chunks of ``BLOCK_J``;
    fp32 products on tensor cores as three TF32 products, ``tf32x3``: about fp32 accuracy and 5x faster on the H200
    than the FMA-pipe ``ieee`` dot, ``tome-kernels-sweep-nvidia-h200-20261130.log``);
 2. :func:`tome_decide_fwd`, grid ``(B,)``: the best of the ``S`` slots (the lower slot, so the lower column,
@@ -29,9 +30,20 @@ import triton
 import triton.language as tl
 
 
-@triton.jit(do_not_specialize=["L", "P", "stride_mb", "stride_ml", "J_SPAN"])  # per-call values of a cached kernel
+@triton.jit
+def _head_sum(ptr, rows, stride_ml, stride_mh, dd, L, D: tl.constexpr, H: tl.constexpr):
+    """``(rows, BLOCK_D)`` fp32: the ``H`` heads of matching rows ``rows`` added in head order (0 past L or D)."""
+    m = tl.load(ptr + rows[:, None] * stride_ml + dd[None, :], mask=(rows[:, None] < L) & (dd[None, :] < D),
+                other=0.0).to(tl.float32)
+    for h in tl.static_range(1, H):
+        m += tl.load(ptr + rows[:, None] * stride_ml + h * stride_mh + dd[None, :],
+                     mask=(rows[:, None] < L) & (dd[None, :] < D), other=0.0).to(tl.float32)
+    return m
+
+
+@triton.jit(do_not_specialize=["L", "P", "stride_mb", "stride_ml", "stride_mh", "J_SPAN"])  # per-call values
 def tome_match_fwd(
-    MET,  # (B, L, D) matching features
+    MET,  # (B, L, [H,] D) matching features: per row, the sum of H heads (H = 1: one vector)
     LEN,  # (B,) int64 lengths (HAS_LEN)
     NODE_MAX,  # (B, S, LDA) fp32 out: best similarity of every A row in each slot's columns
     BEST_J,  # (B, S, LDA) int32 out: its B column
@@ -39,8 +51,10 @@ def tome_match_fwd(
     P,
     stride_mb,
     stride_ml,
+    stride_mh,  # head stride (H > 1)
     J_SPAN,  # B columns per slot (a multiple of BLOCK_J; >= LB when S = 1)
     D: tl.constexpr,
+    H: tl.constexpr,
     HAS_LEN: tl.constexpr,
     LDA: tl.constexpr,  # row stride of the scratch (>= LA = ceil(L / 2))
     BLOCK_M: tl.constexpr,
@@ -58,8 +72,7 @@ def tome_match_fwd(
     pa = 2 * a
     dd = tl.arange(0, BLOCK_D)
     m_base = MET + b * stride_mb
-    ma = tl.load(m_base + pa[:, None] * stride_ml + dd[None, :], mask=(pa[:, None] < L) & (dd[None, :] < D),
-                 other=0.0).to(tl.float32)
+    ma = _head_sum(m_base, pa, stride_ml, stride_mh, dd, L, D, H)
     ma = tl.where((pa < L)[:, None], ma, 1.0)  # rows past L: any finite values (masked below), no 0 / 0
     ma = ma / tl.sqrt(tl.sum(ma * ma, axis=1))[:, None]
     row_ok = (pa >= P) & (pa < n_len)
@@ -69,8 +82,7 @@ def tome_match_fwd(
     for j0 in range(j_lo, tl.minimum(LB, j_lo + J_SPAN), BLOCK_J):
         j = j0 + tl.arange(0, BLOCK_J)
         pb = 2 * j + 1
-        mb = tl.load(m_base + pb[:, None] * stride_ml + dd[None, :], mask=(pb[:, None] < L) & (dd[None, :] < D),
-                     other=0.0).to(tl.float32)
+        mb = _head_sum(m_base, pb, stride_ml, stride_mh, dd, L, D, H)
         mb = tl.where((pb < L)[:, None], mb, 1.0)
         mb = mb / tl.sqrt(tl.sum(mb * mb, axis=1))[:, None]
         s = tl.dot(ma, tl.trans(mb), input_precision="tf32x3")  # (BLOCK_M, BLOCK_J), about fp32-exact

@@ -48,7 +48,9 @@ def tome_merge(metric: torch.Tensor, x: torch.Tensor, size: torch.Tensor | None,
     computes, in three kernels.
 
     Args:
-        metric: ``(B, L, D)`` matching features (the block's head-mean keys), last stride 1, ``D <= 256``.
+        metric: ``(B, L, D)`` matching features (the block's head-mean keys), or ``(B, L, H, D)`` per-head keys
+            (``H <= 16``), added over the heads in the kernel (the cosine similarity of the head sum is that of
+            the head mean, up to rounding); last stride 1, ``D <= 256``.
         x: ``(B, L, C)`` tokens, last stride 1; fp16, bf16 or fp32.
         size: ``(B, L)`` fp32 token sizes (contiguous), or None (all 1).
         lengths: ``(B,)`` int64 tokens per image (clamped to ``[0, L]``), or None (every image holds ``L``).
@@ -66,13 +68,17 @@ def tome_merge(metric: torch.Tensor, x: torch.Tensor, size: torch.Tensor | None,
     """
     if not isinstance(metric, torch.Tensor) or not isinstance(x, torch.Tensor):
         _fail("metric and x must be tensors", TypeError)
-    if metric.dim() != 3 or x.dim() != 3 or metric.shape[:2] != x.shape[:2]:
-        _fail(f"need metric (B, L, D) and x (B, L, C), got {tuple(metric.shape)} and {tuple(x.shape)}")
+    if metric.dim() not in (3, 4) or x.dim() != 3 or metric.shape[:2] != x.shape[:2]:
+        _fail(f"need metric (B, L, D) or (B, L, H, D) and x (B, L, C), got {tuple(metric.shape)} and "
+              f"{tuple(x.shape)}")
     B, L, C = x.shape
-    D = metric.shape[2]
+    D = metric.shape[-1]
+    H = metric.shape[2] if metric.dim() == 4 else 1
+    if not 1 <= H <= 16:
+        _fail(f"metric needs 1 <= H <= 16 heads, got {H}")
     if not metric.is_floating_point() or x.dtype not in (torch.float16, torch.bfloat16, torch.float32):
         _fail(f"metric must be floating point and x fp16/bf16/fp32, got {metric.dtype} and {x.dtype}", TypeError)
-    if metric.stride(2) != 1 or x.stride(2) != 1 or not 1 <= D <= 256 or C < 1:
+    if metric.stride(-1) != 1 or x.stride(2) != 1 or not 1 <= D <= 256 or C < 1:
         _fail(f"metric and x need last stride 1, 1 <= D <= 256 and C >= 1 (D = {D}, C = {C})")
     if size is not None and (size.dtype != torch.float32 or tuple(size.shape) != (B, L) or not size.is_contiguous()):
         _fail(f"size must be contiguous fp32 ({B}, {L})")
@@ -119,11 +125,11 @@ def tome_merge(metric: torch.Tensor, x: torch.Tensor, size: torch.Tensor | None,
                                                  new_size))
     # 1. matching
     ptrs = (metric.data_ptr(), ln.data_ptr(), node_max.data_ptr(), best_j.data_ptr())
-    ints = (L, num_prefix, metric.stride(0), metric.stride(1), j_span)
+    ints = (L, num_prefix, metric.stride(0), metric.stride(1), metric.stride(2) if H > 1 else 0, j_span)
     tile = _BIG if B >= _BIG_BATCH else _SMALL
     block_m = 16 if wide else tile["block_m"]  # D > 64: the small tile (no register spills up to D = 256)
     warps = 8 if wide else tile["match_warps"]
-    const = (D, lengths is not None, lda, block_m, block_d, block_j)
+    const = (D, H, lengths is not None, lda, block_m, block_d, block_j)
     match_launcher.launch((metric.dtype, dev, warps, *const) if aligned else None, dev,
                           (B, -(-LA // block_m), slots), ptrs, ints,
                           lambda: (metric, ln, node_max, best_j, *ints, *const), num_warps=warps)

@@ -61,6 +61,10 @@ __all__ = ["ToMe", "DEFAULT_R", "parse_r", "bipartite_merge", "match"]
 # on the H200 (ViT-Tiny r=4 fp16 forward in a CUDA graph, b1 801 vs 1,547 us, b64 1,843 vs 2,885, b256 5,757 vs
 # 6,969: tome-ab-tf32x3-nvidia-h200-20261130.log).
 MERGE_KERNEL = True
+# With the kernels: hand them the block's per-head keys, which the matching adds over the heads as it loads them
+# (one launch less per block than torch.mean first); False: the fp32 head mean, as the torch path computes it.
+# The cosine similarity of the head sum is that of the head mean up to rounding (both layouts run the same).
+FOLD_HEADS = True
 DEFAULT_R = {"fixed": 4, "adaptive": 16}  # r=None: per variant (trained ViT-Tiny study, docs/methods-tome.md)
 
 
@@ -188,17 +192,19 @@ class ToMe(Method):
 
     def select(self, inp: StageInput) -> Selection:
         plan, meta = inp.plan, inp.meta
-        k = inp.qkv[1]
-        metric = dense_view(torch.mean(k, dim=1, dtype=torch.float32), meta)  # (B, L, D): keys, head mean
+        k = inp.qkv[1]  # (R, H, D)
         x = dense_view(inp.x, meta)
         size = None if inp.size is None else dense_view(inp.size, meta)
         lengths = None if meta.uniform else meta.lengths
         width = min(plan.width_out, meta.max_seqlen)
         kernel = x.is_cuda or merge_launcher.interpreted
         if MERGE_KERNEL and kernel:  # both layouts
+            # (B, L, H, D) per-head keys, added in the kernel (FOLD_HEADS), or (B, L, D) their fp32 mean
+            metric = dense_view(k if FOLD_HEADS else torch.mean(k, dim=1, dtype=torch.float32), meta)
             index, count, values, new_size = tome_merge(metric, x, size, lengths, inp.num_prefix,
                                                         **self._stage_rule(plan))
             return Selection(index, count, width, self.fixed and lengths is None, values=values, size=new_size)
+        metric = dense_view(torch.mean(k, dim=1, dtype=torch.float32), meta)  # (B, L, D): keys, head mean
         return bipartite_merge(metric, x, size, lengths, inp.num_prefix, width=width, fresh=not meta.dense_identity,
                                **self._stage_rule(plan))
 
