@@ -307,7 +307,7 @@ case "$1" in
       --modes auto,auto-tome-mean --out "$OUT/f/ab" 2>&1 | grep -v Warn \
       | tee "$OUT/f/live-rows-ab-tomefold.log" | grep "img/s" | cut -c1-120
     exactness float32 60 "$OUT/f" | grep "tome\|rows pass"
-    timeout $((395 - SECONDS)) python3 -m raggedvit bench frontier --quick --methods tome --batches 1,8 \
+    timeout $((370 - SECONDS)) python3 -m raggedvit bench frontier --quick --methods tome --batches 1,8 \
       --out "$OUT/f" > "$OUT/f/frontier-tome.log" 2>&1; grep -v "it/s\]" "$OUT/f/frontier-tome.log" | tail -n 6
     tar czf "$OUT/s15g.tgz" -C "$OUT" f && rm -rf "$OUT/f" ;;
   s15f)  # fifteenth session (ran 06:49): can CUDA-graph conditional nodes let cuBLAS skip an adaptive buffer's unused rows
