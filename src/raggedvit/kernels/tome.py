@@ -33,11 +33,11 @@ import triton.language as tl
 @triton.jit
 def _head_sum(ptr, rows, stride_ml, stride_mh, dd, L, D: tl.constexpr, H: tl.constexpr):
     """``(rows, BLOCK_D)`` fp32: the ``H`` heads of matching rows ``rows`` added in head order (0 past L or D)."""
-    m = tl.load(ptr + rows[:, None] * stride_ml + dd[None, :], mask=(rows[:, None] < L) & (dd[None, :] < D),
-                other=0.0).to(tl.float32)
+    offs = rows[:, None] * stride_ml + dd[None, :]
+    mask = (rows[:, None] < L) & (dd[None, :] < D)
+    m = tl.load(ptr + offs, mask=mask, other=0.0).to(tl.float32)
     for h in tl.static_range(1, H):
-        m += tl.load(ptr + rows[:, None] * stride_ml + h * stride_mh + dd[None, :],
-                     mask=(rows[:, None] < L) & (dd[None, :] < D), other=0.0).to(tl.float32)
+        m += tl.load(ptr + offs + h * stride_mh, mask=mask, other=0.0).to(tl.float32)
     return m
 
 
